@@ -1,0 +1,122 @@
+"""The head-side collector: a Ray actor pinned to the head node that receives what workers send.
+
+Workers never write to the head's disk themselves (there may be no shared filesystem); they call
+this actor, which appends metrics to `metrics.jsonl` and reassembles artifact files from bounded
+chunks, each file verified by sha256 and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import ray
+
+CHUNK_BYTES = 4 << 20
+
+
+class RunCollector:
+    """Plain class (tested without Ray); `collector_actor()` wraps it as a pinned Ray actor."""
+
+    def __init__(self, run_dir: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._metrics = (self.run_dir / "metrics.jsonl").open("a")
+        self._pending: list[dict[str, Any]] = []
+        self._open: dict[str, tuple[Path, Any, Any]] = {}
+
+    def report(self, record: dict[str, Any]) -> None:
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        self._pending.append(record)
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Records reported since the last call, for the live display (its only consumer)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def begin_file(self, name: str) -> str:
+        target = self._target(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = uuid.uuid4().hex
+        partial = target.with_name(f".{target.name}.{handle}.part")
+        self._open[handle] = (target, partial.open("wb"), hashlib.sha256())
+        return handle
+
+    def write_chunk(self, handle: str, data: bytes) -> None:
+        _, fh, digest = self._open[handle]
+        fh.write(data)
+        digest.update(data)
+
+    def end_file(self, handle: str, sha256: str) -> None:
+        target, fh, digest = self._open.pop(handle)
+        partial = Path(fh.name)
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        if digest.hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise OSError(f"{target}: transfer corrupted (sha256 mismatch)")
+        os.replace(partial, target)
+
+    def close(self) -> None:
+        self._metrics.close()
+
+    def _target(self, name: str) -> Path:
+        target = (self.run_dir / name).resolve()
+        if self.run_dir.resolve() not in target.parents:
+            raise ValueError(f"artifact name {name!r} escapes the run directory")
+        return target
+
+
+def collector_actor(run_dir: Path) -> ray.actor.ActorHandle:
+    """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = ray.get_runtime_context().get_node_id()
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=1)(RunCollector)
+    return actor_cls.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+    ).remote(str(run_dir))
+
+
+class CollectorReporter:
+    """Worker-side Reporter: fire-and-forget calls, ordered by Ray's per-caller actor ordering."""
+
+    def __init__(self, collector: ray.actor.ActorHandle) -> None:
+        self._collector = collector
+
+    def report(self, record: dict[str, Any]) -> None:
+        self._collector.report.remote(record)
+
+
+class CollectorSink:
+    """Worker-side ArtifactSink: streams files to the head in CHUNK_BYTES pieces.
+
+    At most two chunks are in flight, so neither side ever holds a whole file in memory.
+    """
+
+    def __init__(self, collector: ray.actor.ActorHandle, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self._collector = collector
+        self._chunk_bytes = chunk_bytes
+
+    def put_dir(self, local_dir: Path, name: str) -> None:
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            self.put_file(path, f"{name}/{path.relative_to(local_dir).as_posix()}")
+
+    def put_file(self, local_file: Path, name: str) -> None:
+        handle = ray.get(self._collector.begin_file.remote(name))
+        digest = hashlib.sha256()
+        in_flight: list[ray.ObjectRef] = []
+        with local_file.open("rb") as fh:
+            while chunk := fh.read(self._chunk_bytes):
+                digest.update(chunk)
+                in_flight.append(self._collector.write_chunk.remote(handle, chunk))
+                if len(in_flight) >= 2:
+                    ray.get(in_flight.pop(0))
+        ray.get(in_flight)
+        ray.get(self._collector.end_file.remote(handle, digest.hexdigest()))

@@ -1,0 +1,167 @@
+"""Run a job on Ray: an embedded local cluster by default, or an existing one by address.
+
+Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
+a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.collector import collector_actor
+from cluster.resources import placement_problem
+from cluster.worker_entry import train_worker
+from trainer.config.schema import ClusterConfig
+from trainer.config.spec import RunSpec
+
+POLL_INTERVAL_S = 0.5
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class ClusterError(Exception):
+    """The cluster cannot be reached or cannot run the request; message names what is wrong."""
+
+
+@dataclass
+class TrainingFailed(Exception):
+    rank: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = f"rank {self.rank}" if self.rank is not None else "the training controller"
+        return f"training failed on {where}: {self.message}"
+
+
+class RayBackend:
+    """Context manager: `with RayBackend(cfg) as backend: backend.run(spec, run_dir, on_progress)`."""
+
+    name = "ray"
+
+    def __init__(self, cluster: ClusterConfig) -> None:
+        self.cluster = cluster
+        self._started_here = False
+
+    def __enter__(self) -> RayBackend:
+        if self.cluster.address:
+            self._connect(self.cluster.address)
+        else:
+            self._start_embedded()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def _start_embedded(self) -> None:
+        # A fresh token per run unless the user brought one; every Ray process inherits it.
+        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        ray.init(
+            num_cpus=self.cluster.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        self._started_here = True
+
+    def _connect(self, address: str) -> None:
+        try:
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                logging_level="ERROR",
+                runtime_env={"env_vars": WORKER_ENV},
+            )
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(
+                f"cluster.address: cannot connect to Ray at {address}: {first}"
+            ) from None
+
+    def check_placement(self) -> None:
+        """Raise ClusterError now if the workers could never be placed, instead of waiting forever."""
+        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+        per_worker = {"CPU": self.cluster.cpus_per_worker, "GPU": self.cluster.gpus_per_worker}
+        problem = placement_problem(self.cluster.num_workers, per_worker, nodes)
+        if problem:
+            raise ClusterError(problem)
+
+    def run(
+        self, spec: RunSpec, run_dir: Path, on_progress: Callable[[list[dict[str, Any]]], None]
+    ) -> None:
+        """Train on the cluster; results land in `run_dir` through the collector.
+
+        Raises:
+            ClusterError: the request cannot be placed.
+            TrainingFailed: a worker raised; carries the failing rank and its error line.
+        """
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        self.check_placement()
+        collector = collector_actor(run_dir)
+        c = self.cluster
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={"spec": spec.model_dump(mode="json"), "collector": collector},
+            torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            scaling_config=ScalingConfig(
+                num_workers=c.num_workers,
+                use_gpu=c.uses_gpu(),
+                resources_per_worker={
+                    "CPU": c.cpus_per_worker,
+                    **({"GPU": c.gpus_per_worker} if c.uses_gpu() else {}),
+                },
+            ),
+            run_config=RunConfig(
+                name=spec.run_id,
+                storage_path=str(run_dir / "ray_train"),
+                failure_config=FailureConfig(max_failures=0),
+            ),
+        )
+        outcome: dict[str, BaseException] = {}
+        thread = threading.Thread(target=_fit_into, args=(trainer, outcome), daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(POLL_INTERVAL_S)
+            on_progress(_poll(collector))
+        on_progress(_poll(collector))
+        ray.get(collector.close.remote())
+        if "error" in outcome:
+            raise _as_training_failed(outcome["error"])
+
+
+def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
+    try:
+        trainer.fit()
+    except BaseException as exc:  # handed to the main thread, which reports it
+        outcome["error"] = exc
+
+
+def _poll(collector: ray.actor.ActorHandle) -> list[dict[str, Any]]:
+    try:
+        return ray.get(collector.drain.remote(), timeout=5)
+    except ray.exceptions.GetTimeoutError:
+        return []
+
+
+def _as_training_failed(error: BaseException) -> TrainingFailed:
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank = min(failures)
+        return TrainingFailed(rank, _last_line(failures[rank]))
+    return TrainingFailed(None, _last_line(error))
+
+
+def _last_line(error: BaseException) -> str:
+    """The user-facing line of a (possibly Ray-wrapped) exception: its final 'Type: message'."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__

@@ -1,0 +1,12 @@
+"""Backends by name (`cluster.backend`), like submitit's AutoExecutor."""
+
+from __future__ import annotations
+
+from cluster.ray_backend import RayBackend
+from trainer.config.schema import ClusterConfig
+
+BACKENDS = {"ray": RayBackend}
+
+
+def backend_for(cluster: ClusterConfig) -> RayBackend:
+    return BACKENDS[cluster.backend](cluster)

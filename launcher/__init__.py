@@ -1,0 +1,1 @@
+"""The user's side of ftlaunch: CLI, config loading, data preparation, submission."""

@@ -1,0 +1,17 @@
+"""User errors: shown as one line per problem, exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+USER_ERROR_EXIT_CODE = 2
+TRAINING_FAILED_EXIT_CODE = 1
+
+
+class UserError(Exception):
+    """A problem with what the user gave us (config, files, paths, cluster request).
+
+    Each message names the field or file it is about; several can be reported together.
+    """
+
+    def __init__(self, *messages: str) -> None:
+        self.messages = [m for m in messages if m]
+        super().__init__("; ".join(self.messages))

@@ -1,0 +1,78 @@
+"""The terminal view of a run: a live progress bar while training, a summary table at the end."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class RunDisplay:
+    """Fed the records workers reported, a few times a second; keeps the newest of each kind."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self._task = self._progress.add_task("starting workers", total=None, stats="")
+
+    def __enter__(self) -> RunDisplay:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def update(self, latest: dict[str, dict[str, Any]]) -> None:
+        self.latest.update(latest)
+        start, train, evaluation = (self.latest.get(k) for k in ("start", "train", "eval"))
+        if start and self._progress.tasks[self._task].total is None:
+            self._progress.update(self._task, total=start["total_steps"], description="training")
+        if train:
+            self._progress.update(
+                self._task, completed=train["step"], stats=self._stats(train, evaluation)
+            )
+        if evaluation and evaluation["step"] != self._seen_eval_step:
+            self._seen_eval_step = evaluation["step"]
+            self._progress.console.log(
+                f"eval @ step {evaluation['step']}: val_loss {evaluation['val_loss']:.4f}  "
+                f"val_accuracy {evaluation['val_accuracy']:.4f}  val_macro_f1 {evaluation['val_macro_f1']:.4f}"
+            )
+
+    @staticmethod
+    def _stats(train: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
+        text = f"loss {train['loss']:.4f}  {train['samples_per_s']:.1f} samples/s  {train['tokens_per_s']:.0f} tok/s"
+        if evaluation:
+            text += f"  val_acc {evaluation['val_accuracy']:.4f}"
+        return text
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="ftlaunch run summary", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    test, best = summary["test"], summary["best_validation"]
+    rows = [
+        ("test accuracy", f"{test['accuracy']:.4f}"),
+        ("test macro F1", f"{test['macro_f1']:.4f}"),
+        ("majority baseline accuracy", f"{summary['majority_baseline_accuracy']:.4f}"),
+        ("best val accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})"),
+        ("optimizer steps", str(summary["steps"])),
+        ("stopped early", str(summary["stopped_early"])),
+        ("workers x ZeRO stage", f"{summary['world_size']} x {summary['zero_stage']}"),
+        ("trainable params", f"{summary['trainable_params']:,} / {summary['total_params']:,}"),
+        ("wall time", f"{summary['wall_s']:.1f} s"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table

@@ -1,0 +1,1 @@
+"""What runs inside each worker: model, data, engine and the training loop."""

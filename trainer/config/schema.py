@@ -1,0 +1,146 @@
+"""The job schema: one typed, frozen, validated description of a fine-tuning run.
+
+It is torch-free on purpose: the launcher validates it in the user's shell, and each worker
+re-validates the same resolved dict it receives, so both sides agree on every default.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, values never change after validation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(Section):
+    path: str = Field(
+        description="Local Hugging Face model directory, or a known alias (see `ftlaunch models`)."
+    )
+    task: Literal["sequence-classification"] = "sequence-classification"
+
+
+class DataConfig(Section):
+    train: str
+    validation: str
+    test: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: Annotated[int, Field(gt=0, le=1_000_000)] = 128
+    cache_dir: str | None = Field(
+        default=None,
+        description="Where tokenized shards are cached; default ~/.cache/ftlaunch/shards.",
+    )
+
+
+class PeftConfig(Section):
+    method: Literal["none", "lora"] = "none"
+    r: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0)] = 16.0
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Module name suffixes to adapt; default: the attention query/value projections.",
+    )
+
+
+class OptimConfig(Section):
+    lr: Annotated[float, Field(gt=0, le=1)] = 5e-5
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
+    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    eps: Annotated[float, Field(gt=0)] = 1e-8
+    schedule: Literal["linear", "constant"] = "linear"
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    grad_clip: Annotated[float, Field(ge=0)] = Field(
+        default=1.0, description="Max global grad norm; 0 disables."
+    )
+
+
+class TrainingConfig(Section):
+    epochs: PositiveInt = 3
+    max_steps: PositiveInt | None = Field(
+        default=None, description="Stop after this many optimizer steps."
+    )
+    micro_batch_size: PositiveInt = 16
+    eval_batch_size: PositiveInt | None = None
+    grad_accum: PositiveInt = 1
+    eval_every: PositiveInt | Literal["epoch"] = "epoch"
+    log_every: PositiveInt = 10
+    early_stopping_patience: NonNegativeInt | None = Field(
+        default=None, description="Evaluations without improvement before stopping; null disables."
+    )
+    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    seed: int = 42
+
+    def effective_eval_batch_size(self) -> int:
+        return self.eval_batch_size or 2 * self.micro_batch_size
+
+    def metric_is_better(self, candidate: float, best: float | None) -> bool:
+        """Whether `candidate` improves on `best` for the chosen early-stopping metric."""
+        if best is None:
+            return True
+        return candidate < best if self.early_stopping_metric == "loss" else candidate > best
+
+
+class EngineConfig(Section):
+    backend: Literal["deepspeed"] = "deepspeed"
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
+    offload: Literal["none", "cpu"] = "none"
+
+    @model_validator(mode="after")
+    def _offload_needs_zero(self) -> EngineConfig:
+        if self.offload != "none" and self.zero_stage == 0:
+            raise ValueError("engine.offload: 'cpu' needs engine.zero_stage >= 1")
+        return self
+
+
+class ClusterConfig(Section):
+    backend: Literal["ray"] = "ray"
+    address: str | None = Field(
+        default=None, description="Existing Ray cluster; null starts an embedded one."
+    )
+    num_workers: PositiveInt = 2
+    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
+    num_cpus: PositiveInt | None = Field(
+        default=None,
+        description="CPUs of the embedded cluster; default: this machine's core count.",
+    )
+
+    def uses_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class OutputConfig(Section):
+    dir: str = "runs/default"
+
+
+class JobConfig(Section):
+    name: str = "ftlaunch-job"
+    model: ModelConfig
+    data: DataConfig
+    peft: PeftConfig = PeftConfig()
+    optim: OptimConfig = OptimConfig()
+    training: TrainingConfig = TrainingConfig()
+    engine: EngineConfig = EngineConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    output: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not value or any(ch in value for ch in "/\\\n"):
+            raise ValueError("must be a non-empty name without slashes")
+        return value
+
+    def global_batch_size(self) -> int:
+        t = self.training
+        return t.micro_batch_size * t.grad_accum * self.cluster.num_workers

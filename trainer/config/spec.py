@@ -1,0 +1,19 @@
+"""What a worker receives: the validated job plus everything the launcher resolved for it."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from trainer.config.schema import JobConfig
+
+
+class RunSpec(BaseModel):
+    """The one serialized, validated object every worker gets (no ad-hoc env vars)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    job: JobConfig
+    model_dir: str
+    split_dirs: dict[str, str]
+    label_names: list[str]
+    run_id: str

@@ -1,0 +1,261 @@
+"""The sequence-classification fine-tuning recipe, top to bottom.
+
+setup -> train (periodic validation, early stopping) -> test the best weights -> save -> report.
+Runs in every worker; the process group (RANK/WORLD_SIZE/MASTER_ADDR) is already set up by
+whoever started the workers (Ray Train here, torchrun in the overhead benchmark).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.config.spec import RunSpec
+from trainer.data import Batch, ShardedSplit
+from trainer.engine import build_engine, consolidated_state_dict
+from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
+from trainer.export import save_classifier
+from trainer.model import build_classifier, count_parameters
+from trainer.protocols import ArtifactSink, Reporter
+from trainer.snapshot import capture_weights, restore_weights
+
+
+@dataclass
+class TrainProgress:
+    """Where training stands; `state_dict()` is what a checkpoint needs to resume exactly."""
+
+    epoch: int = 0
+    step: int = 0
+    micro_steps_in_epoch: int = 0
+    samples_seen_in_epoch: int = 0  # global position in this epoch's sample order
+    best_metric: float | None = None
+    best_step: int = 0
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "rng": {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+            },
+        }
+
+
+class StepWindow:
+    """Loss and throughput since the last log line, summed over ranks when flushed."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum, self.micro_steps, self.samples, self.tokens = 0.0, 0, 0, 0
+        self.started = time.perf_counter()
+
+    def add(self, loss: float, batch: Batch) -> None:
+        self.loss_sum += loss
+        self.micro_steps += 1
+        self.samples += batch.num_samples()
+        self.tokens += batch.num_tokens()
+
+    def flush(self) -> dict[str, float]:
+        totals = torch.tensor(
+            [self.loss_sum, self.micro_steps, self.samples, self.tokens], dtype=torch.float64
+        )
+        dist.all_reduce(totals)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        loss_sum, micro_steps, samples, tokens = totals.tolist()
+        self.reset()
+        return {
+            "loss": loss_sum / max(micro_steps, 1),
+            "samples_per_s": samples / elapsed,
+            "tokens_per_s": tokens / elapsed,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) -> dict[str, Any]:
+    """Fine-tune, evaluate and save; returns the summary (also reported to the head by rank 0)."""
+    job, t = spec.job, spec.job.training
+    world, rank = dist.get_world_size(), dist.get_rank()
+    is_rank_zero = rank == 0
+    torch.set_num_threads(max(1, int(job.cluster.cpus_per_worker)))
+    seed_everything(t.seed)
+    wall_start = time.perf_counter()
+
+    # --- setup: data, model, engine
+    train_split = ShardedSplit(spec.split_dirs["train"])
+    val_split = ShardedSplit(spec.split_dirs["validation"])
+    test_split = ShardedSplit(spec.split_dirs["test"])
+    micro_per_epoch = len(
+        train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)
+    )
+    steps_per_epoch = micro_per_epoch // t.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"data.train: {train_split.num_rows} rows cannot fill one optimizer step of "
+            f"{job.global_batch_size()} samples (micro_batch_size x grad_accum x num_workers)"
+        )
+    total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
+    model = build_classifier(spec.model_dir, spec.label_names, job.peft)
+    trainable, total = count_parameters(model)
+    engine = build_engine(model, job, world, total_steps)
+    num_classes = len(spec.label_names)
+    eval_batch = t.effective_eval_batch_size()
+    dropped = train_split.num_rows - steps_per_epoch * t.grad_accum * t.micro_batch_size * world
+    if is_rank_zero:
+        reporter.report(
+            {
+                "event": "start",
+                "total_steps": total_steps,
+                "steps_per_epoch": steps_per_epoch,
+                "world_size": world,
+                "trainable_params": trainable,
+                "total_params": total,
+                "train_samples_dropped_per_epoch": dropped,
+            }
+        )
+
+    # --- train with periodic validation and early stopping
+    progress = TrainProgress()
+    window = StepWindow()
+    best_weights: list[torch.Tensor] | None = None
+    best_eval: EvalResult | None = None
+    last_eval_step = -1
+    while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
+        batches = train_split.epoch_batches(
+            progress.epoch, t.seed, world, rank, t.micro_batch_size, train=True
+        )
+        for batch in train_split.iter_batches(batches[: steps_per_epoch * t.grad_accum]):
+            outputs = engine(
+                **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
+            )
+            engine.backward(outputs.loss)
+            engine.step()
+            window.add(outputs.loss.item(), batch)
+            progress.micro_steps_in_epoch += 1
+            progress.samples_seen_in_epoch += world * t.micro_batch_size
+            if progress.micro_steps_in_epoch % t.grad_accum:
+                continue
+            progress.step += 1
+            epoch_float = progress.epoch + progress.micro_steps_in_epoch / micro_per_epoch
+            if progress.step % t.log_every == 0 or progress.step == total_steps:
+                record = {"event": "train", "step": progress.step, "epoch": round(epoch_float, 4)}
+                record |= window.flush() | {"lr": engine.get_lr()[0]}
+                if is_rank_zero:
+                    reporter.report(record)
+            end_of_epoch = progress.micro_steps_in_epoch == steps_per_epoch * t.grad_accum
+            if _eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
+                result = evaluate(engine, val_split, eval_batch, num_classes)
+                last_eval_step = progress.step
+                if t.metric_is_better(result.metric(t.early_stopping_metric), progress.best_metric):
+                    progress.best_metric, progress.best_step = (
+                        result.metric(t.early_stopping_metric),
+                        progress.step,
+                    )
+                    progress.evals_without_improvement = 0
+                    best_weights, best_eval = capture_weights(engine.module), result
+                else:
+                    progress.evals_without_improvement += 1
+                if is_rank_zero:
+                    reporter.report(
+                        {"event": "eval", "step": progress.step, "epoch": round(epoch_float, 4)}
+                        | result.metrics("val")
+                        | {"best_step": progress.best_step}
+                    )
+                patience = t.early_stopping_patience
+                if patience is not None and progress.evals_without_improvement > patience:
+                    progress.stopped_early = True
+            if progress.stopped_early or _is_finished(progress, total_steps):
+                break
+        if progress.stopped_early:
+            break
+        progress.epoch += 1
+        progress.micro_steps_in_epoch = progress.samples_seen_in_epoch = 0
+    if last_eval_step != progress.step:  # never end on weights that were not validated
+        result = evaluate(engine, val_split, eval_batch, num_classes)
+        if best_eval is None or t.metric_is_better(
+            result.metric(t.early_stopping_metric), progress.best_metric
+        ):
+            best_weights, best_eval, progress.best_step = (
+                capture_weights(engine.module),
+                result,
+                progress.step,
+            )
+
+    # --- test the best weights, then save them
+    restore_weights(engine.module, best_weights)
+    test_result = evaluate(engine, test_split, eval_batch, num_classes)
+    state = consolidated_state_dict(engine)
+    summary = {
+        "best_validation": best_eval.metrics("val") | {"step": progress.best_step},
+        "test": {
+            "accuracy": test_result.accuracy,
+            "macro_f1": test_result.macro_f1,
+            "loss": test_result.loss,
+            "num_samples": test_result.num_samples,
+        },
+        "majority_baseline_accuracy": majority_baseline_accuracy(
+            train_split.labels(), test_result.labels
+        ),
+        "steps": progress.step,
+        "epochs_completed": progress.epoch,
+        "stopped_early": progress.stopped_early,
+        "world_size": world,
+        "zero_stage": job.engine.zero_stage,
+        "peft_method": job.peft.method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples_dropped_per_epoch": dropped,
+        "worker_wall_s": time.perf_counter() - wall_start,
+    }
+    if is_rank_zero:
+        _save_and_send(state, spec, test_result, sink)
+        reporter.report({"event": "summary", **summary})
+    dist.barrier()  # nobody leaves before rank 0 has delivered the model
+    engine.destroy()
+    return summary
+
+
+def _eval_due(eval_every: int | str, step: int, end_of_epoch: bool) -> bool:
+    return end_of_epoch if eval_every == "epoch" else step % eval_every == 0
+
+
+def _is_finished(progress: TrainProgress, total_steps: int) -> bool:
+    return progress.step >= total_steps
+
+
+def _save_and_send(
+    state: dict[str, torch.Tensor], spec: RunSpec, test: EvalResult, sink: ArtifactSink
+) -> None:
+    with tempfile.TemporaryDirectory(prefix="ftlaunch-export-") as tmp:
+        model_dir = save_classifier(state, spec, Path(tmp) / "model")
+        sink.put_dir(model_dir, "model")
+        predictions = Path(tmp) / "predictions_test.jsonl"
+        with predictions.open("w") as fh:
+            for sample_id, pred, label in zip(
+                test.sample_ids, test.predictions, test.labels, strict=True
+            ):
+                row = {
+                    "sample_id": int(sample_id),
+                    "prediction": spec.label_names[pred],
+                    "label": spec.label_names[label],
+                }
+                fh.write(json.dumps(row) + "\n")
+        sink.put_file(predictions, "predictions_test.jsonl")
