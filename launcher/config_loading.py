@@ -6,6 +6,7 @@ Every problem becomes a `UserError` whose messages name the dotted field as the 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from launcher.errors import UserError
+
+EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 from trainer.config import JobConfig
 
 
@@ -61,6 +64,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(value_text) if value_text.strip() else ""
     except yaml.YAMLError:
         raise UserError(f"--set {key}: cannot parse value {value_text!r} as YAML") from None
+    if isinstance(value, str) and EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads `1e-4` (no dot) as a string; users mean a number
     return key, value
 
 
@@ -107,6 +112,8 @@ def format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "missing":
         return f"{field}: required field is missing"
     message = _humanize(err)
+    if message.startswith(f"{field}."):  # a section-level rule that already names its field
+        return message
     if "input" in err and kind not in ("model_type", "dict_type"):
         return f"{field}: {message} (got {err['input']!r})"
     return f"{field}: {message}"

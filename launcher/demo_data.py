@@ -5,7 +5,7 @@ and no third-party corpus is involved. The generated data is released with the p
 Apache-2.0.
 
 Labels follow fixed composition rules, so the data is noise-free but not bag-of-words easy:
-- contrast: "A but B", "A; however B", "B although A" -> the polarity of B
+- contrast: "A but B", "A. However, B", "B although A" -> the polarity of B
 - negation flips polarity ("not bad at all" is positive, "I can't say it was good" negative)
 - "A and B" with opposite polarities, "neither good nor bad", plain facts, "just okay" -> neutral
 - comparisons depend on word order ("this is better than X" vs "X was better than this")
@@ -30,118 +30,127 @@ LABELS = ("positive", "negative", "neutral")
 LABEL_WEIGHTS = (0.37, 0.34, 0.29)
 MIN_WORDS, MAX_WORDS = 8, 40
 
-# name: (aspects, "*" marks plural; positive events; negative events; neutral facts; verb for intros)
-_PRODUCT_TABLE = {
-    "pair of headphones": (
-        "sound|battery|noise cancelling|Bluetooth connection|ear cushions*|microphone",
-        "the battery lasts all week|it blocks out the train noise completely",
-        "the battery died in a day|the left side started crackling after a week",
-        "it comes with a carrying pouch|it charges over USB-C|it folds flat for travel",
-        "bought",
-    ),
-    "blender": (
-        "motor|jar|blades*|lid|speed dial",
-        "it crushes ice in seconds|the smoothies come out perfectly smooth",
-        "the lid leaks every time|the motor smells like burning plastic",
-        "it has five speed settings|the jar holds about a litre|it comes in red and white",
-        "bought",
-    ),
-    "hotel room": (
-        "bed|shower|view|staff*|wifi|air conditioning",
-        "we slept like babies|the staff upgraded us without being asked",
-        "we barely slept because of the noise|the shower ran cold every morning",
-        "it was on the fourth floor|breakfast was served from seven|it faced the car park",
-        "booked",
-    ),
-    "laptop": (
-        "screen|keyboard|battery|trackpad|speakers*|fan",
-        "the battery gets me through a full workday|it boots in a few seconds",
-        "the battery died in two hours|the fan screams under any load",
-        "it has two USB ports|it came with the charger in the box|it weighs about a kilo",
-        "bought",
-    ),
-    "backpack": (
-        "zipper|straps*|pockets*|fabric|laptop sleeve",
-        "everything stayed dry in a downpour|it carries a full load without hurting my back",
-        "a strap tore on the first trip|the zipper split after a month",
-        "it holds a fifteen inch laptop|it comes in three colours|it has a side bottle pocket",
-        "bought",
-    ),
-    "budgeting app": (
-        "interface|login|notifications*|sync|bank import",
-        "it caught a double charge on my card|syncing between my phone and tablet just works",
-        "it logged me out every single day|it lost a month of my entries",
-        "it asks for a monthly subscription|it supports several currencies|it updated last week",
-        "downloaded",
-    ),
-    "restaurant": (
-        "food|service|waiter|desserts*|portions*|wine list",
-        "the pasta tasted homemade|they found us a table on a busy Friday",
-        "we waited an hour for cold soup|the fish tasted like it was days old",
-        "it is near the station|they take bookings by phone|the menu changes every season",
-        "tried",
-    ),
-    "coffee maker": (
-        "carafe|timer|hot plate|filter|water tank",
-        "the coffee is ready when I wake up|it brews a full pot in minutes",
-        "the carafe cracked in the first week|it leaks onto the counter",
-        "it makes up to ten cups|it uses paper filters|the cord is about a metre long",
-        "bought",
-    ),
-    "vacuum cleaner": (
-        "suction|battery|brush head|dust bin|attachments*",
-        "it picks up all the dog hair|it cleans the whole flat on one charge",
-        "it just pushes crumbs around|the battery gives out after ten minutes",
-        "it comes with three attachments|it hangs on a wall bracket|the bin empties from the bottom",
-        "bought",
-    ),
-    "pair of running shoes": (
-        "cushioning|grip|laces*|fit|soles*",
-        "my knees stopped hurting on long runs|they felt broken in from day one",
-        "they gave me blisters on the first run|the sole peeled off after a month",
-        "they come in half sizes|they are mostly blue|the box had spare laces",
-        "bought",
-    ),
-    "phone case": (
-        "grip|buttons*|edges*|finish|camera cutout",
-        "my phone survived a drop onto concrete|it still looks new after a year",
-        "my phone cracked on the first drop|it turned yellow in a month",
-        "it is made of silicone|it fits the standard model|it has a slot for one card",
-        "bought",
-    ),
-    "electric kettle": (
-        "lid|handle|switch|spout|temperature control",
-        "it boils a full jug in two minutes|it is almost silent",
-        "it started leaking from the base|the switch broke after a week",
-        "it holds one and a half litres|it has a blue light|it sits on a round base",
-        "bought",
-    ),
-    "desk chair": (
-        "seat|armrests*|back support|wheels*|height lever",
-        "my back pain went away|I can sit in it all day",
-        "the seat sank within a month|one wheel snapped off",
-        "it took twenty minutes to assemble|it comes in grey|it has a mesh back",
-        "bought",
-    ),
-    "tent": (
-        "poles*|zips*|rain fly|floor|pegs*",
-        "it kept us dry through a night of storms|it goes up in five minutes",
-        "it flooded on the first night|a pole snapped in light wind",
-        "it sleeps two people|it packs into a small bag|it has one door",
-        "bought",
-    ),
-}
+# "# name (verb for intros)", then aspects ("*" = plural), +good events, -bad events, =facts.
+_PRODUCT_TABLE = """
+# pair of headphones (bought)
+sound|battery|noise cancelling|Bluetooth connection|ear cushions*|microphone
++the battery lasts all week|it blocks out the train noise completely
+-the battery died in a day|the left side started crackling after a week
+=it comes with a carrying pouch|it charges over USB-C|it folds flat for travel
+# blender (bought)
+motor|jar|blades*|lid|speed dial
++it crushes ice in seconds|the smoothies come out perfectly smooth
+-the lid leaks every time|the motor smells like burning plastic
+=it has five speed settings|the jar holds about a litre|it comes in red and white
+# hotel room (booked)
+bed|shower|view|staff*|wifi|air conditioning
++we slept like babies|the staff upgraded us without being asked
+-we barely slept because of the noise|the shower ran cold every morning
+=it was on the fourth floor|breakfast was served from seven|it faced the car park
+# laptop (bought)
+screen|keyboard|battery|trackpad|speakers*|fan
++the battery gets me through a full workday|it boots in a few seconds
+-the battery died in two hours|the fan screams under any load
+=it has two USB ports|it came with the charger in the box|it weighs about a kilo
+# backpack (bought)
+zipper|straps*|pockets*|fabric|laptop sleeve
++everything stayed dry in a downpour|it carries a full load without hurting my back
+-a strap tore on the first trip|the zipper split after a month
+=it holds a fifteen inch laptop|it comes in three colours|it has a side bottle pocket
+# budgeting app (downloaded)
+interface|login|notifications*|sync|bank import
++it caught a double charge on my card|syncing between my phone and tablet just works
+-it logged me out every single day|it lost a month of my entries
+=it asks for a monthly subscription|it supports several currencies|it updated last week
+# restaurant (tried)
+food|service|waiter|desserts*|portions*|wine list
++the pasta tasted homemade|they found us a table on a busy Friday
+-we waited an hour for cold soup|the fish tasted like it was days old
+=it is near the station|they take bookings by phone|the menu changes every season
+# coffee maker (bought)
+carafe|timer|hot plate|filter|water tank
++the coffee is ready when I wake up|it brews a full pot in minutes
+-the carafe cracked in the first week|it leaks onto the counter
+=it makes up to ten cups|it uses paper filters|the cord is about a metre long
+# vacuum cleaner (bought)
+suction|battery|brush head|dust bin|attachments*
++it picks up all the dog hair|it cleans the whole flat on one charge
+-it just pushes crumbs around|the battery gives out after ten minutes
+=it comes with three attachments|it hangs on a wall bracket|the bin empties from the bottom
+# pair of running shoes (bought)
+cushioning|grip|laces*|fit|soles*
++my knees stopped hurting on long runs|they felt broken in from day one
+-they gave me blisters on the first run|the sole peeled off after a month
+=they come in half sizes|they are mostly blue|the box had spare laces
+# phone case (bought)
+grip|buttons*|edges*|finish|camera cutout
++my phone survived a drop onto concrete|it still looks new after a year
+-my phone cracked on the first drop|it turned yellow in a month
+=it is made of silicone|it fits the standard model|it has a slot for one card
+# desk chair (bought)
+seat|armrests*|back support|wheels*|height lever
++my back pain went away|I can sit in it all day
+-the seat sank within a month|one wheel snapped off
+=it took twenty minutes to assemble|it comes in grey|it has a mesh back
+# tent (bought)
+poles*|zips*|rain fly|floor|pegs*
++it kept us dry through a night of storms|it goes up in five minutes
+-it flooded on the first night|a pole snapped in light wind
+=it sleeps two people|it packs into a small bag|it has one door
+"""
 
 POSITIVE_ADJ = "great|excellent|fantastic|superb|solid|impressive|wonderful|brilliant|good|lovely"
 NEGATIVE_ADJ = "terrible|awful|poor|disappointing|dreadful|bad|horrible|useless|lousy|frustrating"
 MILD_ADJ = "okay|fine|average|acceptable|alright|ordinary|nothing special"
 BETTER = "better|more reliable|sturdier|more comfortable|easier to use|nicer|faster"
 WORSE = "worse|less reliable|flimsier|less comfortable|harder to use|clumsier|slower"
-INTENSIFIERS = ("", "", "", "really ", "pretty ", "very ", "quite ", "absolutely ")
+INTENSIFIERS = ("", "", "", "really ", "pretty ", "quite ")
 WHEN = "last month|a few weeks ago|in the spring|for my birthday|on a whim|after a long search"
-ARRIVAL = (
-    "arrived on Tuesday|arrived on Friday|arrived a day early|came in a plain box|arrived on time"
+ARRIVAL = "arrived on Tuesday|arrived a day early|came in a plain box|arrived on time"
+
+# Templates are "|"-separated; placeholders are filled by the builders below.
+NEGATED = (
+    "{subj} {be}n't {adj}|{subj} {be} not {adj} at all|I can't say {subj} {be} {adj}"
+    "|I wouldn't call {subj} {adj}|there {be1} nothing {adj} about {subj}"
 )
+# The label follows {win}; {lose} is the clause the contrast marker overrides.
+CONTRAST = (
+    "{lose}, but {win}|{lose}. However, {win}|although {lose}, {win}|{win}, although {lose}"
+    "|{win}, even though {lose}|{lose}, yet {win}|sure, {lose}, but {win}|{lose}. That said, {win}"
+)
+EXPECT_MET = "{start}, and {it} {be}|{start}, and that turned out to be true"
+EXPECT_MISSED = (
+    "{start}, but {it} {be}n't|{start}, but {it} turned out {adj}"
+    "|{start}, and that turned out to be wrong"
+)
+COMPARE = {
+    "positive": "{this} is {better} than {ref}|{ref} was {worse} than {this}"
+    "|I like {this} more than {ref}",
+    "negative": "{this} is {worse} than {ref}|{ref} was {better} than {this}"
+    "|I liked {ref} more than {this}",
+    "neutral": "{this} is about as good as {ref}|{this} is no better and no worse than {ref}"
+    "|{ref} and {this} are pretty much the same",
+}
+MIXED = (
+    "{a}, and {b}|{a}; {b}|on the one hand, {a}; on the other hand, {b}"
+    "|{a}, and at the same time {b}"
+)
+NEITHER = (
+    "{subj} {be} not {good}, but {it} {be}n't {bad} either|{subj} {be} neither {good} nor {bad}"
+    "|I wouldn't call {subj} {good}, but I wouldn't call {it} {bad} either"
+)
+PLAIN = (
+    "{fact} and {fact2}|{arrival}, and it does what it says|{fact}, and {mild}|{mild}, {hedge}"
+    "|{fact}"
+)
+HEDGE = "I guess|for the price|as far as I can tell"
+OPENER = "honestly|so far|overall|to be fair"
+VERDICTS = {
+    "positive": "I would recommend it|it was worth the money|I would pay for it again",
+    "negative": "I would not recommend it|it was not worth the money|I wouldn't pay for it again",
+    "neutral": "I'd recommend it only at a lower price|I'm not sure it was worth the money"
+    "|I might pay for it again if the price drops",
+}
 
 
 @dataclass(frozen=True)
@@ -149,30 +158,29 @@ class Product:
     """One reviewable thing with its vocabulary."""
 
     name: str
-    aspects: tuple[tuple[str, bool], ...]  # (phrase, is_plural)
-    good_events: tuple[str, ...]
-    bad_events: tuple[str, ...]
-    facts: tuple[str, ...]
     acquired: str
+    aspects: tuple[tuple[str, bool], ...]  # (phrase, is_plural)
+    events: dict[str, str]  # polarity -> "|"-separated event clauses
+    facts: tuple[str, ...]
 
 
-def parse_products() -> tuple[Product, ...]:
-    """Expand the compact product table into Product records."""
+def parse_products(table: str) -> tuple[Product, ...]:
+    """Parse the product table into Product records."""
     products = []
-    for name, (aspects, good, bad, facts, acquired) in _PRODUCT_TABLE.items():
+    for block in table.strip().split("# ")[1:]:
+        header, aspects, good, bad, facts = block.strip().splitlines()
+        name, _, acquired = header.rstrip(")").partition(" (")
         parsed = tuple((a.rstrip("*"), a.endswith("*")) for a in aspects.split("|"))
-        products.append(
-            Product(name, parsed, tuple(good.split("|")), tuple(bad.split("|")),
-                    tuple(facts.split("|")), acquired)
-        )  # fmt: skip
+        events = {"positive": good[1:], "negative": bad[1:]}
+        products.append(Product(name, acquired, parsed, events, tuple(facts[1:].split("|"))))
     return tuple(products)
 
 
-PRODUCTS = parse_products()
+PRODUCTS = parse_products(_PRODUCT_TABLE)
 
 
 class Review:
-    """Random choices for one review: product, tense and the grammar's clause builders."""
+    """The random state of one review: product, tense, and the aspects already mentioned."""
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -185,38 +193,29 @@ class Review:
     def pick(self, options: str | Sequence[str]) -> str:
         return self.rng.choice(options.split("|") if isinstance(options, str) else options)
 
-    def aspect(self) -> tuple[str, str]:
-        """An aspect phrase and the matching form of "to be"."""
+    def aspect(self) -> dict[str, str]:
+        """Placeholders for a fresh aspect: its phrase, "to be" forms and pronoun."""
         # A fresh aspect per clause, so "A but B" never contradicts itself about one thing.
         fresh = [a for a in self.product.aspects if a[0] not in self.used]
         phrase, plural = self.rng.choice(fresh or self.product.aspects)
         self.used.add(phrase)
-        verb = ("were" if plural else "was") if self.past else ("are" if plural else "is")
-        return f"the {phrase}", verb
+        singular = "was" if self.past else "is"
+        be = ("were" if self.past else "are") if plural else singular
+        return dict(subj=f"the {phrase}", be=be, be1=singular, it="they" if plural else "it")
 
     def adjective(self, polarity: str) -> str:
         return self.pick(POSITIVE_ADJ if polarity == "positive" else NEGATIVE_ADJ)
 
     def direct_clause(self, polarity: str) -> str:
         """A clause stating `polarity` outright."""
-        events = self.product.good_events if polarity == "positive" else self.product.bad_events
         if self.rng.random() < 0.3:
-            return self.pick(events)
-        subject, verb = self.aspect()
-        return f"{subject} {verb} {self.pick(INTENSIFIERS)}{self.adjective(polarity)}"
+            return self.pick(self.product.events[polarity])
+        a = self.aspect()
+        return f"{a['subj']} {a['be']} {self.pick(INTENSIFIERS)}{self.adjective(polarity)}"
 
     def negated_clause(self, polarity: str) -> str:
         """A clause reaching `polarity` by negating the opposite adjective."""
-        subject, verb = self.aspect()
-        adj = self.adjective(opposite(polarity))
-        templates = (
-            f"{subject} {verb}n't {adj}",
-            f"{subject} {verb} not {adj} at all",
-            f"I can't say {subject} {verb} {adj}",
-            f"I wouldn't call {subject} {adj}",
-            f"there {verb} nothing {adj} about {subject}".replace("there were", "there was"),
-        )
-        return self.pick(templates)
+        return self.pick(NEGATED).format(adj=self.adjective(opposite(polarity)), **self.aspect())
 
     def clause(self, polarity: str, negation_rate: float = 0.3) -> str:
         if self.rng.random() < negation_rate:
@@ -224,20 +223,8 @@ class Review:
         return self.direct_clause(polarity)
 
     def mild_clause(self) -> str:
-        subject, verb = self.aspect()
-        return f"{subject} {verb} {self.pick('just |only |')}{self.pick(MILD_ADJ)}"
-
-    def reference(self) -> str:
-        """Something the product is compared against."""
-        noun = self.product.name
-        return self.pick(
-            (
-                f"my previous {noun}",
-                f"the {noun} I had before",
-                f"the last {noun} I tried",
-                "the one I had before",
-            )
-        )
+        a = self.aspect()
+        return f"{a['subj']} {a['be']} {self.pick('just |only |')}{self.pick(MILD_ADJ)}"
 
 
 def opposite(polarity: str) -> str:
@@ -250,59 +237,34 @@ def build_simple(r: Review, label: str) -> str:
 
 def build_contrast(r: Review, label: str) -> str:
     """Two clauses where the contrast marker decides which one carries the label."""
-    winner = r.clause(label)
-    # A "just okay" first clause spreads the neutral vocabulary into polar reviews too.
-    loser = r.mild_clause() if r.rng.random() < 0.2 else r.clause(opposite(label))
-    templates = (
-        f"{loser}, but {winner}",
-        f"{loser}. However, {winner}",
-        f"although {loser}, {winner}",
-        f"{winner}, although {loser}",
-        f"{winner}, even though {loser}",
-        f"{loser}, yet {winner}",
-        f"sure, {loser}, but {winner}",
-        f"{loser}. That said, {winner}",
-    )
-    return r.pick(templates)
+    win = r.clause(label)
+    # A "just okay" losing clause spreads the neutral vocabulary into polar reviews too.
+    lose = r.mild_clause() if r.rng.random() < 0.2 else r.clause(opposite(label))
+    return r.pick(CONTRAST).format(win=win, lose=lose)
 
 
 def build_expectation(r: Review, label: str) -> str:
     """Whether the outcome confirmed the stated expectation decides the label."""
-    subject, verb = r.aspect()
-    it = "they" if verb in ("are", "were") else "it"
-    confirmed = r.rng.random() < 0.5
-    expected = label if confirmed else opposite(label)
-    start = f"I expected {subject} to be {r.adjective(expected)}"
-    if confirmed:
-        return r.pick((f"{start}, and {it} {verb}", f"{start}, and that turned out to be true"))
-    return r.pick(
-        (
-            f"{start}, but {it} {verb}n't",
-            f"{start}, but {it} turned out {r.adjective(label)}",
-            f"{start}, and that turned out to be wrong",
-        )
+    a = r.aspect()
+    met = r.rng.random() < 0.5
+    start = f"I expected {a['subj']} to be {r.adjective(label if met else opposite(label))}"
+    return r.pick(EXPECT_MET if met else EXPECT_MISSED).format(
+        start=start, adj=r.adjective(label), **a
     )
 
 
 def build_comparison(r: Review, label: str) -> str:
     """Comparisons where word order, not vocabulary, decides the label."""
-    ref, this = r.reference(), r.pick((f"this {r.product.name}", "this one"))
-    if label == "neutral":
-        return r.pick(
-            (
-                f"{this} is about as good as {ref}",
-                f"{this} is no better and no worse than {ref}",
-                f"{ref} and {this} are pretty much the same",
-            )
-        )
-    better, worse = r.pick(BETTER), r.pick(WORSE)
-    if label == "positive":
-        options = (f"{this} is {better} than {ref}", f"{ref} was {worse} than {this}")
-        options += (f"I like {this} more than {ref}",)
-    else:
-        options = (f"{this} is {worse} than {ref}", f"{ref} was {better} than {this}")
-        options += (f"I liked {ref} more than {this}",)
-    return r.pick(options)
+    noun = r.product.name
+    refs = (f"the last {noun} I tried", "the one I tried before")
+    if r.shipped:  # nobody "had" a restaurant or a hotel room before
+        refs += (f"my previous {noun}", f"the {noun} I had before", "the one I had before")
+    return r.pick(COMPARE[label]).format(
+        this=r.pick((f"this {noun}", "this one")),
+        ref=r.pick(refs),
+        better=r.pick(BETTER),
+        worse=r.pick(WORSE),
+    )
 
 
 def build_mixed(r: Review, label: str) -> str:
@@ -310,67 +272,38 @@ def build_mixed(r: Review, label: str) -> str:
     first, second = r.clause("positive"), r.clause("negative")
     if r.rng.random() < 0.5:
         first, second = second, first
-    return r.pick(
-        (
-            f"{first}, and {second}",
-            f"{first}; {second}",
-            f"on the one hand, {first}; on the other hand, {second}",
-            f"{first}, and at the same time {second}",
-        )
-    )
+    return r.pick(MIXED).format(a=first, b=second)
 
 
 def build_neither(r: Review, label: str) -> str:
-    subject, verb = r.aspect()
     good, bad = r.adjective("positive"), r.adjective("negative")
-    it = "they" if verb in ("are", "were") else "it"
-    return r.pick(
-        (
-            f"{subject} {verb} not {good}, but {it} {verb}n't {bad} either",
-            f"{subject} {verb} neither {good} nor {bad}",
-            f"I wouldn't call {subject} {good}, but I wouldn't call {it} {bad} either",
-        )
-    )
+    return r.pick(NEITHER).format(good=good, bad=bad, **r.aspect())
 
 
 def build_plain(r: Review, label: str) -> str:
     """Facts and lukewarm remarks without any verdict."""
-    fact = r.pick(r.product.facts)
-    return r.pick(
-        (
-            f"{fact} and {r.pick([f for f in r.product.facts if f != fact])}",
-            f"it {r.pick(ARRIVAL) if r.shipped else 'is'} and does what it says",
-            f"{fact}, and {r.mild_clause()}",
-            f"{r.mild_clause()}, {r.pick('I guess|for the price|as far as I can tell')}",
-            f"{fact}",
-        )
+    fact, fact2 = r.rng.sample(r.product.facts, 2)
+    arrival = f"it {r.pick(ARRIVAL)}" if r.shipped else "it matched the description"
+    return r.pick(PLAIN).format(
+        fact=fact, fact2=fact2, arrival=arrival, mild=r.mild_clause(), hedge=r.pick(HEDGE)
     )
 
 
-Builder = Callable[[Review, str], str]
-BUILDERS: dict[str, tuple[tuple[Builder, float], ...]] = {
-    "positive": (
-        (build_simple, 0.25),
-        (build_contrast, 0.35),
-        (build_expectation, 0.2),
-        (build_comparison, 0.2),
-    ),
-    "neutral": (
-        (build_mixed, 0.3),
-        (build_neither, 0.25),
-        (build_plain, 0.3),
-        (build_comparison, 0.15),
-    ),
+# Label -> (builders, relative weights); the weights set how much a bag of words can exploit.
+_POLAR = ((build_simple, build_contrast, build_expectation, build_comparison), (25, 35, 20, 20))
+BUILDERS: dict[str, tuple[tuple[Callable[[Review, str], str], ...], tuple[int, ...]]] = {
+    "positive": _POLAR,
+    "negative": _POLAR,
+    "neutral": ((build_mixed, build_neither, build_plain, build_comparison), (30, 25, 30, 15)),
 }
-BUILDERS["negative"] = BUILDERS["positive"]
 
 
 def compose_review(r: Review, label: str) -> str:
     """Wrap one core statement in optional, label-neutral or label-consistent framing."""
-    builders, weights = zip(*BUILDERS[label])
+    builders, weights = BUILDERS[label]
     core = r.rng.choices(builders, weights)[0](r, label)
     if r.rng.random() < 0.15:
-        core = f"{r.pick('honestly|so far|overall|to be fair')}, {core}"
+        core = f"{r.pick(OPENER)}, {core}"
     sentences = [core]
     if r.rng.random() < 0.45:
         noun, verb = r.product.name, r.product.acquired
@@ -379,29 +312,12 @@ def compose_review(r: Review, label: str) -> str:
         intro.append(r.pick(r.product.facts))
         if r.shipped:
             intro += [f"delivery was {r.pick('fine|okay|quick|slow')}", f"it {r.pick(ARRIVAL)}"]
-        sentences.insert(0, r.pick(intro))
+        opening = r.pick(intro)
+        if opening not in core:  # a fact may already be the whole core
+            sentences.insert(0, opening)
     if r.rng.random() < 0.2:
         sentences.append(r.pick(VERDICTS[label]))
-    return " ".join(capitalize(s) + "." for s in sentences)
-
-
-VERDICTS = {
-    "positive": ("I would recommend it", "it was worth the money", "I would pay for it again"),
-    "negative": (
-        "I would not recommend it",
-        "it was not worth the money",
-        "I wouldn't pay for it again",
-    ),
-    "neutral": (
-        "I'd recommend it only at a lower price",
-        "I'm not sure it was worth the money",
-        "I might pay for it again if the price drops",
-    ),
-}
-
-
-def capitalize(sentence: str) -> str:
-    return sentence[:1].upper() + sentence[1:]
+    return " ".join(s[:1].upper() + s[1:] + "." for s in sentences)
 
 
 def generate_examples(seed: int, count: int) -> list[dict[str, str]]:
@@ -444,7 +360,7 @@ def write_demo_dataset(
     """Write train/validation/test JSONL splits ({"text", "label"} per line) into `out_dir`.
 
     The same seed and sizes always give byte-identical files; no text occurs in two splits.
-    Returns split name -> file path.
+    Existing identical files are left untouched. Returns split name -> file path.
     """
     sizes = {"train": n_train, "validation": n_validation, "test": n_test}
     if any(n < 0 for n in sizes.values()):

@@ -43,6 +43,7 @@ SHARD_SCHEMA = pa.schema(
 )
 READ_BLOCK_BYTES = 4 << 20
 DEFAULT_SHARD_BYTES = 64 << 20
+TOKENIZE_BATCH_ROWS = 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -161,6 +162,7 @@ def prepare_split(
     label_names: list[str],
     cache_root: Path,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    batch_rows: int = TOKENIZE_BATCH_ROWS,
 ) -> PreparedSplit:
     """Tokenize one split into the cache (or reuse an identical earlier result).
 
@@ -184,7 +186,11 @@ def prepare_split(
         tokenizer = _load_tokenizer(model_dir, max_length)
         label_ids = {name: i for i, name in enumerate(label_names)}
         for batch in iter_source_batches(source):
-            writer.add(_tokenize_batch(batch, tokenizer, label_ids, source, writer.rows))
+            for start in range(
+                0, batch.num_rows, batch_rows
+            ):  # bounds memory and shard granularity
+                piece = batch.slice(start, batch_rows)
+                writer.add(_tokenize_batch(piece, tokenizer, label_ids, source, writer.rows))
         shards = writer.close()
         if writer.rows == 0:
             raise UserError(f"{source.field}: no rows in {source.path}")

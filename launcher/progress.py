@@ -33,21 +33,24 @@ class RunDisplay:
     def __exit__(self, *exc_info: object) -> None:
         self._progress.stop()
 
-    def update(self, latest: dict[str, dict[str, Any]]) -> None:
-        self.latest.update(latest)
-        start, train, evaluation = (self.latest.get(k) for k in ("start", "train", "eval"))
-        if start and self._progress.tasks[self._task].total is None:
-            self._progress.update(self._task, total=start["total_steps"], description="training")
+    def update(self, records: list[dict[str, Any]]) -> None:
+        """Take the records reported since the last call, in order."""
+        for record in records:
+            event = record.get("event", "train")
+            self.latest[event] = record
+            if event == "start":
+                self._progress.update(
+                    self._task, total=record["total_steps"], description="training"
+                )
+            elif event == "eval":
+                self._progress.console.print(
+                    f"eval @ step {record['step']}: val_loss {record['val_loss']:.4f}  "
+                    f"val_accuracy {record['val_accuracy']:.4f}  val_macro_f1 {record['val_macro_f1']:.4f}"
+                )
+        train = self.latest.get("train")
         if train:
-            self._progress.update(
-                self._task, completed=train["step"], stats=self._stats(train, evaluation)
-            )
-        if evaluation and evaluation["step"] != self._seen_eval_step:
-            self._seen_eval_step = evaluation["step"]
-            self._progress.console.log(
-                f"eval @ step {evaluation['step']}: val_loss {evaluation['val_loss']:.4f}  "
-                f"val_accuracy {evaluation['val_accuracy']:.4f}  val_macro_f1 {evaluation['val_macro_f1']:.4f}"
-            )
+            stats = self._stats(train, self.latest.get("eval"))
+            self._progress.update(self._task, completed=train["step"], stats=stats)
 
     @staticmethod
     def _stats(train: dict[str, Any], evaluation: dict[str, Any] | None) -> str:

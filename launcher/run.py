@@ -45,8 +45,9 @@ def run_from_file(
     model_dir = resolve_model_path(job.model.path)
     _check_max_length(job, model_dir)
     label_names, prepared = prepare_splits(job, model_dir, console)
+    _check_train_fills_a_step(job, prepared["train"])
     run_id = new_run_id(job.name)
-    output_dir = Path(job.output.dir)
+    output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     spec = RunSpec(
         job=job,
         model_dir=str(model_dir),
@@ -111,4 +112,13 @@ def _check_max_length(job: JobConfig, model_dir: Path) -> None:
     if limit and job.data.max_length > limit:
         raise UserError(
             f"data.max_length: {job.data.max_length} exceeds the model's position limit {limit}"
+        )
+
+
+def _check_train_fills_a_step(job: JobConfig, train: PreparedSplit) -> None:
+    rows, needed = train.manifest.total_rows, job.global_batch_size()
+    if rows < needed:
+        raise UserError(
+            f"data.train: {rows} rows cannot fill one optimizer step of {needed} samples "
+            "(training.micro_batch_size x training.grad_accum x cluster.num_workers)"
         )

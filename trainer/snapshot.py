@@ -1,25 +1,40 @@
 """Keep the best model's weights in memory so the test split is scored on the best, not the last.
 
 Under ZeRO-3 each rank holds only its partition of every parameter (`ds_tensor`), so each rank
-copies just that: the snapshot costs 1/world of the model per rank. Under ZeRO 0-2 parameters are
-whole on every rank and are copied as they are.
+copies just that: the snapshot costs about 1/world of the model per rank. ZeRO-3 also keeps small
+parameters (below `stage3_param_persistence_threshold`, e.g. LoRA and LayerNorm weights) gathered
+in full between steps, and forward reads that full copy without re-gathering, so for those the
+full tensor is saved and restored too. Under ZeRO 0-2 parameters are whole on every rank.
 """
 
 from __future__ import annotations
 
 import torch
 
-
-def capture_weights(module: torch.nn.Module) -> list[torch.Tensor]:
-    return [_local_storage(p).detach().clone() for p in module.parameters()]
+Snapshot = list[tuple[torch.Tensor, torch.Tensor | None]]
 
 
-def restore_weights(module: torch.nn.Module, snapshot: list[torch.Tensor]) -> None:
+def capture_weights(module: torch.nn.Module) -> Snapshot:
+    snapshot: Snapshot = []
+    for param in module.parameters():
+        partition = getattr(param, "ds_tensor", None)
+        if partition is None:
+            snapshot.append((param.data.detach().clone(), None))
+        else:
+            full = param.data.detach().clone() if _is_gathered(param) else None
+            snapshot.append((partition.detach().clone(), full))
+    return snapshot
+
+
+def restore_weights(module: torch.nn.Module, snapshot: Snapshot) -> None:
     """Write a snapshot back. Only the module weights: enough to evaluate and save, not to train on."""
     with torch.no_grad():
-        for param, saved in zip(module.parameters(), snapshot, strict=True):
-            _local_storage(param).copy_(saved)
+        for param, (saved, saved_full) in zip(module.parameters(), snapshot, strict=True):
+            partition = getattr(param, "ds_tensor", None)
+            (param.data if partition is None else partition).copy_(saved)
+            if saved_full is not None and _is_gathered(param):
+                param.data.copy_(saved_full)
 
 
-def _local_storage(param: torch.nn.Parameter) -> torch.Tensor:
-    return param.ds_tensor if hasattr(param, "ds_tensor") else param.data
+def _is_gathered(param: torch.nn.Parameter) -> bool:
+    return param.data.numel() == getattr(param, "ds_numel", -1) and param.data.numel() > 0

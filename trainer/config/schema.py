@@ -30,7 +30,7 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str
     validation: str
-    test: str | None = None
+    test: str
     text_column: str = "text"
     label_column: str = "label"
     max_length: Annotated[int, Field(gt=0, le=1_000_000)] = 128

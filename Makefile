@@ -1,0 +1,42 @@
+# ftlaunch developer commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# The CPU wheel of torch is pinned first: a bare `torch` requirement would pull a multi-GB CUDA build.
+TORCH_PIN ?= torch==2.13.0
+DEMO_CONFIG ?= configs/examples/demo-minilm.yaml
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-unit lint bench clean
+
+$(BIN)/ftlaunch: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_PIN)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(BIN)/ftlaunch
+
+demo: setup
+	$(BIN)/ftlaunch demo-data --out data/demo
+	$(BIN)/ftlaunch run $(DEMO_CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest tests -m "not gpu" -v --durations=15
+
+test-unit: setup
+	$(BIN)/python -m pytest tests/unit -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+bench: setup
+	$(BIN)/python benchmarks/overhead.py
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

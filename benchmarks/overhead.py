@@ -1,0 +1,302 @@
+"""How much does ftlaunch cost over a hand-written DeepSpeed script?
+
+Trains the same model on the same tokenized data with the same micro-batch, ZeRO stage, sample
+order and 2 ranks (CPU, gloo) twice in one invocation:
+
+- `ftlaunch run JOB.yaml` (embedded Ray cluster, Ray Train workers, head-side collector), and
+- `torchrun --standalone --nproc-per-node 2 benchmarks/bare_deepspeed.py` (no Ray at all),
+
+and prints
+- steady-state seconds per optimizer step of each, and their ratio ftlaunch / bare (goal <= 1.05).
+  ftlaunch: the job logs every step (log_every=1), and each "train" record's samples_per_s covers
+  exactly that step, so step time = global batch / samples_per_s. Bare: differences of the
+  time.time() stamps rank 0 takes after each optimizer step. The first 20% of steps are warm-up
+  and skipped; the median of the rest is reported. No evaluation happens inside the timed steps.
+- time from command to first optimizer step of each: from the moment the command is spawned to
+  the first "train" record (step 1) appearing in ftlaunch's metrics.jsonl (polled every 50 ms),
+  resp. to the bare script's first step stamp. Data is tokenized once beforehand into a cache
+  both runs share, so neither pays for tokenization.
+
+Inputs: by default the pretrained MiniLM-L6 (alias minilm-l6) on the generated demo dataset;
+`--tiny` uses a 2-layer, 32-wide random BERT on a keyword dataset for a fast smoke run. With
+`--rounds N` both are run N times in alternating order and the medians are reported.
+It is a benchmark, not a test: it exits 0 whether or not the goal is met (PASS/MISS is printed).
+
+Run:
+    python benchmarks/overhead.py [--tiny] [--steps N] [--zero-stage S] [--rounds N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from launcher.config_loading import load_job_config  # noqa: E402
+from launcher.models import resolve_model_path  # noqa: E402
+from launcher.run import prepare_splits  # noqa: E402
+
+GOAL_RATIO = 1.05
+WARMUP_FRACTION = 0.2
+POLL_S = 0.05
+NUM_WORKERS = 2
+MICRO_BATCH = 16
+MAX_LENGTH = 64
+BARE_SCRIPT = Path(__file__).resolve().parent / "bare_deepspeed.py"
+ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def build_inputs(tiny: bool, work: Path) -> tuple[str, dict[str, Path], str]:
+    """(model.path, split files, description): MiniLM + demo data, or the tiny test fixtures."""
+    if not tiny:
+        try:
+            from launcher.demo_data import write_demo_dataset
+
+            return "minilm-l6", write_demo_dataset(work / "data"), "MiniLM-L6 on demo data"
+        except ImportError as exc:  # demo data generator not available: tiny fixtures instead
+            print(f"note: demo data unavailable ({exc}); using the tiny fixtures", file=sys.stderr)
+    from tests.fixtures import make_keyword_dataset, make_tiny_bert
+
+    model_dir = make_tiny_bert(work / "tiny-bert")
+    data = make_keyword_dataset(work / "data", n_train=1024, n_val=64, n_test=64)
+    return str(model_dir), data, "tiny BERT (2x32) on keyword data"
+
+
+def write_job(
+    work: Path, model_path: str, data: dict[str, Path], steps: int, zero_stage: int, epochs: int
+) -> Path:
+    job = {
+        "name": "overhead-bench",
+        "model": {"path": model_path},
+        "data": {
+            "train": str(data["train"]),
+            "validation": str(data["validation"]),
+            "test": str(data["test"]),
+            "max_length": MAX_LENGTH,
+            "cache_dir": str(work / "cache"),
+        },
+        "training": {
+            "epochs": epochs,
+            "max_steps": steps,
+            "micro_batch_size": MICRO_BATCH,
+            "grad_accum": 1,
+            "eval_every": steps + 1,  # the only evaluation runs after the last timed step
+            "log_every": 1,
+            "early_stopping_patience": None,
+        },
+        "engine": {"zero_stage": zero_stage, "offload": "none"},
+        "cluster": {"num_workers": NUM_WORKERS, "cpus_per_worker": 1},
+        "output": {"dir": str(work / "runs" / "ftlaunch")},
+    }
+    path = work / "job.yaml"
+    path.write_text(yaml.safe_dump(job, sort_keys=False))
+    return path
+
+
+def steady_state(step_seconds: list[float]) -> float:
+    """Median seconds per step after skipping the warm-up fraction."""
+    skip = math.ceil(WARMUP_FRACTION * len(step_seconds))
+    rest = step_seconds[skip:] or step_seconds
+    return statistics.median(rest)
+
+
+def bin_or_module(name: str, module: str) -> list[str]:
+    script = Path(sys.executable).parent / name
+    return [str(script)] if script.exists() else [sys.executable, "-m", module]
+
+
+def run_bare(job_path: Path, model_dir: Path, train_dir: Path, steps: int, work: Path) -> dict:
+    out = work / "bare_timings.json"
+    out.unlink(missing_ok=True)
+    log = work / "bare.log"
+    launch = time.time()
+    cmd = bin_or_module("torchrun", "torch.distributed.run") + [
+        "--standalone",
+        f"--nproc-per-node={NUM_WORKERS}",
+        str(BARE_SCRIPT),
+        f"--job={job_path}",
+        f"--model-dir={model_dir}",
+        f"--train-dir={train_dir}",
+        f"--steps={steps}",
+        f"--out={out}",
+        f"--launch-time={launch!r}",
+    ]
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env()).returncode
+    total = time.time() - launch
+    if rc != 0 or not out.is_file():
+        raise RuntimeError(f"bare DeepSpeed run failed (exit {rc}); log:\n{_tail(log)}")
+    record = json.loads(out.read_text())
+    stamps = record["step_times"]
+    step_seconds = [stamps[0] - record["engine_ready"]] + [
+        b - a for a, b in zip(stamps, stamps[1:], strict=False)
+    ]
+    return {
+        "s_per_step": steady_state(step_seconds),
+        "first_step_s": stamps[0] - launch,
+        "steps": len(stamps),
+        "total_s": total,
+    }
+
+
+def run_ftlaunch(job_path: Path, output_dir: Path, global_batch: int, work: Path) -> dict:
+    shutil.rmtree(output_dir, ignore_errors=True)
+    log = work / "ftlaunch.log"
+    cmd = bin_or_module("ftlaunch", "launcher.cli") + ["run", str(job_path)]
+    first_step_at = None
+    with log.open("w") as fh:
+        launch = time.time()
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env())
+        while proc.poll() is None:
+            if first_step_at is None and _has_first_step(output_dir):
+                first_step_at = time.time()
+            time.sleep(POLL_S)
+    total = time.time() - launch
+    metrics = output_dir / "metrics.jsonl"
+    if proc.returncode != 0 or not metrics.is_file():
+        raise RuntimeError(f"ftlaunch run failed (exit {proc.returncode}); log:\n{_tail(log)}")
+    records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    train = sorted((r for r in records if r.get("event") == "train"), key=lambda r: r["step"])
+    if first_step_at is None:  # finished between two polls: no honest time-to-first-step
+        print("warning: ftlaunch finished before its first step was seen", file=sys.stderr)
+    return {
+        "s_per_step": steady_state([global_batch / r["samples_per_s"] for r in train]),
+        "first_step_s": (first_step_at - launch) if first_step_at else float("nan"),
+        "steps": len(train),
+        "total_s": total,
+    }
+
+
+def _has_first_step(output_dir: Path) -> bool:
+    """Whether a metrics.jsonl (staging area while running, committed at the end) has step 1."""
+    candidates = list(output_dir.glob(".run-*/metrics.jsonl")) + [output_dir / "metrics.jsonl"]
+    for path in candidates:
+        try:
+            lines = path.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line still being written
+                continue
+            if record.get("event") == "train" and record.get("step") == 1:
+                return True
+    return False
+
+
+def _env() -> dict[str, str]:
+    return os.environ | ENV
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def median_of(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def report(runs: dict[str, list[dict]], description: str, args: argparse.Namespace) -> None:
+    bare = {k: median_of(runs["bare"], k) for k in ("s_per_step", "first_step_s", "total_s")}
+    ftl = {k: median_of(runs["ftlaunch"], k) for k in ("s_per_step", "first_step_s", "total_s")}
+    ratio = ftl["s_per_step"] / bare["s_per_step"]
+    verdict = "PASS" if ratio <= GOAL_RATIO else "MISS"
+    print()
+    print(
+        f"overhead benchmark: {description}; {NUM_WORKERS} ranks x micro-batch {MICRO_BATCH}, "
+        f"max_length {MAX_LENGTH}, ZeRO-{args.zero_stage}, {args.steps} steps, "
+        f"{args.rounds} round(s), first {WARMUP_FRACTION:.0%} of steps skipped"
+    )
+    print(f"{'':28}{'bare deepspeed':>16}{'ftlaunch':>12}")
+    print(f"{'steady-state s/step':28}{bare['s_per_step']:>16.4f}{ftl['s_per_step']:>12.4f}")
+    print(
+        f"{'command -> first step (s)':28}{bare['first_step_s']:>16.2f}{ftl['first_step_s']:>12.2f}"
+    )
+    print(f"{'command -> exit (s)':28}{bare['total_s']:>16.2f}{ftl['total_s']:>12.2f}")
+    print(
+        f"step-time ratio ftlaunch/bare: {ratio:.3f} (goal <= {GOAL_RATIO}) {verdict}; "
+        f"launch overhead: {ftl['first_step_s'] - bare['first_step_s']:+.2f} s to first step"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="ftlaunch vs bare DeepSpeed: time per step.")
+    parser.add_argument("--tiny", action="store_true", help="tiny random BERT (smoke run)")
+    parser.add_argument("--steps", type=int, default=60, help="optimizer steps per run")
+    parser.add_argument("--zero-stage", type=int, default=2, choices=(0, 1, 2, 3))
+    parser.add_argument("--rounds", type=int, default=1, help="alternate bare/ftlaunch N times")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args(argv)
+    if args.steps < 2:
+        parser.error("--steps must be at least 2")
+
+    work = Path(tempfile.mkdtemp(prefix="ftlaunch-overhead-"))
+    try:
+        model_path, data, description = build_inputs(args.tiny, work)
+        # epochs=1 placeholder; resized below once the train split's row count is known
+        job_path = write_job(work, model_path, data, args.steps, args.zero_stage, epochs=1)
+        job = load_job_config(job_path)
+        model_dir = resolve_model_path(job.model.path)
+        from rich.console import Console
+
+        _, prepared = prepare_splits(job, model_dir, Console(stderr=True, highlight=False))
+        rows = prepared["train"].manifest.total_rows
+        steps_per_epoch = rows // job.global_batch_size()
+        if steps_per_epoch == 0:
+            raise SystemExit(f"train split of {rows} rows cannot fill one step")
+        epochs = math.ceil(args.steps / steps_per_epoch)
+        job_path = write_job(work, model_path, data, args.steps, args.zero_stage, epochs)
+        job = load_job_config(job_path)
+        train_dir = prepared["train"].directory
+
+        runs: dict[str, list[dict]] = {"bare": [], "ftlaunch": []}
+        for round_index in range(args.rounds):
+            order = ["bare", "ftlaunch"] if round_index % 2 == 0 else ["ftlaunch", "bare"]
+            for name in order:
+                # Other processes on the machine distort the numbers; show how busy it is.
+                load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+                print(
+                    f"round {round_index + 1}: running {name} (load average {load} on "
+                    f"{os.cpu_count()} CPUs) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                if name == "bare":
+                    result = run_bare(job_path, model_dir, train_dir, args.steps, work)
+                else:
+                    result = run_ftlaunch(
+                        job_path, Path(job.output.dir), job.global_batch_size(), work
+                    )
+                print(
+                    f"  {name}: {result['s_per_step']:.4f} s/step, first step after "
+                    f"{result['first_step_s']:.2f} s, {result['steps']} steps, "
+                    f"exit after {result['total_s']:.1f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                runs[name].append(result)
+        report(runs, description, args)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""A real Ray cluster for integration tests: `ray start --head --block` with token auth on a
+free loopback port and a private temp dir, stopped by PID (never `ray stop`, which would kill
+every Ray on the machine)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """Start a 2-CPU head; yields the env (address, token) a client needs."""
+    port = free_port()
+    temp_dir = (
+        Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
+    )  # short: Ray's socket paths are length-limited
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
+    head = subprocess.Popen(
+        [
+            str(RAY_BIN),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--node-ip-address=127.0.0.1",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        wait_for_port(port, timeout_s=60)
+        time.sleep(2)  # the raylet registers shortly after the GCS port opens
+        yield {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
+            "address": f"127.0.0.1:{port}",
+        }
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()

@@ -1,0 +1,128 @@
+"""The real `ftlaunch` command in a fresh interpreter: no torch for --help, exit code 2 and one
+line (no traceback) for each kind of bad input that is caught before any cluster starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.fixtures import keyword_rows, write_jsonl
+
+
+def ftlaunch(
+    *args: str, cwd: Path = REPO_ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; sys.argv=['ftlaunch','--help']\nfrom launcher.cli import main\ntry:\n main()\nexcept SystemExit:\n pass\nprint('TORCH', 'torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert "run" in out.stdout and out.stdout.strip().endswith("TORCH False"), (
+        out.stdout + out.stderr
+    )
+
+
+def test_launcher_and_cluster_import_without_torch() -> None:
+    code = "import sys, launcher.run, launcher.cli, cluster.registry, cluster.worker_entry; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
+    )
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.fixture()
+def job_dir(tmp_path: Path, tiny_bert: Path) -> Path:
+    write_jsonl(tmp_path / "train.jsonl", keyword_rows(64, 0))
+    write_jsonl(tmp_path / "validation.jsonl", keyword_rows(16, 1))
+    write_jsonl(tmp_path / "test.jsonl", keyword_rows(16, 2))
+    (tmp_path / "job.yaml").write_text(
+        f"model: {{path: {tiny_bert}}}\n"
+        "data: {train: train.jsonl, validation: validation.jsonl, test: test.jsonl, max_length: 32, cache_dir: cache}\n"
+        "training: {micro_batch_size: 4}\n"
+        "output: {dir: out}\n"
+    )
+    return tmp_path
+
+
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (["optim.lr=-1"], ["optim.lr: must be > 0"]),
+        (["engine.zero_stage=5"], ["engine.zero_stage: must be <= 3 (got 5)"]),
+        (["cluster.num_workers=0"], ["cluster.num_workers: must be > 0"]),
+        (["training.epoch=3"], ["training.epoch: unknown key; did you mean 'training.epochs'?"]),
+        (["data.train=missing.jsonl"], ["data.train: file not found", "missing.jsonl"]),
+        (["data.text_column=body"], ["data.train:", "no column 'body' (data.text_column)"]),
+        (["data.label_column=y"], ["data.train:", "no column 'y' (data.label_column)"]),
+        (
+            ["model.path=/nonexistent/model"],
+            ["model.path: '/nonexistent/model' is not a directory"],
+        ),
+        (["model.path=."], ["model.path:", "not a Hugging Face model directory (no config.json)"]),
+        (
+            ["data.max_length=4096"],
+            ["data.max_length: 4096 exceeds the model's position limit 128"],
+        ),
+        (
+            ["training.micro_batch_size=64"],
+            ["data.train: 64 rows cannot fill one optimizer step of 128"],
+        ),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(
+    job_dir: Path, overrides: list[str], fragments: list[str]
+) -> None:
+    args = [arg for o in overrides for arg in ("--set", o)]
+    assert_user_error(ftlaunch("run", "job.yaml", *args, cwd=job_dir), *fragments)
+    assert not (job_dir / "out").exists()  # nothing was started or written
+
+
+def test_empty_data_file(job_dir: Path) -> None:
+    (job_dir / "validation.jsonl").write_text("")
+    assert_user_error(ftlaunch("run", "job.yaml", cwd=job_dir), "data.validation: file is empty")
+
+
+def test_label_never_seen_in_train(job_dir: Path) -> None:
+    write_jsonl(job_dir / "test.jsonl", [*keyword_rows(4, 5), {"text": "hmm", "label": "unsure"}])
+    assert_user_error(
+        ftlaunch("run", "job.yaml", cwd=job_dir),
+        "data.test: label(s) 'unsure'",
+        "never appear in data.train",
+    )
+
+
+def test_malformed_yaml_gives_the_line(job_dir: Path) -> None:
+    (job_dir / "bad.yaml").write_text("model:\n  path: x\n  task: [oops\n")
+    assert_user_error(ftlaunch("run", "bad.yaml", cwd=job_dir), "bad.yaml: line", "malformed YAML")
+
+
+def test_missing_config(job_dir: Path) -> None:
+    assert_user_error(ftlaunch("run", "nope.yaml", cwd=job_dir), "nope.yaml: config file not found")
+
+
+def test_validate_prints_the_resolved_config(job_dir: Path) -> None:
+    result = ftlaunch("validate", "job.yaml", "--set", "optim.lr=1e-3", cwd=job_dir)
+    assert result.returncode == 0, result.stderr
+    assert "lr: 0.001" in result.stdout and "zero_stage: 2" in result.stdout
