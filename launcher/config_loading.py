@@ -15,9 +15,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from launcher.errors import UserError
+from trainer.config import JobConfig
 
 EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
-from trainer.config import JobConfig
 
 
 def load_job_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:

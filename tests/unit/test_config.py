@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from launcher.config_loading import load_job_config, parse_override, validate_job_dict
 from launcher.errors import UserError
@@ -106,7 +107,7 @@ def test_eval_every_accepts_steps_or_epoch() -> None:
 
 def test_config_is_frozen() -> None:
     job = validate_job_dict(MINIMAL)
-    with pytest.raises(Exception):  # pydantic's ValidationError for frozen instances
+    with pytest.raises(ValidationError, match="frozen"):
         job.optim.lr = 1.0  # type: ignore[misc]
 
 
