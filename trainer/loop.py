@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
 from trainer.data import Batch, ShardedSplit
 from trainer.engine import build_engine, consolidated_state_dict
@@ -26,7 +27,7 @@ from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
 from trainer.protocols import ArtifactSink, Reporter
-from trainer.snapshot import capture_weights, restore_weights
+from trainer.snapshot import Snapshot, capture_weights, restore_weights
 
 
 @dataclass
@@ -135,9 +136,8 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
     # --- train with periodic validation and early stopping
     progress = TrainProgress()
     window = StepWindow()
-    best_weights: list[torch.Tensor] | None = None
+    best_weights: Snapshot | None = None
     best_eval: EvalResult | None = None
-    last_eval_step = -1
     while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
             progress.epoch, t.seed, world, rank, t.micro_batch_size, train=True
@@ -163,41 +163,22 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
             end_of_epoch = progress.micro_steps_in_epoch == steps_per_epoch * t.grad_accum
             if _eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
                 result = evaluate(engine, val_split, eval_batch, num_classes)
-                last_eval_step = progress.step
-                if t.metric_is_better(result.metric(t.early_stopping_metric), progress.best_metric):
-                    progress.best_metric, progress.best_step = (
-                        result.metric(t.early_stopping_metric),
-                        progress.step,
-                    )
-                    progress.evals_without_improvement = 0
+                if record_evaluation(progress, result, t):
                     best_weights, best_eval = capture_weights(engine.module), result
-                else:
-                    progress.evals_without_improvement += 1
                 if is_rank_zero:
                     reporter.report(
                         {"event": "eval", "step": progress.step, "epoch": round(epoch_float, 4)}
                         | result.metrics("val")
                         | {"best_step": progress.best_step}
                     )
-                patience = t.early_stopping_patience
-                if patience is not None and progress.evals_without_improvement > patience:
-                    progress.stopped_early = True
             if progress.stopped_early or _is_finished(progress, total_steps):
                 break
         if progress.stopped_early:
             break
         progress.epoch += 1
         progress.micro_steps_in_epoch = progress.samples_seen_in_epoch = 0
-    if last_eval_step != progress.step:  # never end on weights that were not validated
-        result = evaluate(engine, val_split, eval_batch, num_classes)
-        if best_eval is None or t.metric_is_better(
-            result.metric(t.early_stopping_metric), progress.best_metric
-        ):
-            best_weights, best_eval, progress.best_step = (
-                capture_weights(engine.module),
-                result,
-                progress.step,
-            )
+    if best_weights is None or best_eval is None:  # the last step always evaluates
+        raise RuntimeError("training ended without a validation pass")
 
     # --- test the best weights, then save them
     restore_weights(engine.module, best_weights)
@@ -231,6 +212,22 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
     dist.barrier()  # nobody leaves before rank 0 has delivered the model
     engine.destroy()
     return summary
+
+
+def record_evaluation(progress: TrainProgress, result: EvalResult, t: TrainingConfig) -> bool:
+    """Update best-so-far and patience from one validation pass; True if it is the new best.
+
+    Identical on every rank (metrics come from all-gathered predictions), so all ranks stop together.
+    """
+    value = result.metric(t.early_stopping_metric)
+    if t.metric_is_better(value, progress.best_metric):
+        progress.best_metric, progress.best_step = value, progress.step
+        progress.evals_without_improvement = 0
+        return True
+    progress.evals_without_improvement += 1
+    patience = t.early_stopping_patience
+    progress.stopped_early = patience is not None and progress.evals_without_improvement > patience
+    return False
 
 
 def _eval_due(eval_every: int | str, step: int, end_of_epoch: bool) -> bool:

@@ -54,7 +54,7 @@ def read_metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def reload_and_predict(model_dir: Path, test_file: Path) -> list[str]:
+def reload_and_predict(model_dir: Path, test_file: Path, max_length: int = 32) -> list[str]:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -62,7 +62,9 @@ def reload_and_predict(model_dir: Path, test_file: Path) -> list[str]:
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     texts = [json.loads(line)["text"] for line in test_file.read_text().splitlines()]
     with torch.no_grad():
-        batch = tokenizer(texts, truncation=True, max_length=32, padding=True, return_tensors="pt")
+        batch = tokenizer(
+            texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+        )
         ids = model(**batch).logits.argmax(-1).tolist()
     return [model.config.id2label[i] for i in ids]
 
