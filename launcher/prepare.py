@@ -1,10 +1,10 @@
-"""Tokenize raw splits (JSONL, CSV, Parquet) once into Arrow IPC shards plus a manifest.
+"""Tokenize a split once into Arrow IPC shards plus a manifest.
 
-Runs in the launcher, so it uses the `tokenizers` library directly (torch-free) rather than
-transformers. Output lands in a content-keyed cache directory: same source bytes, tokenizer and
-options give the same key, so a second run reuses the shards. A directory is published with a
-single rename after every shard and the manifest are written, so a killed prepare never leaves a
-manifest that points at partial shards.
+Runs in the launcher, so it uses the `tokenizers` library directly (torch-free). Output goes
+either to a content-keyed cache (what `ftlaunch run` does for raw files) or to a directory the
+user names (`ftlaunch prepare`). Either way shards are written into a staging directory next to
+the target and published by rename only after every shard and the manifest are fsynced, so a
+killed prepare never leaves a manifest that points at partial shards.
 """
 
 from __future__ import annotations
@@ -13,18 +13,16 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
 from tokenizers import Tokenizer
 
 from launcher.errors import UserError
+from launcher.sources import SplitSource, iter_source_batches, label_strings, source_fingerprint
 from trainer.config.manifest import (
     MANIFEST_FORMAT_VERSION,
     MANIFEST_NAME,
@@ -41,20 +39,27 @@ SHARD_SCHEMA = pa.schema(
         ("label", pa.int64()),
     ]
 )
-READ_BLOCK_BYTES = 4 << 20
 DEFAULT_SHARD_BYTES = 64 << 20
 TOKENIZE_BATCH_ROWS = 1024
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
+ProgressCallback = Callable[[int], None]  # called with the number of rows just written
+
 
 @dataclass(frozen=True)
-class SplitSource:
-    """One split as the user named it: the config field (for messages) and the file."""
+class TokenizeOptions:
+    model_dir: Path
+    max_length: int
+    label_names: list[str]
+    shard_bytes: int = DEFAULT_SHARD_BYTES
+    batch_rows: int = TOKENIZE_BATCH_ROWS
 
-    field: str
-    path: Path
-    text_column: str
-    label_column: str
+
+@dataclass(frozen=True)
+class PreparedSplit:
+    directory: Path
+    manifest: ShardManifest
+    reused: bool
 
 
 def default_cache_root() -> Path:
@@ -71,89 +76,6 @@ def tokenizer_fingerprint(model_dir: Path, max_length: int) -> str:
     return digest.hexdigest()
 
 
-def iter_source_batches(source: SplitSource) -> Iterator[pa.RecordBatch]:
-    """Stream a JSONL/CSV/Parquet file as record batches of its text and label columns."""
-    path = source.path
-    if not path.is_file():
-        raise UserError(f"{source.field}: file not found: {path}")
-    if path.stat().st_size == 0:
-        raise UserError(f"{source.field}: file is empty: {path}")
-    try:
-        batches = _open_batches(path)
-        for batch in batches:
-            _check_columns(source, batch.schema.names)
-            yield batch.select([source.text_column, source.label_column])
-    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        first = str(exc).splitlines()[0]
-        raise UserError(f"{source.field}: cannot read {path}: {first}") from None
-
-
-def _open_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return iter(
-            pajson.open_json(path, read_options=pajson.ReadOptions(block_size=READ_BLOCK_BYTES))
-        )
-    if suffix in (".csv", ".tsv"):
-        parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
-        return iter(pacsv.open_csv(path, parse_options=parse))
-    if suffix in (".parquet", ".pq"):
-        return pq.ParquetFile(path).iter_batches(batch_size=8192)
-    raise OSError(f"unsupported file type {suffix!r} (use .jsonl, .csv, .tsv or .parquet)")
-
-
-def _check_columns(source: SplitSource, names: list[str]) -> None:
-    for kind, column in (("text", source.text_column), ("label", source.label_column)):
-        if column not in names:
-            option = f"data.{kind}_column"
-            raise UserError(
-                f"{source.field}: {source.path} has no column {column!r} ({option}); "
-                f"columns: {', '.join(names)}"
-            )
-
-
-def label_strings(column: pa.Array, source: SplitSource) -> list[str]:
-    """Labels are strings or integers; both are kept as their string form in the label map."""
-    if (
-        pa.types.is_integer(column.type)
-        or pa.types.is_string(column.type)
-        or pa.types.is_large_string(column.type)
-    ):
-        if column.null_count:
-            raise UserError(
-                f"{source.field}: {source.path} has empty values in label column {source.label_column!r}"
-            )
-        return [str(v) for v in column.to_pylist()]
-    raise UserError(
-        f"{source.field}: label column {source.label_column!r} in {source.path} must hold strings or "
-        f"integers, found {column.type}"
-    )
-
-
-def collect_label_names(source: SplitSource) -> list[str]:
-    """The label set of the train split, in a stable order (numeric if all labels are integers)."""
-    seen: set[str] = set()
-    rows = 0
-    for batch in iter_source_batches(source):
-        seen.update(label_strings(batch.column(1), source))
-        rows += batch.num_rows
-    if rows == 0:
-        raise UserError(f"{source.field}: no rows in {source.path}")
-    if len(seen) < 2:
-        raise UserError(
-            f"{source.field}: {source.path} has {len(seen)} distinct label(s); need at least 2"
-        )
-    all_ints = all(s.lstrip("-").isdigit() for s in seen)
-    return sorted(seen, key=int) if all_ints else sorted(seen)
-
-
-@dataclass(frozen=True)
-class PreparedSplit:
-    directory: Path
-    manifest: ShardManifest
-    reused: bool
-
-
 def prepare_split(
     source: SplitSource,
     split: str,
@@ -164,63 +86,14 @@ def prepare_split(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     batch_rows: int = TOKENIZE_BATCH_ROWS,
 ) -> PreparedSplit:
-    """Tokenize one split into the cache (or reuse an identical earlier result).
+    """Tokenize a split into the content-keyed cache, or reuse an identical earlier result.
 
     Raises:
-        UserError: unreadable file, missing column, empty split, or a label outside `label_names`.
+        UserError: unreadable input, missing column, empty split, or a label outside `label_names`.
     """
-    if not source.path.is_file():
-        raise UserError(f"{source.field}: file not found: {source.path}")
+    options = TokenizeOptions(model_dir, max_length, label_names, shard_bytes, batch_rows)
+    source_sha = source_fingerprint(source)
     fingerprint = tokenizer_fingerprint(model_dir, max_length)
-    source_sha = sha256_file(source.path)
-    key = _cache_key(source, fingerprint, source_sha, label_names)
-    final_dir = cache_root / key
-    if (final_dir / MANIFEST_NAME).is_file():
-        return PreparedSplit(final_dir, ShardManifest.read(final_dir), reused=True)
-    cache_root.mkdir(parents=True, exist_ok=True)
-    staging = cache_root / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        writer = _ShardWriter(staging, shard_bytes)
-        tokenizer = _load_tokenizer(model_dir, max_length)
-        label_ids = {name: i for i, name in enumerate(label_names)}
-        for batch in iter_source_batches(source):
-            for start in range(
-                0, batch.num_rows, batch_rows
-            ):  # bounds memory and shard granularity
-                piece = batch.slice(start, batch_rows)
-                writer.add(_tokenize_batch(piece, tokenizer, label_ids, source, writer.rows))
-        shards = writer.close()
-        if writer.rows == 0:
-            raise UserError(f"{source.field}: no rows in {source.path}")
-        manifest = ShardManifest(
-            format_version=MANIFEST_FORMAT_VERSION,
-            split=split,
-            source=str(source.path),
-            source_sha256=source_sha,
-            tokenizer_fingerprint=fingerprint,
-            max_length=max_length,
-            text_column=source.text_column,
-            label_column=source.label_column,
-            label_names=label_names,
-            pad_token_id=_pad_token_id(model_dir, tokenizer),
-            total_rows=writer.rows,
-            total_tokens=writer.tokens,
-            shards=shards,
-            schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
-        )
-        manifest.write(staging)
-        _fsync_dir(staging)
-        _publish(staging, final_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return PreparedSplit(final_dir, manifest, reused=False)
-
-
-def _cache_key(
-    source: SplitSource, fingerprint: str, source_sha: str, label_names: list[str]
-) -> str:
     parts = [
         MANIFEST_FORMAT_VERSION,
         source_sha,
@@ -229,7 +102,97 @@ def _cache_key(
         source.label_column,
         label_names,
     ]
-    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    target = cache_root / hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
+    if (target / MANIFEST_NAME).is_file():
+        return PreparedSplit(target, ShardManifest.read(target), reused=True)
+    manifest = tokenize_into(source, split, options, target, source_sha)
+    return PreparedSplit(target, manifest, reused=False)
+
+
+def prepare_into(
+    source: SplitSource,
+    split: str,
+    options: TokenizeOptions,
+    out_dir: Path,
+    progress: ProgressCallback | None = None,
+) -> PreparedSplit:
+    """`ftlaunch prepare`: tokenize into `out_dir`, unless it already holds this exact result."""
+    source_sha = source_fingerprint(source)
+    if (out_dir / MANIFEST_NAME).is_file():
+        try:
+            existing = ShardManifest.read(out_dir)
+        except ValueError:
+            existing = None
+        if existing is not None and _matches(existing, source, options, source_sha):
+            return PreparedSplit(out_dir, existing, reused=True)
+    manifest = tokenize_into(source, split, options, out_dir, source_sha, progress)
+    return PreparedSplit(out_dir, manifest, reused=False)
+
+
+def _matches(
+    manifest: ShardManifest, source: SplitSource, options: TokenizeOptions, source_sha: str
+) -> bool:
+    return (
+        manifest.source_sha256 == source_sha
+        and manifest.tokenizer_fingerprint
+        == tokenizer_fingerprint(options.model_dir, options.max_length)
+        and (manifest.text_column, manifest.label_column)
+        == (source.text_column, source.label_column)
+        and manifest.label_names == options.label_names
+    )
+
+
+def tokenize_into(
+    source: SplitSource,
+    split: str,
+    options: TokenizeOptions,
+    target: Path,
+    source_sha: str,
+    progress: ProgressCallback | None = None,
+) -> ShardManifest:
+    """Tokenize every input row into shards under `target`, replacing what was there atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        writer = _ShardWriter(staging, options.shard_bytes)
+        tokenizer = _load_tokenizer(options.model_dir, options.max_length)
+        label_ids = {name: i for i, name in enumerate(options.label_names)}
+        for path, batch in iter_source_batches(source):
+            for start in range(
+                0, batch.num_rows, options.batch_rows
+            ):  # bounds memory and block size
+                piece = batch.slice(start, options.batch_rows)
+                writer.add(_tokenize_batch(piece, tokenizer, label_ids, source, path, writer.rows))
+                if progress:
+                    progress(piece.num_rows)
+        shards = writer.close()
+        if writer.rows == 0:
+            raise UserError(f"{source.field}: no rows in {source.describe()}")
+        manifest = ShardManifest(
+            format_version=MANIFEST_FORMAT_VERSION,
+            split=split,
+            source=source.describe(),
+            source_sha256=source_sha,
+            tokenizer_fingerprint=tokenizer_fingerprint(options.model_dir, options.max_length),
+            max_length=options.max_length,
+            text_column=source.text_column,
+            label_column=source.label_column,
+            label_names=options.label_names,
+            pad_token_id=_pad_token_id(options.model_dir, tokenizer),
+            total_rows=writer.rows,
+            total_tokens=writer.tokens,
+            label_counts=writer.label_counts(len(options.label_names)),
+            shards=shards,
+            schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
+        )
+        manifest.write(staging)
+        _fsync_dir(staging)
+        _publish(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def _load_tokenizer(model_dir: Path, max_length: int) -> Tokenizer:
@@ -254,22 +217,22 @@ def _tokenize_batch(
     tokenizer: Tokenizer,
     label_ids: dict[str, int],
     source: SplitSource,
+    path: Path,
     first_id: int,
 ) -> pa.RecordBatch:
     texts = batch.column(0)
     if texts.null_count:
         raise UserError(
-            f"{source.field}: {source.path} has empty values in text column {source.text_column!r}"
+            f"{source.field}: {path} has empty values in text column {source.text_column!r}"
         )
-    labels = label_strings(batch.column(1), source)
+    labels = label_strings(batch.column(1), source, path)
     unknown = sorted(set(labels) - label_ids.keys())
     if unknown:
         raise UserError(
-            f"{source.field}: label(s) {', '.join(map(repr, unknown[:5]))} in {source.path} never appear "
+            f"{source.field}: label(s) {', '.join(map(repr, unknown[:5]))} in {path} never appear "
             f"in data.train (train labels: {', '.join(label_ids)})"
         )
-    encodings = tokenizer.encode_batch([str(t) for t in texts.to_pylist()])
-    ids = [e.ids for e in encodings]
+    ids = [e.ids for e in tokenizer.encode_batch([str(t) for t in texts.to_pylist()])]
     return pa.record_batch(
         [
             pa.array(range(first_id, first_id + len(ids)), pa.int64()),
@@ -289,22 +252,30 @@ class _ShardWriter:
         self.shard_bytes = shard_bytes
         self.rows = 0
         self.tokens = 0
+        self._label_counts: dict[int, int] = {}
         self._shards: list[ShardInfo] = []
         self._writer: pa.ipc.RecordBatchFileWriter | None = None
         self._sink: pa.OSFile | None = None
-        self._shard_rows = 0
-        self._shard_first_id = 0
         self._path = directory
+        self._batch_rows: list[int] = []
+        self._shard_first_id = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
         if self._writer is None:
             self._open()
         self._writer.write_batch(batch)
-        self._shard_rows += batch.num_rows
+        self._batch_rows.append(batch.num_rows)
         self.rows += batch.num_rows
         self.tokens += int(pc.sum(batch.column("length")).as_py() or 0)
+        for entry in pc.value_counts(batch.column("label")).to_pylist():
+            self._label_counts[entry["values"]] = (
+                self._label_counts.get(entry["values"], 0) + entry["counts"]
+            )
         if self._sink.tell() >= self.shard_bytes:
             self._finish_shard()
+
+    def label_counts(self, num_labels: int) -> list[int]:
+        return [self._label_counts.get(i, 0) for i in range(num_labels)]
 
     def close(self) -> list[ShardInfo]:
         if self._writer is not None:
@@ -312,25 +283,24 @@ class _ShardWriter:
         return self._shards
 
     def _open(self) -> None:
-        path = self.directory / f"shard-{len(self._shards):05d}.arrow"
-        self._path = path
-        self._sink = pa.OSFile(str(path), "wb")
+        self._path = self.directory / f"shard-{len(self._shards):05d}.arrow"
+        self._sink = pa.OSFile(str(self._path), "wb")
         self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
-        self._shard_rows = 0
+        self._batch_rows = []
         self._shard_first_id = self.rows
 
     def _finish_shard(self) -> None:
         self._writer.close()
         self._sink.close()
-        path = self._path
-        _fsync_file(path)
+        _fsync_file(self._path)
         self._shards.append(
             ShardInfo(
-                file=path.name,
-                rows=self._shard_rows,
-                bytes=path.stat().st_size,
-                sha256=sha256_file(path),
+                file=self._path.name,
+                rows=sum(self._batch_rows),
+                bytes=self._path.stat().st_size,
+                sha256=sha256_file(self._path),
                 first_sample_id=self._shard_first_id,
+                batch_rows=self._batch_rows,
             )
         )
         self._writer = None
@@ -350,10 +320,15 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _publish(staging: Path, final_dir: Path) -> None:
+def _publish(staging: Path, target: Path) -> None:
+    """Rename staging into place; an existing target is renamed aside first, deleted after."""
+    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.rename(target, aside)
     try:
-        os.rename(staging, final_dir)
+        os.rename(staging, target)
     except OSError:
-        # Another prepare published the same key first; its content is identical by construction.
-        if not (final_dir / MANIFEST_NAME).is_file():
-            raise
+        if aside.exists() and not target.exists():
+            os.rename(aside, target)  # put the previous result back rather than leave nothing
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

@@ -12,16 +12,12 @@ from rich.console import Console
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
-from launcher.prepare import (
-    PreparedSplit,
-    SplitSource,
-    collect_label_names,
-    default_cache_root,
-    prepare_split,
-)
+from launcher.prepare import default_cache_root, prepare_split
+from launcher.prepared import check_prepared, load_prepared
 from launcher.progress import RunDisplay, summary_table
 from launcher.rundir import commit_run, create_staging, new_run_id
-from trainer.config import JobConfig
+from launcher.sources import SplitSource, collect_label_names
+from trainer.config import JobConfig, ShardManifest
 from trainer.config.spec import RunSpec
 
 SPLITS = ("train", "validation", "test")
@@ -44,14 +40,14 @@ def run_from_file(
         )
     model_dir = resolve_model_path(job.model.path)
     _check_max_length(job, model_dir)
-    label_names, prepared = prepare_splits(job, model_dir, console)
-    _check_train_fills_a_step(job, prepared["train"])
+    label_names, locations = prepare_splits(job, model_dir, console)
+    _check_train_fills_a_step(job, load_prepared("data.train", locations["train"]))
     run_id = new_run_id(job.name)
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     spec = RunSpec(
         job=job,
         model_dir=str(model_dir),
-        split_dirs={name: str(p.directory) for name, p in prepared.items()},
+        split_dirs=locations,
         label_names=label_names,
         run_id=run_id,
     )
@@ -60,27 +56,44 @@ def run_from_file(
 
 def prepare_splits(
     job: JobConfig, model_dir: Path, console: Console
-) -> tuple[list[str], dict[str, PreparedSplit]]:
-    """Tokenize train/validation/test into cached Arrow shards (label set from train)."""
+) -> tuple[list[str], dict[str, str]]:
+    """Resolve train/validation/test to prepared shard locations, tokenizing raw files once.
+
+    Each split is a raw file (tokenized into the cache), a prepared directory, or a pyarrow.fs
+    URI of a prepared directory. The label set comes from train. Returns (labels, locations).
+    """
     d = job.data
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
-    sources = {
-        name: SplitSource(
-            f"data.{name}", Path(getattr(d, name)).expanduser(), d.text_column, d.label_column
-        )
-        for name in SPLITS
-    }
-    label_names = collect_label_names(sources["train"])
-    prepared = {}
-    for name, source in sources.items():
-        split = prepare_split(source, name, model_dir, d.max_length, label_names, cache_root)
-        prepared[name] = split
-        m = split.manifest
-        state = "cached" if split.reused else "tokenized"
+    prepared = {name: load_prepared(f"data.{name}", getattr(d, name)) for name in SPLITS}
+    train_manifest = prepared["train"]
+    if train_manifest is not None:
+        label_names = train_manifest.label_names
+    else:
+        label_names = collect_label_names(_raw_source(job, "train"))
+    locations: dict[str, str] = {}
+    for name in SPLITS:
+        location, manifest = getattr(d, name), prepared[name]
+        if manifest is None:
+            split = prepare_split(
+                _raw_source(job, name), name, model_dir, d.max_length, label_names, cache_root
+            )
+            location, manifest = str(split.directory), split.manifest
+            state = "cached" if split.reused else "tokenized"
+        else:
+            check_prepared(f"data.{name}", location, manifest, model_dir, label_names)
+            state = "prepared"
+        locations[name] = location
         console.print(
-            f"data.{name}: {m.total_rows:,} rows, {m.total_tokens:,} tokens ({state}: {split.directory})"
+            f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens ({state}: {location})"
         )
-    return label_names, prepared
+    return label_names, locations
+
+
+def _raw_source(job: JobConfig, name: str) -> SplitSource:
+    d = job.data
+    return SplitSource.single(
+        f"data.{name}", Path(getattr(d, name)).expanduser(), d.text_column, d.label_column
+    )
 
 
 def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[str, Any]:
@@ -115,8 +128,8 @@ def _check_max_length(job: JobConfig, model_dir: Path) -> None:
         )
 
 
-def _check_train_fills_a_step(job: JobConfig, train: PreparedSplit) -> None:
-    rows, needed = train.manifest.total_rows, job.global_batch_size()
+def _check_train_fills_a_step(job: JobConfig, train: ShardManifest) -> None:
+    rows, needed = train.total_rows, job.global_batch_size()
     if rows < needed:
         raise UserError(
             f"data.train: {rows} rows cannot fill one optimizer step of {needed} samples "

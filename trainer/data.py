@@ -1,32 +1,52 @@
-"""Read tokenized Arrow IPC shards inside a worker: disjoint rows per rank, equal steps per rank.
+"""Stream tokenized Arrow shards inside a worker: disjoint rows per rank, equal steps per rank,
+bounded memory, and a sample order that is a pure function of (seed, epoch).
 
-The sample order is one global permutation per epoch (seeded by `seed` and the epoch). Micro-batch
-j of rank r is the slice `[(j * world + r) * micro, ... + micro)` of that order, so after k
-micro-steps every rank together has consumed exactly the first `k * world * micro` samples: the
-stream position is one integer, independent of the world size (what exact resume builds on).
-Shards are memory-mapped, so only the rows of the current micro-batch are ever copied.
+Order: the record batches ("blocks") of all shards are permuted, cut into windows of
+`window_blocks` blocks, and rows are permuted inside each window. A rank therefore only ever
+needs the blocks of the current window (plus the next at a boundary) in memory, and the order
+can be recomputed from the manifest alone, so resuming never replays data.
+
+Assignment: from stream position `start` (samples already consumed in this epoch, by all ranks
+together), micro-batch j of rank r is `order[start + (j*world + r)*micro : ... + micro]`. After k
+micro-steps the position is `start + k*world*micro` whatever the world size, which is what lets a
+run resume at step N exactly, even with a different number of workers.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import torch
 
-from trainer.config.manifest import ShardManifest, verify_shards
+from trainer.shards import ShardStore
 
 PAD_ROW = -1
+DEFAULT_WINDOW_BLOCKS = 8
+PREFETCH_BATCHES = 4
 
 
-def epoch_order(num_rows: int, epoch: int, seed: int, shuffle: bool) -> np.ndarray:
-    """The global sample order of one epoch: a permutation of row indices."""
+def epoch_order(
+    block_rows: np.ndarray, epoch: int, seed: int, shuffle: bool, window_blocks: int
+) -> np.ndarray:
+    """The global sample order of one epoch, as row indices (rows numbered block after block)."""
+    total = int(block_rows.sum())
     if not shuffle:
-        return np.arange(num_rows, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(num_rows).astype(np.int64)
+        return np.arange(total, dtype=np.int64)
+    rng = np.random.default_rng([seed, epoch])
+    starts = np.concatenate([[0], np.cumsum(block_rows)[:-1]])
+    blocks = rng.permutation(len(block_rows))
+    parts = []
+    for first in range(0, len(blocks), window_blocks):
+        window = blocks[first : first + window_blocks]
+        rows = np.concatenate([np.arange(starts[b], starts[b] + block_rows[b]) for b in window])
+        parts.append(rng.permutation(rows))
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 
 
 def fit_order(order: np.ndarray, unit: int, pad: bool) -> np.ndarray:
@@ -73,64 +93,175 @@ class Batch:
         return int(self.is_real.sum())
 
 
-class ShardedSplit:
-    """One prepared split: a manifest plus memory-mapped IPC shards, read as one table."""
+@dataclass(frozen=True)
+class _Block:
+    offsets: np.ndarray
+    values: np.ndarray
+    labels: np.ndarray
+    sample_ids: np.ndarray
 
-    def __init__(self, directory: str | Path, verify: bool = False) -> None:
-        self.directory = Path(directory)
-        self.manifest = ShardManifest.read(self.directory)
-        if verify:
-            verify_shards(self.directory, self.manifest)
-        tables = [_map_shard(self.directory / shard.file) for shard in self.manifest.shards]
-        self.table = pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
-        ids = self.table.column("input_ids").combine_chunks()
-        self._offsets = ids.offsets.to_numpy()
-        self._values = ids.values.to_numpy()
-        self._labels = self.table.column("label").to_numpy()
-        self._sample_ids = self.table.column("sample_id").to_numpy()
+
+class ShardedSplit:
+    """One prepared split, read block by block from a ShardStore through a small LRU cache."""
+
+    def __init__(self, store: ShardStore, window_blocks: int = DEFAULT_WINDOW_BLOCKS) -> None:
+        self.store = store
+        self.manifest = store.read_manifest()
+        self.window_blocks = window_blocks
+        self._block_key = [
+            (s.file, i) for s in self.manifest.shards for i in range(len(s.batch_rows))
+        ]
+        self.block_rows = np.array(
+            [n for s in self.manifest.shards for n in s.batch_rows], dtype=np.int64
+        )
+        self._block_start = np.concatenate([[0], np.cumsum(self.block_rows)[:-1]]).astype(np.int64)
+        # Two windows: a micro-batch that straddles a window boundary needs blocks of both.
+        self._cache: OrderedDict[int, _Block] = OrderedDict()
+        self._cache_blocks = 2 * window_blocks + 1
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return self.manifest.total_rows
 
-    def labels(self) -> np.ndarray:
-        return self._labels
+    def majority_label(self) -> int:
+        return int(np.argmax(self.manifest.label_counts))
 
     def epoch_batches(
-        self, epoch: int, seed: int, world_size: int, rank: int, micro: int, train: bool
+        self,
+        epoch: int,
+        seed: int,
+        world_size: int,
+        rank: int,
+        micro: int,
+        train: bool,
+        start: int = 0,
     ) -> list[np.ndarray]:
-        """This rank's micro-batches for one pass: shuffled and trimmed for training,
-        in order and padded for evaluation (every row exactly once across ranks)."""
-        order = epoch_order(self.num_rows, epoch, seed, shuffle=train)
+        """This rank's micro-batches from stream position `start` to the end of the epoch:
+        shuffled and trimmed for training; in order and padded for evaluation (every row once)."""
+        order = epoch_order(
+            self.block_rows, epoch, seed, shuffle=train, window_blocks=self.window_blocks
+        )
         return rank_batches(
-            fit_order(order, world_size * micro, pad=not train), world_size, rank, micro
+            fit_order(order[start:], world_size * micro, pad=not train), world_size, rank, micro
         )
 
     def collate(self, rows: np.ndarray, pad_id: int) -> Batch:
-        """Gather rows and pad to the longest sequence of this micro-batch (dynamic padding)."""
+        """Gather rows and pad to the longest sequence of this micro-batch (dynamic padding).
+
+        Vectorised per block: a micro-batch touches few blocks, and per-row Python would cap
+        throughput far below what the disk delivers.
+        """
         is_real = rows != PAD_ROW
-        safe = np.where(is_real, rows, 0)
-        starts, ends = self._offsets[safe], self._offsets[safe + 1]
-        width = int((ends - starts).max())
+        safe = np.where(is_real, rows, rows[is_real][0] if is_real.any() else 0)
+        block_ids = np.searchsorted(self._block_start, safe, side="right") - 1
+        starts = np.empty(len(rows), dtype=np.int64)
+        lengths = np.empty(len(rows), dtype=np.int64)
+        labels = np.empty(len(rows), dtype=np.int64)
+        sample_ids = np.empty(len(rows), dtype=np.int64)
+        sources = np.empty(len(rows), dtype=np.int64)
+        blocks = []
+        for n, block_id in enumerate(np.unique(block_ids)):
+            block = self._block(int(block_id))
+            blocks.append(block.values)
+            where = np.nonzero(block_ids == block_id)[0]
+            local = safe[where] - self._block_start[block_id]
+            starts[where] = block.offsets[local]
+            lengths[where] = block.offsets[local + 1] - block.offsets[local]
+            labels[where] = block.labels[local]
+            sample_ids[where] = block.sample_ids[local]
+            sources[where] = n
+        width = int(lengths.max())
+        columns = np.arange(width)
+        mask = columns[None, :] < lengths[:, None]
         input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
-            input_ids[i, : end - start] = self._values[start:end]
-            mask[i, : end - start] = 1
+        for n, values in enumerate(blocks):
+            members = np.nonzero(sources == n)[0]
+            index = np.minimum(starts[members, None] + columns[None, :], len(values) - 1)
+            input_ids[members] = np.where(mask[members], values[index], pad_id)
         return Batch(
             input_ids=torch.from_numpy(input_ids),
-            attention_mask=torch.from_numpy(mask),
-            labels=torch.from_numpy(self._labels[safe].astype(np.int64)),
-            sample_ids=torch.from_numpy(np.where(is_real, self._sample_ids[safe], PAD_ROW)),
+            attention_mask=torch.from_numpy(mask.astype(np.int64)),
+            labels=torch.from_numpy(labels),
+            sample_ids=torch.from_numpy(np.where(is_real, sample_ids, PAD_ROW)),
             is_real=torch.from_numpy(is_real),
         )
 
-    def iter_batches(self, batches: list[np.ndarray]) -> Iterator[Batch]:
+    def iter_batches(
+        self, batches: list[np.ndarray], prefetch: int = PREFETCH_BATCHES
+    ) -> Iterator[Batch]:
+        """Collated batches, produced `prefetch` ahead by a background thread."""
         pad_id = self.manifest.pad_token_id
-        for rows in batches:
-            yield self.collate(rows, pad_id)
+        if prefetch <= 0:
+            return (self.collate(rows, pad_id) for rows in batches)
+        return _prefetched((self.collate(rows, pad_id) for rows in batches), prefetch)
+
+    def _block(self, block_id: int) -> _Block:
+        block = self._cache.get(block_id)
+        if block is not None:
+            self._cache.move_to_end(block_id)
+            return block
+        shard_file, batch_index = self._block_key[block_id]
+        batch = self.store.read_block(shard_file, batch_index)
+        ids = batch.column("input_ids")
+        block = _Block(
+            offsets=ids.offsets.to_numpy(),
+            values=ids.values.to_numpy(),
+            labels=batch.column("label").to_numpy(),
+            sample_ids=batch.column("sample_id").to_numpy(),
+        )
+        self._cache[block_id] = block
+        if len(self._cache) > self._cache_blocks:
+            self._cache.popitem(last=False)
+        return block
 
 
-def _map_shard(path: Path) -> pa.Table:
-    # The table's buffers point into the map, which stays alive as long as they do.
-    return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
+_DONE = object()
+
+
+def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run `source` in a daemon thread, at most `depth` items ahead (backpressure by a bounded queue)."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(exc)
+
+    thread = threading.Thread(target=produce, name="ftlaunch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := items.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
+class TimedIterator:
+    """Wraps an iterator and accumulates the time spent waiting for each item (data_wait_s)."""
+
+    def __init__(self, source: Iterator[Batch]) -> None:
+        self._source = source
+        self.wait_s = 0.0
+
+    def __iter__(self) -> TimedIterator:
+        return self
+
+    def __next__(self) -> Batch:
+        started = time.perf_counter()
+        try:
+            return next(self._source)
+        finally:
+            self.wait_s += time.perf_counter() - started

@@ -11,6 +11,7 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,12 +22,13 @@ import torch.distributed as dist
 
 from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
-from trainer.data import Batch, ShardedSplit
+from trainer.data import Batch, ShardedSplit, TimedIterator
 from trainer.engine import build_engine, consolidated_state_dict
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
 from trainer.protocols import ArtifactSink, Reporter
+from trainer.shards import ShardStore, open_store
 from trainer.snapshot import Snapshot, capture_weights, restore_weights
 
 
@@ -57,11 +59,13 @@ class TrainProgress:
 class StepWindow:
     """Loss and throughput since the last log line, summed over ranks when flushed."""
 
-    def __init__(self) -> None:
+    def __init__(self, grad_accum: int) -> None:
+        self.grad_accum = grad_accum
         self.reset()
 
     def reset(self) -> None:
         self.loss_sum, self.micro_steps, self.samples, self.tokens = 0.0, 0, 0, 0
+        self.data_wait_s = 0.0
         self.started = time.perf_counter()
 
     def add(self, loss: float, batch: Batch) -> None:
@@ -91,7 +95,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) -> dict[str, Any]:
+def run_classification(
+    spec: RunSpec,
+    reporter: Reporter,
+    sink: ArtifactSink,
+    open_split_store: Callable[[str], ShardStore] = open_store,
+) -> dict[str, Any]:
     """Fine-tune, evaluate and save; returns the summary (also reported to the head by rank 0)."""
     job, t = spec.job, spec.job.training
     world, rank = dist.get_world_size(), dist.get_rank()
@@ -101,9 +110,10 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
     wall_start = time.perf_counter()
 
     # --- setup: data, model, engine
-    train_split = ShardedSplit(spec.split_dirs["train"])
-    val_split = ShardedSplit(spec.split_dirs["validation"])
-    test_split = ShardedSplit(spec.split_dirs["test"])
+    train_split, val_split, test_split = (
+        ShardedSplit(open_split_store(spec.split_dirs[name]))
+        for name in ("train", "validation", "test")
+    )
     micro_per_epoch = len(
         train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)
     )
@@ -135,14 +145,17 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
 
     # --- train with periodic validation and early stopping
     progress = TrainProgress()
-    window = StepWindow()
+    window = StepWindow(t.grad_accum)
     best_weights: Snapshot | None = None
     best_eval: EvalResult | None = None
     while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
             progress.epoch, t.seed, world, rank, t.micro_batch_size, train=True
         )
-        for batch in train_split.iter_batches(batches[: steps_per_epoch * t.grad_accum]):
+        stream = TimedIterator(train_split.iter_batches(batches[: steps_per_epoch * t.grad_accum]))
+        for batch in stream:
+            window.data_wait_s += stream.wait_s
+            stream.wait_s = 0.0
             outputs = engine(
                 **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
             )
@@ -193,7 +206,7 @@ def run_classification(spec: RunSpec, reporter: Reporter, sink: ArtifactSink) ->
             "num_samples": test_result.num_samples,
         },
         "majority_baseline_accuracy": majority_baseline_accuracy(
-            train_split.labels(), test_result.labels
+            train_split.majority_label(), test_result.labels
         ),
         "steps": progress.step,
         "epochs_completed": progress.epoch,

@@ -40,11 +40,12 @@ def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> N
 def _spec(
     tmp_path: Path, tiny_bert: Path, data: dict[str, Path], training: dict, optim: dict
 ) -> str:
-    from launcher.prepare import SplitSource, collect_label_names, prepare_split
+    from launcher.prepare import prepare_split
+    from launcher.sources import SplitSource, collect_label_names
     from trainer.config import JobConfig
     from trainer.config.spec import RunSpec
 
-    sources = {k: SplitSource(f"data.{k}", p, "text", "label") for k, p in data.items()}
+    sources = {k: SplitSource.single(f"data.{k}", p, "text", "label") for k, p in data.items()}
     labels = collect_label_names(sources["train"])
     dirs = {
         k: str(prepare_split(s, k, tiny_bert, 32, labels, tmp_path / "cache").directory)

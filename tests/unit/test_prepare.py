@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from launcher.errors import UserError
-from launcher.prepare import SplitSource, collect_label_names, prepare_split
+from launcher.prepare import prepare_split
+from launcher.sources import SplitSource, collect_label_names
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
 from trainer.config.manifest import ShardManifest, verify_shards
 
 
 def _source(path: Path, field: str = "data.train") -> SplitSource:
-    return SplitSource(field, path, "text", "label")
+    return SplitSource.single(field, path, "text", "label")
 
 
 def _prepare(path: Path, cache: Path, labels: list[str] | None = None, **kw):

@@ -8,10 +8,19 @@ import pytest
 from trainer.data import PAD_ROW, epoch_order, fit_order, rank_batches
 
 
+def _blocks(num_rows: int) -> np.ndarray:
+    """Uneven blocks (7, 3, 7, 3, ...) summing to num_rows."""
+    sizes, left = [], num_rows
+    while left:
+        sizes.append(min(left, 7 if len(sizes) % 2 == 0 else 3))
+        left -= sizes[-1]
+    return np.array(sizes, dtype=np.int64)
+
+
 def _assign(
     num_rows: int, world: int, micro: int, train: bool, epoch: int = 0
 ) -> list[list[np.ndarray]]:
-    order = epoch_order(num_rows, epoch, seed=7, shuffle=train)
+    order = epoch_order(_blocks(num_rows), epoch, seed=7, shuffle=train, window_blocks=3)
     fitted = fit_order(order, world * micro, pad=not train)
     return [rank_batches(fitted, world, rank, micro) for rank in range(world)]
 
@@ -45,7 +54,9 @@ def test_training_ranks_are_disjoint_and_only_drop_less_than_one_global_batch(
 
 
 def test_shuffle_is_seeded_per_epoch() -> None:
-    a0, a0_again, a1 = (epoch_order(100, e, seed=1, shuffle=True) for e in (0, 0, 1))
+    a0, a0_again, a1 = (
+        epoch_order(_blocks(100), e, seed=1, shuffle=True, window_blocks=4) for e in (0, 0, 1)
+    )
     assert np.array_equal(a0, a0_again)
     assert not np.array_equal(a0, a1)
     assert sorted(a1.tolist()) == list(range(100))
@@ -53,7 +64,7 @@ def test_shuffle_is_seeded_per_epoch() -> None:
 
 def test_micro_batch_j_of_rank_r_is_a_fixed_slice_of_the_global_order() -> None:
     # After k micro-steps, all ranks together consumed exactly the first k*world*micro samples.
-    order = epoch_order(48, 0, seed=3, shuffle=True)
+    order = epoch_order(_blocks(48), 0, seed=3, shuffle=True, window_blocks=2)
     batches = rank_batches(order, world_size=3, rank=1, micro=4)
     assert np.array_equal(batches[2], order[(2 * 3 + 1) * 4 : (2 * 3 + 2) * 4])
 
@@ -61,3 +72,18 @@ def test_micro_batch_j_of_rank_r_is_a_fixed_slice_of_the_global_order() -> None:
 def test_unfitted_order_is_refused() -> None:
     with pytest.raises(ValueError, match="multiple of world"):
         rank_batches(np.arange(10), world_size=3, rank=0, micro=2)
+
+
+def test_shuffle_stays_inside_windows_of_blocks() -> None:
+    # Memory is bounded because consecutive rows of the order come from one window of blocks.
+    blocks = np.array([10] * 12)
+    order = epoch_order(blocks, 0, seed=5, shuffle=True, window_blocks=3)
+    for w in range(4):
+        window_rows = order[w * 30 : (w + 1) * 30]
+        assert len(set((window_rows // 10).tolist())) == 3
+
+
+def test_unshuffled_order_is_sequential() -> None:
+    assert epoch_order(
+        np.array([3, 4]), 0, seed=0, shuffle=False, window_blocks=1
+    ).tolist() == list(range(7))

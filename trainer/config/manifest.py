@@ -9,11 +9,18 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 MANIFEST_FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# A split location with one of these schemes is read through pyarrow.fs instead of the local disk.
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
+
+
+def is_remote_uri(location: str) -> bool:
+    return urlparse(location).scheme in REMOTE_SCHEMES
 
 
 class ShardInfo(BaseModel):
@@ -24,6 +31,7 @@ class ShardInfo(BaseModel):
     bytes: int
     sha256: str
     first_sample_id: int
+    batch_rows: list[int]  # rows of each IPC record batch: the unit of reading and shuffling
 
 
 class ShardManifest(BaseModel):
@@ -41,6 +49,7 @@ class ShardManifest(BaseModel):
     pad_token_id: int
     total_rows: int
     total_tokens: int
+    label_counts: list[int]  # rows per label id, for the majority baseline without a data pass
     shards: list[ShardInfo]
     schema_fields: dict[str, str]
 
@@ -49,16 +58,28 @@ class ShardManifest(BaseModel):
         """Load and check a manifest; raises ValueError naming the file on any problem."""
         path = Path(directory) / MANIFEST_NAME
         try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: unreadable manifest ({exc})") from exc
+            text = path.read_text()
+        except OSError as exc:
+            raise ValueError(f"{path}: unreadable manifest ({exc.strerror or exc})") from exc
+        return cls.from_json(text, where=str(path))
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> ShardManifest:
+        """Parse and check a manifest; `where` names the file in every error."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{where}: unreadable manifest ({exc})") from exc
         version = raw.get("format_version") if isinstance(raw, dict) else None
         if version != MANIFEST_FORMAT_VERSION:
             raise ValueError(
-                f"{path}: unknown manifest format_version {version!r} "
+                f"{where}: unknown manifest format_version {version!r} "
                 f"(this ftlaunch reads {MANIFEST_FORMAT_VERSION})"
             )
-        return cls.model_validate(raw)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ValueError(f"{where}: malformed manifest ({exc.errors()[0]['msg']})") from None
 
     def write(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME

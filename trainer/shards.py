@@ -1,0 +1,115 @@
+"""Where a prepared split's shards are read from: a local path, a pyarrow.fs URI, or (supplied by
+`cluster/`) the head node. All three hand out single IPC record batches, the unit the reader
+loads, so memory stays bounded by the reader's window whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from trainer.config.manifest import MANIFEST_NAME, ShardManifest, is_remote_uri, verify_shards
+
+
+class ShardStore(Protocol):
+    def read_manifest(self) -> ShardManifest: ...
+
+    def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
+        """One record batch of one shard, read into memory (not memory-mapped)."""
+        ...
+
+
+class LocalShardStore:
+    """Shards on a local disk. Reads with pread rather than mmap: touched mmap pages would count
+    towards the process RSS until unmapped, and a long epoch touches every page."""
+
+    def __init__(self, directory: str | Path, verify: bool = False) -> None:
+        self.directory = Path(directory)
+        self._manifest = ShardManifest.read(self.directory)
+        if verify:
+            verify_shards(self.directory, self._manifest)
+        self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
+        self._lock = threading.Lock()
+
+    def read_manifest(self) -> ShardManifest:
+        return self._manifest
+
+    def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
+        with self._lock:  # the prefetch thread and the main thread may both read
+            reader = self._readers.get(shard_file)
+            if reader is None:
+                reader = pa.ipc.open_file(pa.OSFile(str(self.directory / shard_file), "rb"))
+                self._readers[shard_file] = reader
+            return reader.get_batch(batch_index)
+
+
+class FsShardStore:
+    """Shards behind a pyarrow.fs URI (s3://, gs://, hdfs://, file://).
+
+    Each shard's sha256 is checked the first time it is opened (a streamed read of the whole
+    file), so a corrupted remote shard fails loudly before any of its rows are trained on.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.filesystem, self.root = pafs.FileSystem.from_uri(uri)
+        self.uri = uri
+        with self.filesystem.open_input_stream(f"{self.root}/{MANIFEST_NAME}") as fh:
+            self._manifest = ShardManifest.from_json(
+                fh.read().decode(), where=f"{uri}/{MANIFEST_NAME}"
+            )
+        self._shas = {s.file: s.sha256 for s in self._manifest.shards}
+        self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
+        self._lock = threading.Lock()
+
+    def read_manifest(self) -> ShardManifest:
+        return self._manifest
+
+    def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
+        with self._lock:
+            reader = self._readers.get(shard_file)
+            if reader is None:
+                reader = self._open_verified(shard_file)
+                self._readers[shard_file] = reader
+            return reader.get_batch(batch_index)
+
+    def _open_verified(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
+        path = f"{self.root}/{shard_file}"
+        digest = hashlib.sha256()
+        with self.filesystem.open_input_stream(path) as fh:
+            while chunk := fh.read(8 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != self._shas[shard_file]:
+            raise ValueError(
+                f"{self.uri}/{shard_file}: sha256 does not match the manifest (corrupted shard)"
+            )
+        return pa.ipc.open_file(self.filesystem.open_input_file(path))
+
+
+def open_store(location: str, verify_local: bool = False) -> ShardStore:
+    """A store for `location`: a pyarrow.fs URI or a local directory.
+
+    Raises:
+        FileNotFoundError: a local directory that does not exist on this node.
+    """
+    if is_remote_uri(location):
+        return FsShardStore(location)
+    if not (Path(location) / MANIFEST_NAME).is_file():
+        raise FileNotFoundError(f"{location}: no {MANIFEST_NAME} on this node")
+    return LocalShardStore(location, verify=verify_local)
+
+
+def serialize_block(batch: pa.RecordBatch) -> bytes:
+    """IPC-encode one record batch (for sending it between nodes)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def deserialize_block(data: bytes) -> pa.RecordBatch:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
