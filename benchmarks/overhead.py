@@ -254,14 +254,15 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
 
         _, prepared = prepare_splits(job, model_dir, Console(stderr=True, highlight=False))
-        rows = prepared["train"].manifest.total_rows
+        # a PreparedSplit (older launcher) or the shard directory's location (newer)
+        train_dir = Path(getattr(prepared["train"], "directory", prepared["train"]))
+        rows = json.loads((train_dir / "manifest.json").read_text())["total_rows"]
         steps_per_epoch = rows // job.global_batch_size()
         if steps_per_epoch == 0:
             raise SystemExit(f"train split of {rows} rows cannot fill one step")
-        epochs = math.ceil(args.steps / steps_per_epoch)
+        epochs = math.ceil(args.steps / steps_per_epoch) + 1  # margin: max_steps stops it
         job_path = write_job(work, model_path, data, args.steps, args.zero_stage, epochs)
         job = load_job_config(job_path)
-        train_dir = prepared["train"].directory
 
         runs: dict[str, list[dict]] = {"bare": [], "ftlaunch": []}
         for round_index in range(args.rounds):

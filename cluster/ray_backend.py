@@ -18,7 +18,9 @@ import ray
 
 from cluster.collector import collector_actor
 from cluster.resources import placement_problem
+from cluster.shard_server import shard_server_actor
 from cluster.worker_entry import train_worker
+from trainer.config.manifest import CorruptShardError
 from trainer.config.schema import ClusterConfig
 from trainer.config.spec import RunSpec
 
@@ -34,6 +36,7 @@ class ClusterError(Exception):
 class TrainingFailed(Exception):
     rank: int | None
     message: str
+    is_data_error: bool = False  # a worker refused corrupted input data: bad input, not a crash
 
     def __str__(self) -> str:
         where = f"rank {self.rank}" if self.rank is not None else "the training controller"
@@ -96,8 +99,9 @@ class RayBackend:
 
     def run(
         self, spec: RunSpec, run_dir: Path, on_progress: Callable[[list[dict[str, Any]]], None]
-    ) -> None:
-        """Train on the cluster; results land in `run_dir` through the collector.
+    ) -> dict[str, Any]:
+        """Train on the cluster; results land in `run_dir` through the collector. Returns
+        head-side statistics (shards streamed from the head) for the summary.
 
         Raises:
             ClusterError: the request cannot be placed.
@@ -108,10 +112,15 @@ class RayBackend:
 
         self.check_placement()
         collector = collector_actor(run_dir)
+        shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
         trainer = TorchTrainer(
             train_worker,
-            train_loop_config={"spec": spec.model_dump(mode="json"), "collector": collector},
+            train_loop_config={
+                "spec": spec.model_dump(mode="json"),
+                "collector": collector,
+                "shard_server": shard_server,
+            },
             torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
             scaling_config=ScalingConfig(
                 num_workers=c.num_workers,
@@ -137,6 +146,7 @@ class RayBackend:
         ray.get(collector.close.remote())
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
+        return ray.get(shard_server.stats.remote())
 
 
 def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
@@ -157,8 +167,22 @@ def _as_training_failed(error: BaseException) -> TrainingFailed:
     failures = getattr(error, "worker_failures", None)
     if failures:
         rank = min(failures)
+        cause = _root_cause(failures[rank])
+        if isinstance(cause, CorruptShardError):
+            return TrainingFailed(rank, str(cause), is_data_error=True)
         return TrainingFailed(rank, _last_line(failures[rank]))
     return TrainingFailed(None, _last_line(error))
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """Unwrap Ray's task/actor error wrappers down to the exception the worker raised."""
+    seen = 0
+    while seen < 10:
+        inner = getattr(error, "cause", None) or error.__cause__
+        if inner is None or inner is error:
+            return error
+        error, seen = inner, seen + 1
+    return error
 
 
 def _last_line(error: BaseException) -> str:

@@ -1,13 +1,14 @@
-"""What Ray Train runs in each worker: wire Ray-backed reporter and sink into the trainer loop.
-
-torch and the trainer are imported inside the function, so importing `cluster` stays light.
-"""
+"""What Ray Train runs in each worker: wire Ray-backed reporter, sink and shard access into the
+trainer loop. torch and the trainer loop are imported inside the function, so importing
+`cluster` stays light."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from cluster.collector import CollectorReporter, CollectorSink
+from cluster.shard_server import HeadShardStore, is_visible_here
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -16,4 +17,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     spec = RunSpec.model_validate(loop_config["spec"])
     collector = loop_config["collector"]
-    run_classification(spec, CollectorReporter(collector), CollectorSink(collector))
+    open_store = store_opener(loop_config["shard_server"])
+    run_classification(spec, CollectorReporter(collector), CollectorSink(collector), open_store)
+
+
+def store_opener(shard_server: Any) -> Callable[[str], Any]:
+    """Read a split from where this node can see it; stream it from the head otherwise."""
+    from trainer.shards import open_store
+
+    def open_split_store(location: str) -> Any:
+        if is_visible_here(location):
+            return open_store(location)
+        return HeadShardStore(shard_server, location)
+
+    return open_split_store

@@ -50,6 +50,8 @@ def run(
     except ClusterError as exc:
         fail(USER_ERROR_EXIT_CODE, str(exc))
     except TrainingFailed as exc:
+        if exc.is_data_error:
+            fail(USER_ERROR_EXIT_CODE, exc.message)
         fail(TRAINING_FAILED_EXIT_CODE, f"{exc} (earlier contents of output.dir are untouched)")
 
 
@@ -68,6 +70,48 @@ def validate(
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     typer.echo(dump_job_config(job), nl=False)
+
+
+@app.command()
+def prepare(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="JSONL/CSV/TSV/Parquet files or datasets directories.")
+    ],
+    tokenizer: Annotated[
+        str, typer.Option(help="Model directory (or alias) whose tokenizer to use.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output directory for shards and manifest.json.")],
+    text_column: Annotated[str, typer.Option(help="Column with the text.")] = "text",
+    label_column: Annotated[str, typer.Option(help="Column with the label.")] = "label",
+    max_length: Annotated[int, typer.Option(help="Truncate to this many tokens.")] = 128,
+    shard_size: Annotated[str, typer.Option(help="Target shard size, e.g. 64MB.")] = "64MB",
+    num_proc: Annotated[
+        int | None, typer.Option(help="Tokenizer threads (default: all cores).")
+    ] = None,
+    labels_from: Annotated[
+        Path | None, typer.Option(help="Reuse the label map of a prepared train split.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split name recorded in the manifest.")] = "train",
+) -> None:
+    """Tokenize inputs into Arrow IPC shards + manifest.json (streamed, deterministic, idempotent)."""
+    from launcher.prepare_command import run_prepare
+
+    try:
+        run_prepare(
+            inputs,
+            tokenizer,
+            out,
+            text_column,
+            label_column,
+            max_length,
+            shard_size,
+            num_proc,
+            labels_from,
+            split,
+            Console(highlight=False),
+        )
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
 
 
 @app.command("demo-data")

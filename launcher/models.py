@@ -17,36 +17,36 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_model_path(path_or_alias: str) -> Path:
+def resolve_model_path(path_or_alias: str, field: str = "model.path") -> Path:
     """Return the absolute model directory, checking it holds a Hugging Face model.
 
     Raises:
         UserError: unknown alias whose package is missing, missing directory, or no config.json.
     """
     if path_or_alias in MODEL_ALIASES:
-        directory = _alias_directory(path_or_alias)
+        directory = _alias_directory(path_or_alias, field)
     else:
         directory = Path(path_or_alias).expanduser().resolve()
     if not directory.is_dir():
         raise UserError(
-            f"model.path: {path_or_alias!r} is not a directory (aliases: {', '.join(MODEL_ALIASES)})"
+            f"{field}: {path_or_alias!r} is not a directory (aliases: {', '.join(MODEL_ALIASES)})"
         )
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise UserError(
-            f"model.path: {directory} is not a Hugging Face model directory (no config.json)"
+            f"{field}: {directory} is not a Hugging Face model directory (no config.json)"
         )
     try:
         config = json.loads(config_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"model.path: {config_file} is not valid JSON ({exc})") from None
+        raise UserError(f"{field}: {config_file} is not valid JSON ({exc})") from None
     if not isinstance(config, dict) or "model_type" not in config:
         raise UserError(
-            f"model.path: {config_file} has no model_type; not a Hugging Face model config"
+            f"{field}: {config_file} has no model_type; not a Hugging Face model config"
         )
     if not (directory / "tokenizer.json").is_file():
         raise UserError(
-            f"model.path: {directory} has no tokenizer.json (a fast tokenizer is needed; "
+            f"{field}: {directory} has no tokenizer.json (a fast tokenizer is needed; "
             "save one with AutoTokenizer.from_pretrained(...).save_pretrained(dir))"
         )
     return directory
@@ -58,12 +58,12 @@ def read_max_positions(model_dir: Path) -> int | None:
     return int(value) if value else None
 
 
-def _alias_directory(alias: str) -> Path:
+def _alias_directory(alias: str, field: str) -> Path:
     package, sub = MODEL_ALIASES[alias]
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
         pip_name = package.replace("_", "-")
         raise UserError(
-            f"model.path: alias {alias!r} needs the package {pip_name} (pip install {pip_name})"
+            f"{field}: alias {alias!r} needs the package {pip_name} (pip install {pip_name})"
         )
     return Path(spec.origin).parent / sub

@@ -18,6 +18,7 @@ from launcher.progress import RunDisplay, summary_table
 from launcher.rundir import commit_run, create_staging, new_run_id
 from launcher.sources import SplitSource, collect_label_names
 from trainer.config import JobConfig, ShardManifest
+from trainer.config.manifest import is_remote_uri
 from trainer.config.spec import RunSpec
 
 SPLITS = ("train", "validation", "test")
@@ -81,6 +82,8 @@ def prepare_splits(
             state = "cached" if split.reused else "tokenized"
         else:
             check_prepared(f"data.{name}", location, manifest, model_dir, label_names)
+            if not is_remote_uri(location):  # workers run in other directories
+                location = str(Path(location).expanduser().resolve())
             state = "prepared"
         locations[name] = location
         console.print(
@@ -104,15 +107,14 @@ def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[
     (staging / "config.yaml").write_text(dump_job_config(spec.job))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with backend_for(spec.job.cluster) as backend, RunDisplay(console) as display:
-        backend.run(spec, staging, display.update)
+        head_stats = backend.run(spec, staging, display.update)
     summary = display.latest.get("summary")
     if summary is None:
         raise RuntimeError(
             f"training finished without a summary; partial results kept in {staging}"
         )
-    summary = {k: v for k, v in summary.items() if k != "event"} | {
-        "wall_s": time.perf_counter() - started
-    }
+    summary = {k: v for k, v in summary.items() if k != "event"} | head_stats
+    summary["wall_s"] = time.perf_counter() - started
     (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     commit_run(staging, output_dir)
     console.print(summary_table(summary))

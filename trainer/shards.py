@@ -13,7 +13,13 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from trainer.config.manifest import MANIFEST_NAME, ShardManifest, is_remote_uri, verify_shards
+from trainer.config.manifest import (
+    MANIFEST_NAME,
+    CorruptShardError,
+    ShardManifest,
+    is_remote_uri,
+    verify_shards,
+)
 
 
 class ShardStore(Protocol):
@@ -84,8 +90,9 @@ class FsShardStore:
             while chunk := fh.read(8 << 20):
                 digest.update(chunk)
         if digest.hexdigest() != self._shas[shard_file]:
-            raise ValueError(
-                f"{self.uri}/{shard_file}: sha256 does not match the manifest (corrupted shard)"
+            where = f"{self.uri.split('://', 1)[0]}://{path}"  # without the URI's query options
+            raise CorruptShardError(
+                f"{where}: sha256 does not match the manifest (corrupted shard)"
             )
         return pa.ipc.open_file(self.filesystem.open_input_file(path))
 

@@ -77,3 +77,83 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
+
+
+def count_alive_nodes(address: str, env: dict[str, str]) -> int:
+    code = (
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
+        "print(sum(1 for n in ray.nodes() if n['Alive']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    return (
+        int(out.stdout.strip().splitlines()[-1])
+        if out.returncode == 0 and out.stdout.strip()
+        else 0
+    )
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGTERM the process group (a `ray start --block` stops its children), then SIGKILL."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture()
+def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Head (1 CPU) + a second node (1 CPU) in a private mount namespace where `tmp_path` is an
+    empty tmpfs: that node cannot see anything the test writes there (no shared filesystem)."""
+    port = free_port()
+    temp_dir = Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
+    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    address = f"127.0.0.1:{port}"
+    logs = tmp_path / "ray-logs"
+    logs.mkdir()
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
+    head = subprocess.Popen(
+        [
+            str(RAY_BIN),
+            "start",
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--temp-dir={temp_dir}",
+            *common,
+        ],
+        env=env,
+        stdout=(logs / "head.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    node = None
+    try:
+        wait_for_port(port, timeout_s=60)
+        start_node = " ".join([str(RAY_BIN), "start", f"--address={address}", *common])
+        node = subprocess.Popen(
+            ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {tmp_path} && exec {start_node}"],
+            env=env,
+            stdout=(logs / "node.log").open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while count_alive_nodes(address, env) < 2:
+            if time.monotonic() > deadline or node.poll() is not None:
+                raise RuntimeError(f"second Ray node did not join; see {logs}")
+            time.sleep(1)
+        yield {
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
+            "address": address,
+        }
+    finally:
+        if node is not None:
+            stop_group(node)
+        stop_group(head)

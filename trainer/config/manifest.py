@@ -19,6 +19,10 @@ MANIFEST_NAME = "manifest.json"
 REMOTE_SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "file", "abfs", "abfss")
 
 
+class CorruptShardError(ValueError):
+    """A shard's bytes differ from its manifest: bad input, never something to train on."""
+
+
 def is_remote_uri(location: str) -> bool:
     return urlparse(location).scheme in REMOTE_SCHEMES
 
@@ -104,10 +108,10 @@ def verify_shards(directory: str | Path, manifest: ShardManifest) -> None:
     for shard in manifest.shards:
         path = Path(directory) / shard.file
         if not path.is_file():
-            raise ValueError(f"{path}: shard listed in the manifest is missing")
+            raise CorruptShardError(f"{path}: shard listed in the manifest is missing")
         if path.stat().st_size != shard.bytes:
             raise ValueError(
                 f"{path}: size {path.stat().st_size} differs from the manifest's {shard.bytes}"
             )
         if sha256_file(path) != shard.sha256:
-            raise ValueError(f"{path}: sha256 does not match the manifest (corrupted shard)")
+            raise CorruptShardError(f"{path}: sha256 does not match the manifest (corrupted shard)")

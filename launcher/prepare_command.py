@@ -1,0 +1,95 @@
+"""`ftlaunch prepare`: the user-facing shell around `launcher.prepare.prepare_into`."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from launcher.errors import UserError
+
+SIZE_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "KIB": 1024,
+    "M": 10**6,
+    "MB": 10**6,
+    "MIB": 1 << 20,
+    "G": 10**9,
+    "GB": 10**9,
+    "GIB": 1 << 30,
+}
+
+
+def parse_size(text: str, option: str = "--shard-size") -> int:
+    """'64MB' -> 64_000_000, '1GiB' -> 1_073_741_824, '4096' -> 4096."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    unit = match.group(2).upper() if match else None
+    if not match or unit not in SIZE_UNITS:
+        raise UserError(f"{option}: cannot read {text!r} as a size (e.g. 64MB, 1GiB, 500000)")
+    size = int(float(match.group(1)) * SIZE_UNITS[unit])
+    if size <= 0:
+        raise UserError(f"{option}: must be > 0 (got {text!r})")
+    return size
+
+
+def run_prepare(
+    inputs: list[Path],
+    tokenizer: str,
+    out: Path,
+    text_column: str,
+    label_column: str,
+    max_length: int,
+    shard_size: str,
+    num_proc: int | None,
+    labels_from: Path | None,
+    split: str,
+    console: Console,
+) -> None:
+    if num_proc is not None:
+        if num_proc < 1:
+            raise UserError(f"--num-proc: must be >= 1 (got {num_proc})")
+        os.environ["RAYON_NUM_THREADS"] = str(num_proc)  # read by tokenizers when its pool starts
+    if max_length < 1:
+        raise UserError(f"--max-length: must be >= 1 (got {max_length})")
+    from launcher.models import read_max_positions, resolve_model_path
+    from launcher.prepare import TokenizeOptions, prepare_into
+    from launcher.prepared import load_prepared
+    from launcher.sources import SplitSource, collect_label_names
+
+    model_dir = resolve_model_path(tokenizer, field="--tokenizer")
+    limit = read_max_positions(model_dir)
+    if limit and max_length > limit:
+        raise UserError(f"--max-length: {max_length} exceeds the model's position limit {limit}")
+    source = SplitSource("inputs", tuple(inputs), text_column, label_column)
+    if labels_from is not None:
+        manifest = load_prepared("--labels-from", str(labels_from))
+        if manifest is None:
+            raise UserError(
+                f"--labels-from: {labels_from} is not a prepared split (no manifest.json)"
+            )
+        label_names = manifest.label_names
+    else:
+        label_names = collect_label_names(source)
+    options = TokenizeOptions(model_dir, max_length, label_names, parse_size(shard_size))
+    with Progress(
+        TextColumn("[bold]tokenizing"),
+        BarColumn(),
+        TextColumn("{task.completed:,} rows"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("rows", total=None)
+        prepared = prepare_into(source, split, options, out, lambda n: progress.advance(task, n))
+    m = prepared.manifest
+    state = "up to date, nothing to do" if prepared.reused else "written"
+    console.print(
+        f"{out}: {m.total_rows:,} rows, {m.total_tokens:,} tokens in {len(m.shards)} shard(s), "
+        f"labels {m.label_names} ({state})"
+    )

@@ -1,0 +1,175 @@
+"""Where shards live: only on the head (streamed to a node that cannot see them), and in S3
+(a real local S3 server, moto in server mode, on loopback)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.integration.conftest import free_port, stop_group
+
+pytestmark = [pytest.mark.ray, pytest.mark.dist]
+
+
+def ftlaunch(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 400
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=REPO_ROOT,
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def prepare_splits(data: dict[str, Path], model: Path, out: Path) -> dict[str, Path]:
+    dirs = {}
+    for name, path in data.items():
+        target = out / name
+        labels = ["--labels-from", str(dirs["train"])] if name != "train" else []
+        result = ftlaunch(
+            "prepare",
+            str(path),
+            "--tokenizer",
+            str(model),
+            "--out",
+            str(target),
+            "--max-length",
+            "32",
+            "--split",
+            name,
+            *labels,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        dirs[name] = target
+    return dirs
+
+
+def job_args(splits: dict[str, str], out: Path) -> list[str]:
+    sets = {f"data.{k}": v for k, v in splits.items()} | {
+        "output.dir": str(out),
+        "training.epochs": 12,
+        "training.micro_batch_size": 16,
+        "optim.lr": 0.002,
+        "training.log_every": 8,
+        "cluster.num_workers": 2,
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+@pytest.mark.timeout(600)
+def test_shards_only_on_the_head_are_streamed_to_the_other_node(
+    tmp_path: Path,
+    tiny_bert: Path,
+    keyword_data: dict[str, Path],
+    private_mount_cluster: dict[str, str],
+) -> None:
+    splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")  # hidden from node 2
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    env = {k: v for k, v in private_mount_cluster.items() if k != "address"}
+    result = ftlaunch(
+        "run",
+        str(job),
+        "--address",
+        private_mount_cluster["address"],
+        *job_args({k: str(v) for k, v in splits.items()}, tmp_path / "out"),
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    # One of the two workers ran on the node that cannot see tmp_path: it read through the head.
+    assert summary["head_streamed_blocks"] > 0 and summary["head_streamed_bytes"] > 0
+    assert summary["test"]["accuracy"] > summary["majority_baseline_accuracy"] + 0.2
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+@pytest.fixture()
+def s3_server(tmp_path: Path) -> Iterator[dict[str, str]]:
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=(tmp_path / "moto.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+        if time.monotonic() > deadline:
+            stop_group(server)
+            raise RuntimeError("moto_server did not start")
+        time.sleep(0.2)
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    try:
+        yield env | {"endpoint": f"127.0.0.1:{port}"}
+    finally:
+        stop_group(server)
+
+
+def upload(local: Path, key: str, server: dict[str, str]) -> None:
+    import pyarrow.fs as pafs
+
+    filesystem = pafs.S3FileSystem(
+        access_key=server["AWS_ACCESS_KEY_ID"],
+        secret_key=server["AWS_SECRET_ACCESS_KEY"],
+        endpoint_override=server["endpoint"],
+        scheme="http",
+        allow_bucket_creation=True,
+    )
+    filesystem.create_dir(key.split("/")[0])
+    pafs.copy_files(str(local), key, destination_filesystem=filesystem)
+
+
+@pytest.mark.timeout(600)
+def test_training_from_s3_and_a_corrupted_remote_shard_is_refused(
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path], s3_server: dict[str, str]
+) -> None:
+    splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")
+    query = f"?endpoint_override={s3_server['endpoint']}&scheme=http"
+    uris = {}
+    for name, directory in splits.items():
+        uris[name] = f"s3://ftl-data/{name}{query}"
+        upload(directory, f"ftl-data/{name}", s3_server)
+    shutil.rmtree(tmp_path / "prepared")  # nothing local left: the data is only in S3
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    env = {k: v for k, v in s3_server.items() if k.startswith("AWS_")}
+    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out"), env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["test"]["accuracy"] > summary["majority_baseline_accuracy"] + 0.2
+
+    # Flip bytes of the remote train shard: the first worker read fails, naming the object.
+    import pyarrow.fs as pafs
+
+    os.environ.update(env)
+    filesystem, root = pafs.FileSystem.from_uri(uris["train"])
+    with filesystem.open_input_stream(f"{root}/shard-00000.arrow") as fh:
+        raw = bytearray(fh.read())
+    raw[200] ^= 0xFF
+    with filesystem.open_output_stream(f"{root}/shard-00000.arrow") as fh:
+        fh.write(bytes(raw))
+    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out2"), env=env)
+    assert result.returncode == 2, result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert (
+        "shard-00000.arrow: sha256 does not match the manifest" in line and "Traceback" not in line
+    )
+    assert not (tmp_path / "out2" / "summary.json").exists()
