@@ -42,7 +42,7 @@ def run(
     from cluster.ray_backend import ClusterError, TrainingFailed
     from launcher.run import run_from_file
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     try:
         run_from_file(config, set_ or [], address, console)
     except UserError as exc:
@@ -108,7 +108,7 @@ def prepare(
             num_proc,
             labels_from,
             split,
-            Console(highlight=False),
+            Console(highlight=False, soft_wrap=True),
         )
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)

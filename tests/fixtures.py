@@ -87,3 +87,51 @@ def make_keyword_dataset(
         "validation": write_jsonl(out_dir / "validation.jsonl", keyword_rows(n_val, 2)),
         "test": write_jsonl(out_dir / "test.jsonl", keyword_rows(n_test, 3)),
     }
+
+
+def write_synthetic_split(out_dir: Path, rows: int, seed: int = 0, max_tokens: int = 256) -> Path:
+    """A tokenized split in ftlaunch's shard format with random token ids, written block by block
+    (1024 rows each, as `prepare` writes), without ever holding the dataset in memory."""
+    import numpy as np
+    import pyarrow as pa
+
+    from launcher.prepare import SHARD_SCHEMA, _ShardWriter
+    from trainer.config.manifest import MANIFEST_FORMAT_VERSION, ShardManifest
+
+    rng = np.random.default_rng(seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(out_dir, shard_bytes=16 << 20)
+    for start in range(0, rows, 1024):
+        n = min(1024, rows - start)
+        lengths = rng.integers(8, max_tokens + 1, n)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        values = rng.integers(1000, 30000, int(offsets[-1]), dtype=np.int32)
+        batch = pa.record_batch(
+            [
+                pa.array(np.arange(start, start + n, dtype=np.int64)),
+                pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                pa.array(lengths.astype(np.int32)),
+                pa.array(rng.integers(0, 2, n)),
+            ],
+            schema=SHARD_SCHEMA,
+        )
+        writer.add(batch)
+    shards = writer.close()
+    ShardManifest(
+        format_version=MANIFEST_FORMAT_VERSION,
+        split="train",
+        source="synthetic",
+        source_sha256="0" * 64,
+        tokenizer_fingerprint="synthetic",
+        max_length=max_tokens,
+        text_column="text",
+        label_column="label",
+        label_names=["a", "b"],
+        pad_token_id=0,
+        total_rows=writer.rows,
+        total_tokens=writer.tokens,
+        label_counts=writer.label_counts(2),
+        shards=shards,
+        schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
+    ).write(out_dir)
+    return out_dir

@@ -103,14 +103,14 @@ def verify_shards(directory: str | Path, manifest: ShardManifest) -> None:
     """Check each shard's size and sha256 against the manifest.
 
     Raises:
-        ValueError: naming the first missing, truncated or corrupted shard file.
+        CorruptShardError: naming the first missing, truncated or corrupted shard file.
     """
     for shard in manifest.shards:
         path = Path(directory) / shard.file
         if not path.is_file():
             raise CorruptShardError(f"{path}: shard listed in the manifest is missing")
         if path.stat().st_size != shard.bytes:
-            raise ValueError(
+            raise CorruptShardError(
                 f"{path}: size {path.stat().st_size} differs from the manifest's {shard.bytes}"
             )
         if sha256_file(path) != shard.sha256:
