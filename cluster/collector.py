@@ -16,23 +16,37 @@ from typing import Any
 
 import ray
 
+from trainer.config.checkpoints import CheckpointStore
+
 CHUNK_BYTES = 4 << 20
 
 
 class RunCollector:
     """Plain class (tested without Ray); `collector_actor()` wraps it as a pinned Ray actor."""
 
-    def __init__(self, run_dir: str) -> None:
+    def __init__(self, run_dir: str, checkpoint_dir: str | None = None, keep_last: int = 2) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a")
         self._pending: list[dict[str, Any]] = []
         self._open: dict[str, tuple[Path, Any, Any]] = {}
+        self.checkpoints = CheckpointStore(
+            checkpoint_dir or self.run_dir / "checkpoints", keep_last
+        )
+        self._verified: dict[str, dict[str, Any]] = {}
+        self.starts = 0
 
     def report(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "start":
+            self.starts += 1
+            record = record | {"attempt": self.starts}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
         self._pending.append(record)
+
+    def starts_seen(self) -> int:
+        """How many times the worker group started (1 + restarts after failures)."""
+        return self.starts
 
     def drain(self) -> list[dict[str, Any]]:
         """Records reported since the last call, for the live display (its only consumer)."""
@@ -40,7 +54,38 @@ class RunCollector:
         return pending
 
     def begin_file(self, name: str) -> str:
-        target = self._target(name)
+        return self._begin(self._target(self.run_dir, name))
+
+    def begin_checkpoint_file(self, tag: str, name: str) -> str:
+        return self._begin(self._target(self.checkpoints.staging_dir(tag), name))
+
+    def checkpoint_staging(self, tag: str) -> str:
+        """Where ranks on the head node write their part of checkpoint `tag` directly."""
+        return str(self.checkpoints.staging_dir(tag))
+
+    def checkpoint_commit(self, tag: str, state: dict[str, Any]) -> str:
+        return str(self.checkpoints.commit(tag, state))
+
+    def checkpoint_latest(self, run_id: str) -> str | None:
+        """The newest complete checkpoint this run wrote (after a restart), if any."""
+        latest = self.checkpoints.latest(run_id)
+        return latest[0] if latest else None
+
+    def checkpoint_verified(self, tag: str) -> dict[str, Any]:
+        """The manifest of `tag`, every file checked once per run (cached for the other ranks)."""
+        if tag not in self._verified:
+            self._verified[tag] = self.checkpoints.verify(tag)
+        return self._verified[tag]
+
+    def checkpoint_path(self, tag: str) -> str:
+        return str(self.checkpoints.root / tag)
+
+    def checkpoint_read(self, tag: str, name: str, offset: int, length: int) -> bytes:
+        with self._target(self.checkpoints.root / tag, name).open("rb") as fh:
+            fh.seek(offset)
+            return fh.read(length)
+
+    def _begin(self, target: Path) -> str:
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = uuid.uuid4().hex
         partial = target.with_name(f".{target.name}.{handle}.part")
@@ -66,14 +111,15 @@ class RunCollector:
     def close(self) -> None:
         self._metrics.close()
 
-    def _target(self, name: str) -> Path:
-        target = (self.run_dir / name).resolve()
-        if self.run_dir.resolve() not in target.parents:
-            raise ValueError(f"artifact name {name!r} escapes the run directory")
+    @staticmethod
+    def _target(root: Path, name: str) -> Path:
+        target = (root / name).resolve()
+        if root.resolve() not in target.parents:
+            raise ValueError(f"artifact name {name!r} escapes {root}")
         return target
 
 
-def collector_actor(run_dir: Path) -> ray.actor.ActorHandle:
+def collector_actor(run_dir: Path, checkpoint_dir: Path, keep_last: int) -> ray.actor.ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -81,7 +127,7 @@ def collector_actor(run_dir: Path) -> ray.actor.ActorHandle:
     actor_cls = ray.remote(num_cpus=0, max_concurrency=1)(RunCollector)
     return actor_cls.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    ).remote(str(run_dir))
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last)
 
 
 class CollectorReporter:
@@ -109,7 +155,9 @@ class CollectorSink:
             self.put_file(path, f"{name}/{path.relative_to(local_dir).as_posix()}")
 
     def put_file(self, local_file: Path, name: str) -> None:
-        handle = ray.get(self._collector.begin_file.remote(name))
+        self.stream_file(local_file, ray.get(self._collector.begin_file.remote(name)))
+
+    def stream_file(self, local_file: Path, handle: str) -> None:
         digest = hashlib.sha256()
         in_flight: list[ray.ObjectRef] = []
         with local_file.open("rb") as fh:

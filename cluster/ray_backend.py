@@ -98,7 +98,11 @@ class RayBackend:
             raise ClusterError(problem)
 
     def run(
-        self, spec: RunSpec, run_dir: Path, on_progress: Callable[[list[dict[str, Any]]], None]
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        checkpoint_dir: Path,
+        on_progress: Callable[[list[dict[str, Any]]], None],
     ) -> dict[str, Any]:
         """Train on the cluster; results land in `run_dir` through the collector. Returns
         head-side statistics (shards streamed from the head) for the summary.
@@ -111,7 +115,7 @@ class RayBackend:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         self.check_placement()
-        collector = collector_actor(run_dir)
+        collector = collector_actor(run_dir, checkpoint_dir, spec.job.output.keep_last)
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
         trainer = TorchTrainer(
@@ -120,6 +124,7 @@ class RayBackend:
                 "spec": spec.model_dump(mode="json"),
                 "collector": collector,
                 "shard_server": shard_server,
+                "head_node_id": ray.get_runtime_context().get_node_id(),
             },
             torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
             scaling_config=ScalingConfig(
@@ -133,7 +138,7 @@ class RayBackend:
             run_config=RunConfig(
                 name=spec.run_id,
                 storage_path=str(run_dir / "ray_train"),
-                failure_config=FailureConfig(max_failures=0),
+                failure_config=FailureConfig(max_failures=spec.job.training.max_failures),
             ),
         )
         outcome: dict[str, BaseException] = {}
@@ -146,7 +151,8 @@ class RayBackend:
         ray.get(collector.close.remote())
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
-        return ray.get(shard_server.stats.remote())
+        restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
+        return ray.get(shard_server.stats.remote()) | {"restarts": restarts}
 
 
 def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:

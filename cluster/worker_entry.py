@@ -7,6 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
+from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink
 from cluster.shard_server import HeadShardStore, is_visible_here
 
@@ -18,7 +21,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     spec = RunSpec.model_validate(loop_config["spec"])
     collector = loop_config["collector"]
     open_store = store_opener(loop_config["shard_server"])
-    run_classification(spec, CollectorReporter(collector), CollectorSink(collector), open_store)
+    on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
+    checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag)
+    run_classification(
+        spec, CollectorReporter(collector), CollectorSink(collector), open_store, checkpoints
+    )
 
 
 def store_opener(shard_server: Any) -> Callable[[str], Any]:

@@ -37,6 +37,10 @@ def run(
     address: Annotated[
         str | None, typer.Option(help="Existing Ray cluster (overrides cluster.address).")
     ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue from the newest complete checkpoint on the head."),
+    ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
     from cluster.ray_backend import ClusterError, TrainingFailed
@@ -44,7 +48,7 @@ def run(
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        run_from_file(config, set_ or [], address, console)
+        run_from_file(config, set_ or [], address, console, resume=resume)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     except ClusterError as exc:

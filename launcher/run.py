@@ -15,6 +15,7 @@ from launcher.models import read_max_positions, resolve_model_path
 from launcher.prepare import default_cache_root, prepare_split
 from launcher.prepared import check_prepared, load_prepared
 from launcher.progress import RunDisplay, summary_table
+from launcher.resume import CHECKPOINT_DIR, choose_resume_tag, config_fingerprint
 from launcher.rundir import commit_run, create_staging, new_run_id
 from launcher.sources import SplitSource, collect_label_names
 from trainer.config import JobConfig, ShardManifest
@@ -25,7 +26,11 @@ SPLITS = ("train", "validation", "test")
 
 
 def run_from_file(
-    config_path: Path, overrides: list[str], address: str | None, console: Console
+    config_path: Path,
+    overrides: list[str],
+    address: str | None,
+    console: Console,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Everything `ftlaunch run` does; returns the summary.
 
@@ -45,12 +50,18 @@ def run_from_file(
     _check_train_fills_a_step(job, load_prepared("data.train", locations["train"]))
     run_id = new_run_id(job.name)
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
+    fingerprint = config_fingerprint(job, label_names)
+    resume_tag = choose_resume_tag(output_dir, resume, fingerprint, job.output.keep_last)
+    if resume_tag:
+        console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
     spec = RunSpec(
         job=job,
         model_dir=str(model_dir),
         split_dirs=locations,
         label_names=label_names,
         run_id=run_id,
+        config_fingerprint=fingerprint,
+        resume_tag=resume_tag,
     )
     return train_and_commit(spec, output_dir, console)
 
@@ -107,7 +118,7 @@ def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[
     (staging / "config.yaml").write_text(dump_job_config(spec.job))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with backend_for(spec.job.cluster) as backend, RunDisplay(console) as display:
-        head_stats = backend.run(spec, staging, display.update)
+        head_stats = backend.run(spec, staging, output_dir / CHECKPOINT_DIR, display.update)
     summary = display.latest.get("summary")
     if summary is None:
         raise RuntimeError(

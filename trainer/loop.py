@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from trainer.checkpointing import checkpoint_due, load_checkpoint, save_checkpoint
+from trainer.config.checkpoints import step_tag
 from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
 from trainer.data import Batch, ShardedSplit, TimedIterator
@@ -27,9 +29,9 @@ from trainer.engine import build_engine, consolidated_state_dict
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
-from trainer.protocols import ArtifactSink, Reporter
+from trainer.protocols import ArtifactSink, CheckpointSink, Reporter
 from trainer.shards import ShardStore, open_store
-from trainer.snapshot import Snapshot, capture_weights, restore_weights
+from trainer.snapshot import capture_weights, restore_weights
 
 
 @dataclass
@@ -42,18 +44,13 @@ class TrainProgress:
     samples_seen_in_epoch: int = 0  # global position in this epoch's sample order
     best_metric: float | None = None
     best_step: int = 0
+    best_val_metrics: dict[str, float] | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            **asdict(self),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
-        }
+        """Plain JSON; checkpointing adds the RNG states next to it."""
+        return asdict(self)
 
 
 class StepWindow:
@@ -100,6 +97,7 @@ def run_classification(
     reporter: Reporter,
     sink: ArtifactSink,
     open_split_store: Callable[[str], ShardStore] = open_store,
+    checkpoints: CheckpointSink | None = None,
 ) -> dict[str, Any]:
     """Fine-tune, evaluate and save; returns the summary (also reported to the head by rank 0)."""
     job, t = spec.job, spec.job.training
@@ -143,16 +141,30 @@ def run_classification(
             }
         )
 
-    # --- train with periodic validation and early stopping
-    progress = TrainProgress()
+    # --- resume from the newest checkpoint (after a restart, or --resume)
+    progress, best_weights = TrainProgress(), None
+    resume_tag = checkpoints.latest() if checkpoints else None
+    if resume_tag:
+        fields, best_weights = load_checkpoint(engine, resume_tag, checkpoints)
+        progress = TrainProgress(**fields)
+        if is_rank_zero:
+            reporter.report({"event": "resumed", "tag": resume_tag, "step": progress.step})
+
+    # --- train with periodic validation, early stopping and checkpoints
     window = StepWindow(t.grad_accum)
-    best_weights: Snapshot | None = None
-    best_eval: EvalResult | None = None
+    micro_in_epoch = steps_per_epoch * t.grad_accum
     while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
-            progress.epoch, t.seed, world, rank, t.micro_batch_size, train=True
+            progress.epoch,
+            t.seed,
+            world,
+            rank,
+            t.micro_batch_size,
+            train=True,
+            start=progress.samples_seen_in_epoch,
         )
-        stream = TimedIterator(train_split.iter_batches(batches[: steps_per_epoch * t.grad_accum]))
+        remaining = batches[: micro_in_epoch - progress.micro_steps_in_epoch]
+        stream = TimedIterator(train_split.iter_batches(remaining))
         for batch in stream:
             window.data_wait_s += stream.wait_s
             stream.wait_s = 0.0
@@ -162,6 +174,8 @@ def run_classification(
             engine.backward(outputs.loss)
             engine.step()
             window.add(outputs.loss.item(), batch)
+            if t.record_sample_ids:
+                _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
             progress.micro_steps_in_epoch += 1
             progress.samples_seen_in_epoch += world * t.micro_batch_size
             if progress.micro_steps_in_epoch % t.grad_accum:
@@ -177,12 +191,33 @@ def run_classification(
             if _eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
                 result = evaluate(engine, val_split, eval_batch, num_classes)
                 if record_evaluation(progress, result, t):
-                    best_weights, best_eval = capture_weights(engine.module), result
+                    best_weights = capture_weights(engine.module)
                 if is_rank_zero:
                     reporter.report(
                         {"event": "eval", "step": progress.step, "epoch": round(epoch_float, 4)}
                         | result.metrics("val")
                         | {"best_step": progress.best_step}
+                    )
+            if checkpoints and checkpoint_due(t.checkpoint_every, progress.step, end_of_epoch):
+                tag = step_tag(progress.step)
+                state = {
+                    "step": progress.step,
+                    "epoch": progress.epoch,
+                    "world_size": world,
+                    "samples_seen_in_epoch": progress.samples_seen_in_epoch,
+                    "config_fingerprint": spec.config_fingerprint,
+                }
+                blocked = save_checkpoint(
+                    engine, tag, progress.state_dict(), best_weights, checkpoints, state
+                )
+                if is_rank_zero:
+                    reporter.report(
+                        {
+                            "event": "checkpoint",
+                            "step": progress.step,
+                            "tag": tag,
+                            "blocked_s": blocked,
+                        }
                     )
             if progress.stopped_early or _is_finished(progress, total_steps):
                 break
@@ -190,7 +225,7 @@ def run_classification(
             break
         progress.epoch += 1
         progress.micro_steps_in_epoch = progress.samples_seen_in_epoch = 0
-    if best_weights is None or best_eval is None:  # the last step always evaluates
+    if best_weights is None or progress.best_val_metrics is None:  # the last step always evaluates
         raise RuntimeError("training ended without a validation pass")
 
     # --- test the best weights, then save them
@@ -198,7 +233,7 @@ def run_classification(
     test_result = evaluate(engine, test_split, eval_batch, num_classes)
     state = consolidated_state_dict(engine)
     summary = {
-        "best_validation": best_eval.metrics("val") | {"step": progress.best_step},
+        "best_validation": progress.best_val_metrics | {"step": progress.best_step},
         "test": {
             "accuracy": test_result.accuracy,
             "macro_f1": test_result.macro_f1,
@@ -223,6 +258,8 @@ def run_classification(
         _save_and_send(state, spec, test_result, sink)
         reporter.report({"event": "summary", **summary})
     dist.barrier()  # nobody leaves before rank 0 has delivered the model
+    if checkpoints:
+        checkpoints.cleanup()
     engine.destroy()
     return summary
 
@@ -235,12 +272,21 @@ def record_evaluation(progress: TrainProgress, result: EvalResult, t: TrainingCo
     value = result.metric(t.early_stopping_metric)
     if t.metric_is_better(value, progress.best_metric):
         progress.best_metric, progress.best_step = value, progress.step
+        progress.best_val_metrics = result.metrics("val")
         progress.evals_without_improvement = 0
         return True
     progress.evals_without_improvement += 1
     patience = t.early_stopping_patience
     progress.stopped_early = patience is not None and progress.evals_without_improvement > patience
     return False
+
+
+def _report_sample_ids(reporter: Reporter, batch: Batch, step: int, is_rank_zero: bool) -> None:
+    """Audit trail of which samples each step consumed, all ranks gathered (collective)."""
+    gathered: list[list[int]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, batch.sample_ids.tolist())
+    if is_rank_zero:
+        reporter.report({"event": "samples", "step": step, "sample_ids": gathered})
 
 
 def _eval_due(eval_every: int | str, step: int, end_of_epoch: bool) -> bool:

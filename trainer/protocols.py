@@ -6,6 +6,7 @@ without Ray and the Ray wiring is tested without a model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -21,3 +22,25 @@ class ArtifactSink(Protocol):
 
     def put_file(self, local_file: Path, name: str) -> None:
         """Copy one local file to `<run dir>/<name>` on the head node."""
+
+
+class CheckpointSink(Protocol):
+    """Where checkpoint shards go (the head node) and come back from on resume."""
+
+    def local_dir(self, tag: str) -> Path:
+        """A directory on this node where this rank writes its part of checkpoint `tag`."""
+
+    def upload(self, tag: str, local_dir: Path) -> None:
+        """Deliver this rank's files of `tag` to the head (nothing to do if already there)."""
+
+    def commit(self, tag: str, state: dict[str, Any]) -> None:
+        """Rank 0, after every rank uploaded: publish `tag` atomically with its training state."""
+
+    def latest(self) -> str | None:
+        """The checkpoint to resume from, if any."""
+
+    def fetch(self, tag: str, wanted: Callable[[str], bool]) -> Path:
+        """A local directory holding the verified files of `tag` for which `wanted(name)` is true."""
+
+    def cleanup(self) -> None:
+        """Remove node-local scratch copies."""

@@ -128,3 +128,9 @@ def test_reader_errors_surface_in_the_consumer(split_dir: Path) -> None:
     bad = [np.array([ROWS + 10_000] * MICRO)]
     with pytest.raises(IndexError):
         list(split.iter_batches(bad))
+
+
+def test_a_micro_batch_of_only_padding_still_collates(split_dir: Path) -> None:
+    split = _split(split_dir)
+    (batch,) = split.iter_batches([np.full(MICRO, PAD_ROW)])
+    assert batch.num_samples() == 0 and (batch.sample_ids == PAD_ROW).all()

@@ -79,6 +79,17 @@ class TrainingConfig(Section):
     )
     early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
     seed: int = 42
+    checkpoint_every: PositiveInt | Literal["epoch"] | None = Field(
+        default=None, description="Optimizer steps (or 'epoch') between checkpoints; null: none."
+    )
+    max_failures: NonNegativeInt = Field(
+        default=3,
+        description="Worker-group restarts (from the newest checkpoint) before giving up.",
+    )
+    record_sample_ids: bool = Field(
+        default=False,
+        description="Report every step's sample ids to metrics.jsonl (audits, tests).",
+    )
 
     def effective_eval_batch_size(self) -> int:
         return self.eval_batch_size or 2 * self.micro_batch_size
@@ -121,6 +132,7 @@ class ClusterConfig(Section):
 
 class OutputConfig(Section):
     dir: str = "runs/default"
+    keep_last: PositiveInt = Field(default=2, description="Complete checkpoints kept on the head.")
 
 
 class JobConfig(Section):

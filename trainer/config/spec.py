@@ -17,3 +17,5 @@ class RunSpec(BaseModel):
     split_dirs: dict[str, str]
     label_names: list[str]
     run_id: str
+    config_fingerprint: str = ""  # what a checkpoint must match to be resumed by this job
+    resume_tag: str | None = None  # checkpoint chosen by `--resume`

@@ -1,0 +1,70 @@
+"""Decide where a run starts: fresh, or from the newest complete checkpoint on the head (`--resume`).
+
+A fresh run refuses an output directory that already holds checkpoints (they would be mixed up
+with the new run's), and a resume refuses a checkpoint written for another model, world size or
+incompatible config, or one whose files no longer match its manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from launcher.errors import UserError
+from trainer.config import JobConfig
+from trainer.config.checkpoints import CheckpointStore, CorruptCheckpointError
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
+    """What must not change between a checkpoint and the run resuming it."""
+    relevant = {
+        "model": job.model.model_dump(),
+        "peft": job.peft.model_dump(),
+        "zero_stage": job.engine.zero_stage,
+        "num_workers": job.cluster.num_workers,
+        "micro_batch_size": job.training.micro_batch_size,
+        "grad_accum": job.training.grad_accum,
+        "seed": job.training.seed,
+        "labels": label_names,
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def choose_resume_tag(
+    output_dir: Path, resume: bool, fingerprint: str, keep_last: int
+) -> str | None:
+    """The checkpoint tag to start from (None: fresh start).
+
+    Raises:
+        UserError: a fresh start over existing checkpoints, nothing to resume, or a checkpoint that
+            does not fit this job or fails its checksums.
+    """
+    store = CheckpointStore(output_dir / CHECKPOINT_DIR, keep_last)
+    latest = store.latest() if store.root.is_dir() else None
+    if not resume:
+        if latest:
+            raise UserError(
+                f"output.dir: {store.root} holds checkpoints of an earlier run ({latest[0]}); "
+                "pass --resume to continue it, or choose another output.dir"
+            )
+        return None
+    if latest is None:
+        raise UserError(f"--resume: no complete checkpoint in {store.root}")
+    tag, manifest = latest
+    written_for = manifest["state"].get("config_fingerprint")
+    if written_for != fingerprint:
+        raise UserError(
+            f"--resume: {store.root / tag} was written by a different model or incompatible config "
+            f"(fingerprint {written_for} != {fingerprint}: model, peft, zero_stage, num_workers, "
+            "batch sizes, seed and labels must match)"
+        )
+    try:
+        store.verify(tag)
+    except CorruptCheckpointError as exc:
+        raise UserError(
+            f"--resume: {exc}; delete that checkpoint directory to fall back to an older one"
+        ) from None
+    return tag

@@ -1,0 +1,112 @@
+"""Save and restore a training checkpoint: DeepSpeed's per-rank state plus ours.
+
+Each rank writes, into the directory its CheckpointSink gives it:
+  ds/...                         DeepSpeed's engine state (model states on rank 0, ZeRO shards per rank)
+  trainer_state_rank{R}.json     TrainProgress, including the data-stream position and RNG states
+  best_rank{R}.pt                this rank's share of the best-so-far weights (plain tensors)
+and the sink delivers them to the head, where rank 0 commits them atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.protocols import CheckpointSink
+from trainer.snapshot import Snapshot
+
+DS_TAG = "ds"
+MODEL_STATES = f"{DS_TAG}/mp_rank_00_model_states.pt"
+
+
+def rank_needs(name: str, rank: int) -> bool:
+    """Whether rank `rank` needs checkpoint file `name` to resume (DeepSpeed opens only its own
+    ZeRO shard, plus rank 0's model states)."""
+    return (
+        name == MODEL_STATES
+        or (name.startswith(f"{DS_TAG}/") and f"zero_pp_rank_{rank}_" in name)
+        or name in (f"trainer_state_rank{rank}.json", f"best_rank{rank}.pt")
+    )
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save_checkpoint(
+    engine,
+    tag: str,
+    progress: dict[str, Any],
+    best: Snapshot | None,
+    sink: CheckpointSink,
+    state: dict[str, Any],
+) -> float:
+    """Collective: every rank saves its part, then rank 0 commits. Returns seconds blocked."""
+    started = time.perf_counter()
+    rank = dist.get_rank()
+    local = sink.local_dir(tag)
+    engine.save_checkpoint(str(local), tag=DS_TAG)
+    (local / f"trainer_state_rank{rank}.json").write_text(
+        json.dumps(progress | {"rng": rng_state()})
+    )
+    if best is not None:
+        flat = [
+            t
+            for pair in best
+            for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
+        ]
+        torch.save(flat, local / f"best_rank{rank}.pt")
+    sink.upload(tag, local)
+    dist.barrier()  # every rank's files are on the head before rank 0 commits
+    if rank == 0:
+        sink.commit(tag, state)
+    dist.barrier()  # nobody runs ahead of a checkpoint that is not committed yet
+    return time.perf_counter() - started
+
+
+def load_checkpoint(
+    engine, tag: str, sink: CheckpointSink
+) -> tuple[dict[str, Any], Snapshot | None]:
+    """Restore engine, RNG and progress from `tag`; returns (progress fields, best snapshot)."""
+    rank = dist.get_rank()
+    local = sink.fetch(tag, lambda name: rank_needs(name, rank))
+    path, _ = engine.load_checkpoint(
+        str(local), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+    )
+    if path is None:
+        raise RuntimeError(f"{tag}: DeepSpeed found no checkpoint in {local}")
+    progress = json.loads((local / f"trainer_state_rank{rank}.json").read_text())
+    set_rng_state(progress.pop("rng"))
+    best_file = local / f"best_rank{rank}.pt"
+    best = None
+    if best_file.is_file():
+        flat = torch.load(best_file, weights_only=True)  # plain tensors only: nothing to unpickle
+        best = [
+            (flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)
+        ]
+    return progress, best
+
+
+def checkpoint_due(checkpoint_every: int | str | None, step: int, end_of_epoch: bool) -> bool:
+    if checkpoint_every is None:
+        return False
+    return end_of_epoch if checkpoint_every == "epoch" else step % checkpoint_every == 0

@@ -1,0 +1,135 @@
+"""The on-disk checkpoint format on the head node, and its atomic commit.
+
+    checkpoints/
+      .tmp-step-40/          being written: never read by resume
+      step-40/               complete: every file listed with size and sha256 in manifest.json,
+        manifest.json        plus the training state (step, epoch, stream position, world size,
+        COMPLETE             config fingerprint); COMPLETE is written last, then the rename
+
+Shared by the head-side collector (cluster/) and plain local runs (trainer/), torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.config.manifest import sha256_file
+
+CHECKPOINT_MANIFEST = "manifest.json"
+COMPLETE_MARKER = "COMPLETE"
+STAGING_PREFIX = ".tmp-"
+
+
+class CorruptCheckpointError(ValueError):
+    """A committed checkpoint whose files do not match its manifest."""
+
+
+def step_tag(step: int) -> str:
+    return f"step-{step}"
+
+
+class CheckpointStore:
+    """Checkpoints under one directory: stage, commit atomically, list, verify, prune."""
+
+    def __init__(self, root: str | Path, keep_last: int = 2) -> None:
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    def staging_dir(self, tag: str) -> Path:
+        path = self.root / f"{STAGING_PREFIX}{tag}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def commit(self, tag: str, state: dict[str, Any]) -> Path:
+        """Checksum, fsync and publish `.tmp-<tag>` as `<tag>`; then prune beyond keep_last."""
+        staging = self.root / f"{STAGING_PREFIX}{tag}"
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        listing = {
+            p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+            for p in files
+        }
+        manifest = {"tag": tag, "files": listing, "state": state, "committed_at": time.time()}
+        _write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        for path in files:
+            _fsync_path(path)
+        _write_synced(staging / COMPLETE_MARKER, tag)
+        _fsync_path(staging)
+        final = self.root / tag
+        if final.exists():  # a restart re-saving the same step: the new copy replaces the old
+            aside = self.root / f"{STAGING_PREFIX}{tag}.old-{os.getpid()}"
+            os.rename(final, aside)
+            os.rename(staging, final)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(staging, final)
+        _fsync_path(self.root)
+        self.prune()
+        return final
+
+    def complete(self) -> list[tuple[str, dict[str, Any]]]:
+        """(tag, manifest) of every complete checkpoint, oldest commit first."""
+        found = []
+        for path in self.root.glob("step-*"):
+            if (path / COMPLETE_MARKER).is_file() and (path / CHECKPOINT_MANIFEST).is_file():
+                try:
+                    found.append((path.name, json.loads((path / CHECKPOINT_MANIFEST).read_text())))
+                except (OSError, json.JSONDecodeError):
+                    continue  # unreadable manifest: not a usable checkpoint
+        return sorted(found, key=lambda item: item[1]["committed_at"])
+
+    def latest(self, run_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
+        """The newest complete checkpoint (optionally: written by run `run_id`)."""
+        candidates = [
+            c for c in self.complete() if run_id is None or c[1]["state"].get("run_id") == run_id
+        ]
+        return candidates[-1] if candidates else None
+
+    def verify(self, tag: str) -> dict[str, Any]:
+        """The manifest of `tag` after checking every file's size and sha256.
+
+        Raises:
+            CorruptCheckpointError: naming the first missing or corrupted file.
+        """
+        directory = self.root / tag
+        if not (directory / COMPLETE_MARKER).is_file():
+            raise CorruptCheckpointError(
+                f"{directory}: not a complete checkpoint (no {COMPLETE_MARKER})"
+            )
+        manifest = json.loads((directory / CHECKPOINT_MANIFEST).read_text())
+        for name, entry in manifest["files"].items():
+            path = directory / name
+            if (
+                not path.is_file()
+                or path.stat().st_size != entry["bytes"]
+                or sha256_file(path) != entry["sha256"]
+            ):
+                raise CorruptCheckpointError(
+                    f"{path}: does not match the checkpoint manifest (corrupted or truncated)"
+                )
+        return manifest
+
+    def prune(self) -> None:
+        """Delete complete checkpoints beyond keep_last (oldest first) and stale staging dirs."""
+        complete = self.complete()
+        for tag, _ in complete[: max(len(complete) - self.keep_last, 0)]:
+            shutil.rmtree(self.root / tag, ignore_errors=True)
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with path.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
