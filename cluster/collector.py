@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -34,15 +36,49 @@ class RunCollector:
             checkpoint_dir or self.run_dir / "checkpoints", keep_last
         )
         self._verified: dict[str, dict[str, Any]] = {}
+        self._tensorboard: Any = None
+        self._stop_requested = False
+        self._preempted_tag: str | None = None
         self.starts = 0
 
     def report(self, record: dict[str, Any]) -> None:
+        if record.get("event") == "preempted":
+            self._preempted_tag = record.get("tag")
         if record.get("event") == "start":
             self.starts += 1
             record = record | {"attempt": self.starts}
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        self._write_scalars(record)
         self._pending.append(record)
+
+    def _write_scalars(self, record: dict[str, Any]) -> None:
+        """Mirror numeric train/eval fields into TensorBoard event files (tensorboard/)."""
+        if record.get("event") not in ("train", "eval") or "step" not in record:
+            return
+        if self._tensorboard is None:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        for key, value in record.items():
+            if (
+                key not in ("step", "event")
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            ):
+                self._tensorboard.add_scalar(f"{record['event']}/{key}", value, record["step"])
+        self._tensorboard.flush()
+
+    def request_stop(self) -> None:
+        """The launcher got SIGTERM: workers checkpoint and stop at their next step."""
+        self._stop_requested = True
+
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
+    def preempted_tag(self) -> str | None:
+        """The checkpoint committed in answer to a stop request, if the workers got that far."""
+        return self._preempted_tag
 
     def starts_seen(self) -> int:
         """How many times the worker group started (1 + restarts after failures)."""
@@ -110,6 +146,8 @@ class RunCollector:
 
     def close(self) -> None:
         self._metrics.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
 
     @staticmethod
     def _target(root: Path, name: str) -> Path:
@@ -138,6 +176,29 @@ class CollectorReporter:
 
     def report(self, record: dict[str, Any]) -> None:
         self._collector.report.remote(record)
+
+
+class CollectorStopSignal:
+    """Worker-side StopSignal: a daemon thread polls the collector, so steps never wait on it."""
+
+    def __init__(self, collector: ray.actor.ActorHandle, interval_s: float = 0.5) -> None:
+        self._collector = collector
+        self._requested = threading.Event()
+        threading.Thread(
+            target=self._poll, args=(interval_s,), name="ftlaunch-stop", daemon=True
+        ).start()
+
+    def requested(self) -> bool:
+        return self._requested.is_set()
+
+    def _poll(self, interval_s: float) -> None:
+        while not self._requested.is_set():
+            try:
+                if ray.get(self._collector.stop_requested.remote(), timeout=10):
+                    self._requested.set()
+            except Exception:  # the head went away: the run is ending anyway
+                return
+            time.sleep(interval_s)
 
 
 class CollectorSink:

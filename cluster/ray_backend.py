@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,15 +146,54 @@ class RayBackend:
         outcome: dict[str, BaseException] = {}
         thread = threading.Thread(target=_fit_into, args=(trainer, outcome), daemon=True)
         thread.start()
-        while thread.is_alive():
-            thread.join(POLL_INTERVAL_S)
-            on_progress(_poll(collector))
+        stop = _StopOnSigterm(collector, spec.job.training.preemption_grace_s)
+        with stop:
+            while thread.is_alive() and not stop.grace_exceeded():
+                thread.join(POLL_INTERVAL_S)
+                on_progress(_poll(collector))
         on_progress(_poll(collector))
+        if stop.requested_at is not None:
+            raise Preempted(committed=ray.get(collector.preempted_tag.remote(), timeout=10))
         ray.get(collector.close.remote())
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
         restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
         return ray.get(shard_server.stats.remote()) | {"restarts": restarts}
+
+
+@dataclass
+class Preempted(Exception):
+    """SIGTERM arrived; `committed` is the checkpoint saved for it (None if the grace ran out)."""
+
+    committed: str | None
+
+
+class _StopOnSigterm:
+    """While active, SIGTERM asks the workers (through the collector) to checkpoint and stop,
+    and starts the grace period after which the launcher stops waiting for them."""
+
+    def __init__(self, collector: ray.actor.ActorHandle, grace_s: float) -> None:
+        self._collector = collector
+        self._grace_s = grace_s
+        self.requested_at: float | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnSigterm:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+            self._collector.request_stop.remote()
+
+    def grace_exceeded(self) -> bool:
+        return (
+            self.requested_at is not None and time.monotonic() - self.requested_at > self._grace_s
+        )
 
 
 def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
@@ -165,7 +206,7 @@ def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
 def _poll(collector: ray.actor.ActorHandle) -> list[dict[str, Any]]:
     try:
         return ray.get(collector.drain.remote(), timeout=5)
-    except ray.exceptions.GetTimeoutError:
+    except ray.exceptions.RayError:  # slow or gone: the fit thread reports what went wrong
         return []
 
 

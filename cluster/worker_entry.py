@@ -10,7 +10,7 @@ from typing import Any
 import ray
 
 from cluster.checkpoint_sink import RayCheckpointSink
-from cluster.collector import CollectorReporter, CollectorSink
+from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
 from cluster.shard_server import HeadShardStore, is_visible_here
 
 
@@ -24,7 +24,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
     checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag)
     run_classification(
-        spec, CollectorReporter(collector), CollectorSink(collector), open_store, checkpoints
+        spec,
+        CollectorReporter(collector),
+        CollectorSink(collector),
+        open_store,
+        checkpoints,
+        CollectorStopSignal(collector),
     )
 
 

@@ -10,7 +10,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from launcher.errors import TRAINING_FAILED_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
+from launcher.errors import (
+    PREEMPTED_EXIT_CODE,
+    TRAINING_FAILED_EXIT_CODE,
+    USER_ERROR_EXIT_CODE,
+    UserError,
+)
 
 app = typer.Typer(
     name="ftlaunch",
@@ -43,7 +48,7 @@ def run(
     ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
-    from cluster.ray_backend import ClusterError, TrainingFailed
+    from cluster.ray_backend import ClusterError, Preempted, TrainingFailed
     from launcher.run import run_from_file
 
     console = Console(highlight=False, soft_wrap=True)
@@ -53,6 +58,13 @@ def run(
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     except ClusterError as exc:
         fail(USER_ERROR_EXIT_CODE, str(exc))
+    except Preempted as exc:
+        saved = (
+            f"checkpoint {exc.committed} committed"
+            if exc.committed
+            else "no checkpoint within the grace period"
+        )
+        fail(PREEMPTED_EXIT_CODE, f"preempted (SIGTERM): {saved}; continue with --resume")
     except TrainingFailed as exc:
         if exc.is_data_error:
             fail(USER_ERROR_EXIT_CODE, exc.message)
@@ -114,6 +126,24 @@ def prepare(
             split,
             Console(highlight=False, soft_wrap=True),
         )
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
+
+
+@app.command()
+def metrics(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run's output.dir (or a live .run-* inside it).")
+    ],
+    plot: Annotated[
+        Path | None, typer.Option(help="Write loss/validation/throughput curves to this PNG.")
+    ] = None,
+) -> None:
+    """Show a run's metrics; --plot draws them with matplotlib."""
+    from launcher.metrics_command import run_metrics
+
+    try:
+        run_metrics(run_dir, plot, Console(highlight=False, soft_wrap=True))
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 USER_ERROR_EXIT_CODE = 2
 TRAINING_FAILED_EXIT_CODE = 1
+# SIGTERM (preemption): training stopped after committing a checkpoint; `--resume` continues it.
+PREEMPTED_EXIT_CODE = 3
 
 
 class UserError(Exception):

@@ -23,6 +23,7 @@ from tokenizers import Tokenizer
 
 from launcher.errors import UserError
 from launcher.sources import SplitSource, iter_source_batches, label_strings, source_fingerprint
+from trainer.config.durable import fsync_path, replace_atomically
 from trainer.config.manifest import (
     MANIFEST_FORMAT_VERSION,
     MANIFEST_NAME,
@@ -188,8 +189,9 @@ def tokenize_into(
             schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
         )
         manifest.write(staging)
-        _fsync_dir(staging)
-        _publish(staging, target)
+        fsync_path(staging / MANIFEST_NAME)
+        fsync_path(staging)
+        replace_atomically(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
@@ -292,7 +294,7 @@ class _ShardWriter:
     def _finish_shard(self) -> None:
         self._writer.close()
         self._sink.close()
-        _fsync_file(self._path)
+        fsync_path(self._path)
         self._shards.append(
             ShardInfo(
                 file=self._path.name,
@@ -305,30 +307,3 @@ class _ShardWriter:
         )
         self._writer = None
         self._sink = None
-
-
-def _fsync_file(path: Path) -> None:
-    with path.open("rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _publish(staging: Path, target: Path) -> None:
-    """Rename staging into place; an existing target is renamed aside first, deleted after."""
-    aside = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        os.rename(target, aside)
-    try:
-        os.rename(staging, target)
-    except OSError:
-        if aside.exists() and not target.exists():
-            os.rename(aside, target)  # put the previous result back rather than leave nothing
-        raise
-    shutil.rmtree(aside, ignore_errors=True)

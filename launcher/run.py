@@ -116,6 +116,8 @@ def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[
     started = time.perf_counter()
     staging = create_staging(output_dir, spec.run_id)
     (staging / "config.yaml").write_text(dump_job_config(spec.job))
+    if spec.resume_tag:
+        carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with backend_for(spec.job.cluster) as backend, RunDisplay(console) as display:
         head_stats = backend.run(spec, staging, output_dir / CHECKPOINT_DIR, display.update)
@@ -148,3 +150,22 @@ def _check_train_fills_a_step(job: JobConfig, train: ShardManifest) -> None:
             f"data.train: {rows} rows cannot fill one optimizer step of {needed} samples "
             "(training.micro_batch_size x training.grad_accum x cluster.num_workers)"
         )
+
+
+def carry_metrics_history(output_dir: Path, staging: Path, resume_step: int) -> None:
+    """A resumed run's metrics.jsonl starts with the history up to its checkpoint, taken from the
+    newest earlier metrics file (a committed run, or the staging area of one that stopped)."""
+    candidates = [output_dir / "metrics.jsonl", *output_dir.glob(".run-*/metrics.jsonl")]
+    existing = [p for p in candidates if p.is_file() and p.parent != staging]
+    if not existing:
+        return
+    newest = max(existing, key=lambda p: p.stat().st_mtime)
+    kept = [line for line in newest.read_text().splitlines() if _step_of(line) <= resume_step]
+    (staging / "metrics.jsonl").write_text("".join(line + "\n" for line in kept))
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+        return 10**12  # unreadable lines are dropped

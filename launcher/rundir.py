@@ -11,9 +11,12 @@ import shutil
 import time
 from pathlib import Path
 
+from trainer.config.durable import replace_atomically
+
 COMMITTED_ENTRIES = (
     "config.yaml",
     "metrics.jsonl",
+    "tensorboard",
     "summary.json",
     "model",
     "predictions_test.jsonl",
@@ -35,18 +38,5 @@ def commit_run(staging: Path, output_dir: Path) -> None:
     for name in COMMITTED_ENTRIES:
         source = staging / name
         if source.exists():
-            replace_entry(source, output_dir / name)
+            replace_atomically(source, output_dir / name)
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def replace_entry(source: Path, target: Path) -> None:
-    # A rename is atomic; a directory cannot be renamed over a non-empty one, so the old entry is
-    # first renamed aside and deleted only once the new one is in place.
-    aside = target.with_name(f".old-{target.name}-{os.getpid()}")
-    if target.exists():
-        os.rename(target, aside)
-    os.rename(source, target)
-    if aside.is_dir():
-        shutil.rmtree(aside)
-    elif aside.exists():
-        aside.unlink()

@@ -4,8 +4,11 @@ keyword-labelled dataset a tiny model learns in a few steps. No downloads."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 TOKENIZER_FILES = (
@@ -135,3 +138,20 @@ def write_synthetic_split(out_dir: Path, rows: int, seed: int = 0, max_tokens: i
         schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
     ).write(out_dir)
     return out_dir
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def ftlaunch(
+    *args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None, timeout: float = 400
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI in a fresh interpreter, as a user runs it (env adds to the current one)."""
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        cwd=cwd,
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -29,9 +29,9 @@ from trainer.engine import build_engine, consolidated_state_dict
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
-from trainer.protocols import ArtifactSink, CheckpointSink, Reporter
+from trainer.protocols import ArtifactSink, CheckpointSink, Reporter, StopSignal
 from trainer.shards import ShardStore, open_store
-from trainer.snapshot import capture_weights, restore_weights
+from trainer.snapshot import Snapshot, capture_weights, restore_weights
 
 
 @dataclass
@@ -98,6 +98,7 @@ def run_classification(
     sink: ArtifactSink,
     open_split_store: Callable[[str], ShardStore] = open_store,
     checkpoints: CheckpointSink | None = None,
+    stop: StopSignal | None = None,
 ) -> dict[str, Any]:
     """Fine-tune, evaluate and save; returns the summary (also reported to the head by rank 0)."""
     job, t = spec.job, spec.job.training
@@ -199,26 +200,16 @@ def run_classification(
                         | {"best_step": progress.best_step}
                     )
             if checkpoints and checkpoint_due(t.checkpoint_every, progress.step, end_of_epoch):
-                tag = step_tag(progress.step)
-                state = {
-                    "step": progress.step,
-                    "epoch": progress.epoch,
-                    "world_size": world,
-                    "samples_seen_in_epoch": progress.samples_seen_in_epoch,
-                    "config_fingerprint": spec.config_fingerprint,
-                }
-                blocked = save_checkpoint(
-                    engine, tag, progress.state_dict(), best_weights, checkpoints, state
+                _checkpoint(
+                    engine, progress, best_weights, checkpoints, spec, reporter, "checkpoint"
                 )
-                if is_rank_zero:
-                    reporter.report(
-                        {
-                            "event": "checkpoint",
-                            "step": progress.step,
-                            "tag": tag,
-                            "blocked_s": blocked,
-                        }
-                    )
+            if stop is not None and _all_agree(stop.requested()):
+                tag = _checkpoint(
+                    engine, progress, best_weights, checkpoints, spec, reporter, "preempted"
+                )
+                if checkpoints is not None:
+                    checkpoints.cleanup()
+                return {"preempted": True, "step": progress.step, "tag": tag}
             if progress.stopped_early or _is_finished(progress, total_steps):
                 break
         if progress.stopped_early:
@@ -279,6 +270,39 @@ def record_evaluation(progress: TrainProgress, result: EvalResult, t: TrainingCo
     patience = t.early_stopping_patience
     progress.stopped_early = patience is not None and progress.evals_without_improvement > patience
     return False
+
+
+def _checkpoint(
+    engine,
+    progress: TrainProgress,
+    best: Snapshot | None,
+    checkpoints: CheckpointSink | None,
+    spec: RunSpec,
+    reporter: Reporter,
+    event: str,
+) -> str | None:
+    """Save and commit a checkpoint of the current step (all ranks); rank 0 reports `event`."""
+    tag, blocked = None, 0.0
+    if checkpoints is not None:
+        tag = step_tag(progress.step)
+        state = {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "world_size": dist.get_world_size(),
+            "samples_seen_in_epoch": progress.samples_seen_in_epoch,
+            "config_fingerprint": spec.config_fingerprint,
+        }
+        blocked = save_checkpoint(engine, tag, progress.state_dict(), best, checkpoints, state)
+    if dist.get_rank() == 0:
+        reporter.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
+    return tag
+
+
+def _all_agree(flag: bool) -> bool:
+    """True on every rank as soon as one rank saw `flag` (ranks must stop at the same step)."""
+    value = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def _report_sample_ids(reporter: Reporter, batch: Batch, step: int, is_rank_zero: bool) -> None:

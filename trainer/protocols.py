@@ -44,3 +44,8 @@ class CheckpointSink(Protocol):
 
     def cleanup(self) -> None:
         """Remove node-local scratch copies."""
+
+
+class StopSignal(Protocol):
+    def requested(self) -> bool:
+        """Whether the launcher asked to checkpoint and stop now (preemption)."""

@@ -19,6 +19,11 @@ import pytest
 RAY_BIN = Path(sys.executable).with_name("ray")
 
 
+def cluster_env(cluster: dict[str, str]) -> dict[str, str]:
+    """The token env a client of `cluster` needs (everything but its address)."""
+    return {k: v for k, v in cluster.items() if k != "address"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

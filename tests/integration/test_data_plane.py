@@ -15,23 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
-from tests.integration.conftest import free_port, stop_group
+from tests.fixtures import ftlaunch
+from tests.integration.conftest import cluster_env, free_port, stop_group
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
-
-
-def ftlaunch(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 400
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *args],
-        cwd=REPO_ROOT,
-        env=dict(os.environ, **(env or {})),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def prepare_splits(data: dict[str, Path], model: Path, out: Path) -> dict[str, Path]:
@@ -80,7 +67,7 @@ def test_shards_only_on_the_head_are_streamed_to_the_other_node(
     splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")  # hidden from node 2
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
-    env = {k: v for k, v in private_mount_cluster.items() if k != "address"}
+    env = cluster_env(private_mount_cluster)
     result = ftlaunch(
         "run",
         str(job),

@@ -53,9 +53,17 @@ def launch(job: Path, args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def train_workers() -> list[int]:
+def train_workers(started_after: float) -> list[int]:
+    """PIDs of Ray Train worker processes of the run launched at `started_after` (not leftovers)."""
+    import psutil
+
     out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True)
-    return [int(pid) for pid in out.stdout.split()]
+    pids = [int(pid) for pid in out.stdout.split()]
+    return [
+        pid
+        for pid in pids
+        if psutil.pid_exists(pid) and psutil.Process(pid).create_time() >= started_after
+    ]
 
 
 def records(out: Path) -> list[dict]:
@@ -83,12 +91,13 @@ def test_kill_9_a_worker_and_resume_exactly(
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
 
     victim_out = tmp_path / "killed"
+    launched = time.time()
     run = launch(job, job_args(keyword_data, victim_out, stage))
     deadline = time.monotonic() + 240
     while not list((victim_out / "checkpoints").glob("step-*/COMPLETE")):
         assert time.monotonic() < deadline and run.poll() is None, "no checkpoint was committed"
         time.sleep(0.05)
-    workers = train_workers()
+    workers = train_workers(launched)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
     stdout, stderr = run.communicate(timeout=300)
@@ -140,3 +149,41 @@ def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
         line.startswith("error: --resume:") and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in line
     )
     assert "does not match the checkpoint manifest" in line and "fall back to an older one" in line
+
+
+@pytest.mark.timeout(400)
+def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    out = tmp_path / "out"
+    args = job_args(keyword_data, out, 2) + [
+        "--set",
+        "training.checkpoint_every=1000",
+        "--set",
+        "training.preemption_grace_s=60",
+    ]
+    launched = time.time()
+    run = launch(job, args)
+    deadline = time.monotonic() + 240
+    while not any('"step": 24,' in p.read_text() for p in out.glob(".run-*/metrics.jsonl")):
+        assert time.monotonic() < deadline and run.poll() is None, "training never got going"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=90)
+    assert run.returncode == 3, stderr[-3000:]
+    (line,) = stderr.strip().splitlines()
+    assert line.startswith("error: preempted (SIGTERM): checkpoint step-") and "--resume" in line
+    tag = line.split("checkpoint ")[1].split(" ")[0]
+    assert (out / "checkpoints" / tag / "COMPLETE").is_file()
+    time.sleep(2)
+    assert train_workers(launched) == []  # no stray worker processes
+    assert not (out / "summary.json").exists()  # nothing was committed as a finished run
+
+    resumed = launch(job, args + ["--resume"])
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr[-3000:]
+    recs = records(out)
+    assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(tag.split("-")[1])]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 320

@@ -10,19 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.fixtures import keyword_rows, write_jsonl
-
-
-def ftlaunch(
-    *args: str, cwd: Path = REPO_ROOT, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "launcher.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.fixtures import ftlaunch, keyword_rows, write_jsonl
 
 
 def test_help_does_not_import_torch() -> None:

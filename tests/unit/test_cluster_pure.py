@@ -86,4 +86,4 @@ def test_commit_replaces_earlier_results_only_at_the_end(tmp_path: Path) -> None
     assert sorted(p.name for p in (out / "model").iterdir()) == ["new.bin"]
     assert json.loads((out / "summary.json").read_text()) == {"ok": 1}
     assert (out / "notes.txt").read_text() == "user file"
-    assert not staging.exists() and not list(out.glob(".old-*"))
+    assert not staging.exists() and not list(out.glob(".*.old-*"))

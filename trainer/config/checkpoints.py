@@ -12,12 +12,12 @@ Shared by the head-side collector (cluster/) and plain local runs (trainer/), to
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
+from trainer.config.durable import fsync_path, replace_atomically, write_synced
 from trainer.config.manifest import sha256_file
 
 CHECKPOINT_MANIFEST = "manifest.json"
@@ -54,20 +54,13 @@ class CheckpointStore:
             for p in files
         }
         manifest = {"tag": tag, "files": listing, "state": state, "committed_at": time.time()}
-        _write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         for path in files:
-            _fsync_path(path)
-        _write_synced(staging / COMPLETE_MARKER, tag)
-        _fsync_path(staging)
+            fsync_path(path)
+        write_synced(staging / COMPLETE_MARKER, tag)
+        fsync_path(staging)
         final = self.root / tag
-        if final.exists():  # a restart re-saving the same step: the new copy replaces the old
-            aside = self.root / f"{STAGING_PREFIX}{tag}.old-{os.getpid()}"
-            os.rename(final, aside)
-            os.rename(staging, final)
-            shutil.rmtree(aside, ignore_errors=True)
-        else:
-            os.rename(staging, final)
-        _fsync_path(self.root)
+        replace_atomically(staging, final)  # a restart re-saving the same step replaces it
         self.prune()
         return final
 
@@ -114,22 +107,7 @@ class CheckpointStore:
         return manifest
 
     def prune(self) -> None:
-        """Delete complete checkpoints beyond keep_last (oldest first) and stale staging dirs."""
+        """Delete complete checkpoints beyond keep_last, oldest first."""
         complete = self.complete()
         for tag, _ in complete[: max(len(complete) - self.keep_last, 0)]:
             shutil.rmtree(self.root / tag, ignore_errors=True)
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with path.open("w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

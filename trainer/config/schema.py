@@ -86,6 +86,9 @@ class TrainingConfig(Section):
         default=3,
         description="Worker-group restarts (from the newest checkpoint) before giving up.",
     )
+    preemption_grace_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0, description="After SIGTERM, how long to wait for the final checkpoint."
+    )
     record_sample_ids: bool = Field(
         default=False,
         description="Report every step's sample ids to metrics.jsonl (audits, tests).",
