@@ -160,3 +160,43 @@ def test_training_from_s3_and_a_corrupted_remote_shard_is_refused(
         "shard-00000.arrow: sha256 does not match the manifest" in line and "Traceback" not in line
     )
     assert not (tmp_path / "out2" / "summary.json").exists()
+
+
+@pytest.mark.timeout(600)
+def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
+    tmp_path: Path,
+    tiny_bert: Path,
+    keyword_data: dict[str, Path],
+    private_mount_cluster: dict[str, str],
+) -> None:
+    splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    out = tmp_path / "out"
+    args = [
+        *job_args({k: str(v) for k, v in splits.items()}, out),
+        "--set",
+        "training.checkpoint_every=8",
+        "--set",
+        "training.epochs=4",
+        "--address",
+        private_mount_cluster["address"],
+    ]
+    env = cluster_env(private_mount_cluster)
+    first = ftlaunch("run", str(job), *args, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    newest = max((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    manifest = json.loads((newest / "manifest.json").read_text())
+    # Both ranks' ZeRO shards and states are on the head, whichever node each rank ran on.
+    for rank in (0, 1):
+        assert any(f"zero_pp_rank_{rank}_" in name for name in manifest["files"])
+        assert f"trainer_state_rank{rank}.json" in manifest["files"]
+    assert (newest / "COMPLETE").is_file()
+
+    resumed = ftlaunch("run", str(job), *args, "--set", "training.epochs=6", "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "resumed"] == [
+        int(newest.name.split("-")[1])
+    ]
+    assert json.loads((out / "summary.json").read_text())["steps"] == 48
