@@ -33,6 +33,14 @@ class EvalResult:
             f"{prefix}_macro_f1": self.macro_f1,
         }
 
+    def summary(self) -> dict[str, float]:
+        return {
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "loss": self.loss,
+            "num_samples": self.num_samples,
+        }
+
     def metric(self, name: str) -> float:
         return {"loss": self.loss, "accuracy": self.accuracy, "macro_f1": self.macro_f1}[name]
 

@@ -129,18 +129,17 @@ def run_classification(
     num_classes = len(spec.label_names)
     eval_batch = t.effective_eval_batch_size()
     dropped = train_split.num_rows - steps_per_epoch * t.grad_accum * t.micro_batch_size * world
+    run_facts = {
+        "world_size": world,
+        "zero_stage": job.engine.zero_stage,
+        "peft_method": job.peft.method,
+        "trainable_params": trainable,
+        "total_params": total,
+        "train_samples_dropped_per_epoch": dropped,
+    }
     if is_rank_zero:
-        reporter.report(
-            {
-                "event": "start",
-                "total_steps": total_steps,
-                "steps_per_epoch": steps_per_epoch,
-                "world_size": world,
-                "trainable_params": trainable,
-                "total_params": total,
-                "train_samples_dropped_per_epoch": dropped,
-            }
-        )
+        start = {"event": "start", "total_steps": total_steps, "steps_per_epoch": steps_per_epoch}
+        reporter.report(start | run_facts)
 
     # --- resume from the newest checkpoint (after a restart, or --resume)
     progress, best_weights = TrainProgress(), None
@@ -223,26 +222,15 @@ def run_classification(
     restore_weights(engine.module, best_weights)
     test_result = evaluate(engine, test_split, eval_batch, num_classes)
     state = consolidated_state_dict(engine)
-    summary = {
+    summary = run_facts | {
         "best_validation": progress.best_val_metrics | {"step": progress.best_step},
-        "test": {
-            "accuracy": test_result.accuracy,
-            "macro_f1": test_result.macro_f1,
-            "loss": test_result.loss,
-            "num_samples": test_result.num_samples,
-        },
+        "test": test_result.summary(),
         "majority_baseline_accuracy": majority_baseline_accuracy(
             train_split.majority_label(), test_result.labels
         ),
         "steps": progress.step,
         "epochs_completed": progress.epoch,
         "stopped_early": progress.stopped_early,
-        "world_size": world,
-        "zero_stage": job.engine.zero_stage,
-        "peft_method": job.peft.method,
-        "trainable_params": trainable,
-        "total_params": total,
-        "train_samples_dropped_per_epoch": dropped,
         "worker_wall_s": time.perf_counter() - wall_start,
     }
     if is_rank_zero:
