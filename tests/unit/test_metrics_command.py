@@ -1,0 +1,53 @@
+"""`ftlaunch metrics RUN_DIR [--plot]` on a finished run and on a live staging directory."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tests.fixtures import ftlaunch
+from tests.unit.test_cli import assert_user_error
+
+
+def write_metrics(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"event": "start", "total_steps": 4}]
+    rows += [
+        {"event": "train", "step": s, "loss": 1.0 / s, "samples_per_s": 10.0 + s}
+        for s in (1, 2, 3, 4)
+    ]
+    rows += [
+        {
+            "event": "eval",
+            "step": s,
+            "val_loss": 0.5,
+            "val_accuracy": 0.5 + s / 10,
+            "val_macro_f1": 0.4,
+        }
+        for s in (2, 4)
+    ]
+    rows += [{"event": "checkpoint", "step": 4, "tag": "step-4", "blocked_s": 0.1}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_overview_and_plot(tmp_path: Path) -> None:
+    write_metrics(tmp_path / "run" / "metrics.jsonl")
+    result = ftlaunch(
+        "metrics", str(tmp_path / "run"), "--plot", str(tmp_path / "curves.png"), timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "best val_accuracy" in result.stdout and "0.9000 (step 4)" in result.stdout
+    assert "last step-4" in result.stdout
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_reads_a_live_run(tmp_path: Path) -> None:
+    write_metrics(tmp_path / "run" / ".run-x-1" / "metrics.jsonl")
+    result = ftlaunch("metrics", str(tmp_path / "run"), timeout=120)
+    assert result.returncode == 0 and "last step" in result.stdout
+
+
+def test_missing_run_dir(tmp_path: Path) -> None:
+    assert_user_error(
+        ftlaunch("metrics", str(tmp_path / "nope"), timeout=120), "RUN_DIR: no metrics.jsonl"
+    )
