@@ -148,6 +148,26 @@ def metrics(
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run's output.dir (with checkpoints/).")],
+    out: Annotated[Path, typer.Option(help="Directory for the Hugging Face model.")],
+    checkpoint: Annotated[
+        str | None, typer.Option(help="Tag such as step-40; default: newest.")
+    ] = None,
+) -> None:
+    """Consolidate a ZeRO checkpoint (LoRA merged) into a plain safetensors model directory."""
+    from launcher.export_command import run_export
+
+    try:
+        code, message = run_export(run_dir, checkpoint, out)
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
+    if code:
+        fail(code, message)
+    typer.echo(message)
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option(help="Directory for train/validation/test JSONL.")] = Path(

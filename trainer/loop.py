@@ -279,6 +279,7 @@ def _checkpoint(
             "world_size": dist.get_world_size(),
             "samples_seen_in_epoch": progress.samples_seen_in_epoch,
             "config_fingerprint": spec.config_fingerprint,
+            "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
         }
         blocked = save_checkpoint(engine, tag, progress.state_dict(), best, checkpoints, state)
     if dist.get_rank() == 0:

@@ -99,7 +99,9 @@ def stop_group(process: subprocess.Popen) -> None:
     """SIGTERM the process group (a `ray start --block` stops its children), then SIGKILL."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=5)  # `ray start --block` is slow to exit on TERM; the group goes anyway
+        process.wait(
+            timeout=5
+        )  # `ray start --block` is slow to exit on TERM; the group goes anyway
     except ProcessLookupError:
         return
     except subprocess.TimeoutExpired:
