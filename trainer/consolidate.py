@@ -77,11 +77,8 @@ def checkpoint_tensors(ds_dir: Path) -> dict[str, tuple[torch.Size, Producer]]:
 def _join(
     pieces: list[tuple[torch.Tensor, int]], part: int, numel: int, shape: Any
 ) -> torch.Tensor:
-    return (
-        torch.cat([flat[offset : offset + part] for flat, offset in pieces])[:numel]
-        .view(shape)
-        .clone()
-    )
+    # torch.cat already copies out of the memory-mapped partitions: one tensor-sized buffer.
+    return torch.cat([flat[offset : offset + part] for flat, offset in pieces])[:numel].view(shape)
 
 
 def _rank_of(path: Path) -> int:
@@ -130,7 +127,7 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]
                 raise CorruptCheckpointError(
                     f"{name}: shape {tuple(tensor.shape)} != recorded {tuple(shape)}"
                 )
-            fh.write(tensor.numpy().tobytes())
+            fh.write(memoryview(tensor.numpy()).cast("B"))  # no extra copy of the tensor
     return path.stat().st_size
 
 
