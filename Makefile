@@ -37,6 +37,7 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/pip install --quiet datasets  # the data benchmark's comparison baseline only
 	$(BIN)/python benchmarks/data.py --gb 1.0
 	$(BIN)/python benchmarks/checkpoint.py
 
