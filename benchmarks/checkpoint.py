@@ -98,7 +98,7 @@ def measure_transfer(checkpoint: Path, work: Path, chunk_mb: int) -> dict[str, f
         transfer_s = time.perf_counter() - started
     finally:
         ray.shutdown()
-    return {"bytes": total, "local_copy_s": local_s, "transfer_s": transfer_s}
+    return {"bytes": total, "files": len(files), "local_copy_s": local_s, "transfer_s": transfer_s}
 
 
 def _stream_all(collector, paths: list[str], root: str, chunk_mb: int) -> None:
@@ -140,9 +140,7 @@ def main() -> None:
     local_rate, transfer_rate = mb / transfer["local_copy_s"], mb / transfer["transfer_s"]
     ratio = transfer_rate / local_rate
     rss_ratio = (export["peak_mb"] - export["base_mb"]) / export["weights_mb"]
-    print(
-        f"checkpoint {checkpoint.name}: {mb:.1f} MB in {sum(1 for _ in checkpoint.rglob('*'))} entries"
-    )
+    print(f"checkpoint {checkpoint.name}: {mb:.1f} MB in {transfer['files']} files")
     print(f"local copy (fsynced)        {local_rate:8.1f} MB/s")
     print(
         f"transfer via head collector {transfer_rate:8.1f} MB/s   ratio {ratio:.2f}  (goal >= 0.5: {'PASS' if ratio >= 0.5 else 'MISS'})"
