@@ -253,10 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         model_dir = resolve_model_path(job.model.path)
         from rich.console import Console
 
-        _, prepared = prepare_splits(job, model_dir, Console(stderr=True, highlight=False))
-        # a PreparedSplit (older launcher) or the shard directory's location (newer)
-        train_dir = Path(getattr(prepared["train"], "directory", prepared["train"]))
-        rows = json.loads((train_dir / "manifest.json").read_text())["total_rows"]
+        _, locations, rows = prepare_splits(job, model_dir, Console(stderr=True, highlight=False))
+        train_dir = Path(locations["train"])
         steps_per_epoch = rows // job.global_batch_size()
         if steps_per_epoch == 0:
             raise SystemExit(f"train split of {rows} rows cannot fill one step")

@@ -9,7 +9,6 @@ the head holds at most the blocks currently being sent.
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import pyarrow as pa
 import ray
@@ -77,8 +76,3 @@ class HeadShardStore:
         return deserialize_block(
             ray.get(self._server.block.remote(self._location, shard_file, batch_index))
         )
-
-
-def is_visible_here(location: str) -> bool:
-    """Whether this node can read the split itself (a URI, or the directory exists locally)."""
-    return is_remote_uri(location) or (Path(location) / MANIFEST_NAME).is_file()

@@ -11,7 +11,7 @@ import ray
 
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
-from cluster.shard_server import HeadShardStore, is_visible_here
+from cluster.shard_server import HeadShardStore
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
@@ -38,8 +38,9 @@ def store_opener(shard_server: Any) -> Callable[[str], Any]:
     from trainer.shards import open_store
 
     def open_split_store(location: str) -> Any:
-        if is_visible_here(location):
+        try:
             return open_store(location)
-        return HeadShardStore(shard_server, location)
+        except FileNotFoundError:  # not on this node's disk: only the head has it
+            return HeadShardStore(shard_server, location)
 
     return open_split_store

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.fs as pafs
-
 from launcher.errors import UserError
 from launcher.prepare import tokenizer_fingerprint
-from trainer.config.manifest import MANIFEST_NAME, ShardManifest, is_remote_uri, verify_shards
+from trainer.config.manifest import (
+    MANIFEST_NAME,
+    ShardManifest,
+    is_remote_uri,
+    read_manifest_uri,
+    verify_shards,
+)
 
 
 def load_prepared(field: str, location: str) -> ShardManifest | None:
@@ -21,11 +25,7 @@ def load_prepared(field: str, location: str) -> ShardManifest | None:
     """
     try:
         if is_remote_uri(location):
-            filesystem, root = pafs.FileSystem.from_uri(location)
-            with filesystem.open_input_stream(f"{root}/{MANIFEST_NAME}") as fh:
-                return ShardManifest.from_json(
-                    fh.read().decode(), where=f"{location}/{MANIFEST_NAME}"
-                )
+            return read_manifest_uri(location)
         directory = Path(location).expanduser()
         if not (directory / MANIFEST_NAME).is_file():
             return None

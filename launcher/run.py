@@ -18,7 +18,7 @@ from launcher.progress import RunDisplay, summary_table
 from launcher.resume import CHECKPOINT_DIR, choose_resume_tag, config_fingerprint
 from launcher.rundir import commit_run, create_staging, new_run_id
 from launcher.sources import SplitSource, collect_label_names
-from trainer.config import JobConfig, ShardManifest
+from trainer.config import JobConfig
 from trainer.config.manifest import is_remote_uri
 from trainer.config.spec import RunSpec
 
@@ -46,8 +46,8 @@ def run_from_file(
         )
     model_dir = resolve_model_path(job.model.path)
     _check_max_length(job, model_dir)
-    label_names, locations = prepare_splits(job, model_dir, console)
-    _check_train_fills_a_step(job, load_prepared("data.train", locations["train"]))
+    label_names, locations, train_rows = prepare_splits(job, model_dir, console)
+    _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     fingerprint = config_fingerprint(job, label_names)
@@ -68,11 +68,12 @@ def run_from_file(
 
 def prepare_splits(
     job: JobConfig, model_dir: Path, console: Console
-) -> tuple[list[str], dict[str, str]]:
+) -> tuple[list[str], dict[str, str], int]:
     """Resolve train/validation/test to prepared shard locations, tokenizing raw files once.
 
     Each split is a raw file (tokenized into the cache), a prepared directory, or a pyarrow.fs
-    URI of a prepared directory. The label set comes from train. Returns (labels, locations).
+    URI of a prepared directory. The label set comes from train.
+    Returns (labels, locations, train rows).
     """
     d = job.data
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
@@ -83,6 +84,7 @@ def prepare_splits(
     else:
         label_names = collect_label_names(_raw_source(job, "train"))
     locations: dict[str, str] = {}
+    rows: dict[str, int] = {}
     for name in SPLITS:
         location, manifest = getattr(d, name), prepared[name]
         if manifest is None:
@@ -96,11 +98,11 @@ def prepare_splits(
             if not is_remote_uri(location):  # workers run in other directories
                 location = str(Path(location).expanduser().resolve())
             state = "prepared"
-        locations[name] = location
+        locations[name], rows[name] = location, manifest.total_rows
         console.print(
             f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens ({state}: {location})"
         )
-    return label_names, locations
+    return label_names, locations, rows["train"]
 
 
 def _raw_source(job: JobConfig, name: str) -> SplitSource:
@@ -143,8 +145,8 @@ def _check_max_length(job: JobConfig, model_dir: Path) -> None:
         )
 
 
-def _check_train_fills_a_step(job: JobConfig, train: ShardManifest) -> None:
-    rows, needed = train.total_rows, job.global_batch_size()
+def _check_train_fills_a_step(job: JobConfig, rows: int) -> None:
+    needed = job.global_batch_size()
     if rows < needed:
         raise UserError(
             f"data.train: {rows} rows cannot fill one optimizer step of {needed} samples "

@@ -18,6 +18,7 @@ from trainer.config.manifest import (
     CorruptShardError,
     ShardManifest,
     is_remote_uri,
+    read_manifest_uri,
     verify_shards,
 )
 
@@ -30,45 +31,13 @@ class ShardStore(Protocol):
         ...
 
 
-class LocalShardStore:
-    """Shards on a local disk. Reads with pread rather than mmap: touched mmap pages would count
-    towards the process RSS until unmapped, and a long epoch touches every page."""
+class _BatchFileStore:
+    """Keeps one open IPC file reader per shard and hands out single record batches; subclasses
+    say how a shard is opened. The lock is there because the prefetch thread and the main thread
+    may both read."""
 
-    def __init__(self, directory: str | Path, verify: bool = False) -> None:
-        self.directory = Path(directory)
-        self._manifest = ShardManifest.read(self.directory)
-        if verify:
-            verify_shards(self.directory, self._manifest)
-        self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
-        self._lock = threading.Lock()
-
-    def read_manifest(self) -> ShardManifest:
-        return self._manifest
-
-    def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
-        with self._lock:  # the prefetch thread and the main thread may both read
-            reader = self._readers.get(shard_file)
-            if reader is None:
-                reader = pa.ipc.open_file(pa.OSFile(str(self.directory / shard_file), "rb"))
-                self._readers[shard_file] = reader
-            return reader.get_batch(batch_index)
-
-
-class FsShardStore:
-    """Shards behind a pyarrow.fs URI (s3://, gs://, hdfs://, file://).
-
-    Each shard's sha256 is checked the first time it is opened (a streamed read of the whole
-    file), so a corrupted remote shard fails loudly before any of its rows are trained on.
-    """
-
-    def __init__(self, uri: str) -> None:
-        self.filesystem, self.root = pafs.FileSystem.from_uri(uri)
-        self.uri = uri
-        with self.filesystem.open_input_stream(f"{self.root}/{MANIFEST_NAME}") as fh:
-            self._manifest = ShardManifest.from_json(
-                fh.read().decode(), where=f"{uri}/{MANIFEST_NAME}"
-            )
-        self._shas = {s.file: s.sha256 for s in self._manifest.shards}
+    def __init__(self, manifest: ShardManifest) -> None:
+        self._manifest = manifest
         self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
         self._lock = threading.Lock()
 
@@ -79,11 +48,42 @@ class FsShardStore:
         with self._lock:
             reader = self._readers.get(shard_file)
             if reader is None:
-                reader = self._open_verified(shard_file)
+                reader = self._open(shard_file)
                 self._readers[shard_file] = reader
             return reader.get_batch(batch_index)
 
-    def _open_verified(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
+    def _open(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
+        raise NotImplementedError
+
+
+class LocalShardStore(_BatchFileStore):
+    """Shards on a local disk. Reads with pread rather than mmap: touched mmap pages would count
+    towards the process RSS until unmapped, and a long epoch touches every page."""
+
+    def __init__(self, directory: str | Path, verify: bool = False) -> None:
+        self.directory = Path(directory)
+        super().__init__(ShardManifest.read(self.directory))
+        if verify:
+            verify_shards(self.directory, self._manifest)
+
+    def _open(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
+        return pa.ipc.open_file(pa.OSFile(str(self.directory / shard_file), "rb"))
+
+
+class FsShardStore(_BatchFileStore):
+    """Shards behind a pyarrow.fs URI (s3://, gs://, hdfs://, file://).
+
+    Each shard's sha256 is checked the first time it is opened (a streamed read of the whole
+    file), so a corrupted remote shard fails loudly before any of its rows are trained on.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.filesystem, self.root = pafs.FileSystem.from_uri(uri)
+        self.uri = uri
+        super().__init__(read_manifest_uri(uri))
+        self._shas = {s.file: s.sha256 for s in self._manifest.shards}
+
+    def _open(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
         path = f"{self.root}/{shard_file}"
         digest = hashlib.sha256()
         with self.filesystem.open_input_stream(path) as fh:

@@ -91,6 +91,15 @@ class ShardManifest(BaseModel):
         return path
 
 
+def read_manifest_uri(uri: str) -> ShardManifest:
+    """The manifest of a prepared split behind a pyarrow.fs URI (s3://, gs://, hdfs://, file://)."""
+    import pyarrow.fs as pafs
+
+    filesystem, root = pafs.FileSystem.from_uri(uri)
+    with filesystem.open_input_stream(f"{root}/{MANIFEST_NAME}") as fh:
+        return ShardManifest.from_json(fh.read().decode(), where=f"{uri}/{MANIFEST_NAME}")
+
+
 def sha256_file(path: Path, block: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
