@@ -91,7 +91,7 @@ def measure_transfer(checkpoint: Path, work: Path, chunk_mb: int) -> dict[str, f
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
-        collector = collector_actor(work / "head-run", work / "head-checkpoints", 2)
+        collector = collector_actor(work / "head-run", work / "head-checkpoints", 2, None)
         remote = ray.remote(num_cpus=1)(_stream_all)
         started = time.perf_counter()
         ray.get(remote.remote(collector, [str(p) for p in files], str(checkpoint), chunk_mb))

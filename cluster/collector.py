@@ -18,7 +18,9 @@ from typing import Any
 
 import ray
 
+from cluster.mlflow_logger import MlflowLogger
 from trainer.config.checkpoints import CheckpointStore
+from trainer.config.step_metrics import StragglerDetector, summarize_window
 
 CHUNK_BYTES = 4 << 20
 
@@ -26,7 +28,13 @@ CHUNK_BYTES = 4 << 20
 class RunCollector:
     """Plain class (tested without Ray); `collector_actor()` wraps it as a pinned Ray actor."""
 
-    def __init__(self, run_dir: str, checkpoint_dir: str | None = None, keep_last: int = 2) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        checkpoint_dir: str | None = None,
+        keep_last: int = 2,
+        mlflow_run: tuple[str, str] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a")
@@ -40,16 +48,22 @@ class RunCollector:
         self._stop_requested = False
         self._preempted_tag: str | None = None
         self.starts = 0
+        self._stragglers = StragglerDetector()
+        self._mlflow = MlflowLogger(*mlflow_run) if mlflow_run else None
 
     def report(self, record: dict[str, Any]) -> None:
         if record.get("event") == "preempted":
             self._preempted_tag = record.get("tag")
         if record.get("event") == "start":
             self.starts += 1
+            self._stragglers.reset()  # a restarted worker group starts a fresh comparison
             record = record | {"attempt": self.starts}
+        record = summarize_window(record, self._stragglers)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
         self._write_scalars(record)
+        if self._mlflow is not None:
+            self._mlflow.log(record)
         self._pending.append(record)
 
     def _write_scalars(self, record: dict[str, Any]) -> None:
@@ -144,7 +158,10 @@ class RunCollector:
             raise OSError(f"{target}: transfer corrupted (sha256 mismatch)")
         os.replace(partial, target)
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """End of the run; `status` is MLflow's: FINISHED, FAILED or KILLED (preempted)."""
+        if self._mlflow is not None:
+            self._mlflow.finish(status)
         self._metrics.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -157,7 +174,9 @@ class RunCollector:
         return target
 
 
-def collector_actor(run_dir: Path, checkpoint_dir: Path, keep_last: int) -> ray.actor.ActorHandle:
+def collector_actor(
+    run_dir: Path, checkpoint_dir: Path, keep_last: int, mlflow_run: tuple[str, str] | None
+) -> ray.actor.ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -165,7 +184,7 @@ def collector_actor(run_dir: Path, checkpoint_dir: Path, keep_last: int) -> ray.
     actor_cls = ray.remote(num_cpus=0, max_concurrency=1)(RunCollector)
     return actor_cls.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    ).remote(str(run_dir), str(checkpoint_dir), keep_last)
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run)
 
 
 class CollectorReporter:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config.checkpoints import CheckpointStore
+from trainer.config.step_metrics import StragglerDetector, summarize_window
 
 
 class JsonlReporter:
@@ -17,9 +18,11 @@ class JsonlReporter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: list[dict[str, Any]] = []
+        self._stragglers = StragglerDetector()
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def report(self, record: dict[str, Any]) -> None:
+        record = summarize_window(record, self._stragglers)
         self.records.append(record)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
