@@ -254,6 +254,8 @@ def _checkpoint(
             "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
         }
         blocked = save_checkpoint(engine, tag, progress.state_dict(), best, checkpoints, state)
+        if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
+            checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
     if dist.get_rank() == 0:
         reporter.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
     return tag
