@@ -37,7 +37,12 @@ def records_dir() -> Path:
     return Path(base) / "ftlaunch" / "slurm-jobs"
 
 
-def _tool(name: str) -> str:
+def require_tool(name: str) -> str:
+    """The path of a SLURM client tool.
+
+    Raises:
+        SlurmError: it is not on PATH.
+    """
     path = shutil.which(name)
     if path is None:
         raise SlurmError(f"{name}: not found on PATH; run this on a SLURM login node")
@@ -46,7 +51,7 @@ def _tool(name: str) -> str:
 
 def _run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_tool(name), *args], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
+        [require_tool(name), *args], capture_output=True, text=True, timeout=TIMEOUT_S, check=False
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from cluster.slurm_jobs import SlurmError, record_submission, submit
+from cluster.slurm_jobs import SlurmError, record_submission, require_tool, submit
 from cluster.slurm_script import LOG_NAME, render_sbatch
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
@@ -45,6 +45,10 @@ def submit_from_file(
     if dry_run:
         console.print(script, markup=False, highlight=False, end="")
         return None
+    try:
+        require_tool("sbatch")
+    except SlurmError as exc:
+        raise UserError(str(exc)) from None
     _check_no_foreign_checkpoints(request.output_dir, options.resume)
     submission_dir.mkdir(parents=True)
     resolved_config.write_text(dump_job_config(job))

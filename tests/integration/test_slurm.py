@@ -9,7 +9,9 @@ not by name); the SLURM job helpers know real and unknown ids.
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import re
 import shutil
@@ -22,6 +24,8 @@ import pytest
 
 from cluster.slurm_jobs import SlurmError, cancel, job_log_path, job_state
 from cluster.slurm_layout import job_dir
+from launcher.errors import UserError
+from launcher.slurm_command import slurm_logs, slurm_status, slurm_stop
 from tests.fixtures import REPO_ROOT, ftlaunch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.dist]
@@ -75,7 +79,7 @@ model: {{path: {model}}}
 data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]}, max_length: 32,
         cache_dir: {tmp_path / "cache"}}}
 optim: {{lr: 0.002}}
-training: {{epochs: {epochs}, micro_batch_size: 16, log_every: 4, eval_every: epoch, checkpoint_every: 4}}
+training: {{epochs: {epochs}, micro_batch_size: 16, log_every: 4, eval_every: epoch}}
 cluster: {{num_workers: 2}}
 output: {{dir: {tmp_path / name}}}
 """
@@ -126,29 +130,47 @@ def processes_of_job(job_id: str) -> list[str]:
     return found
 
 
-@pytest.mark.timeout(420)
-def test_two_jobs_at_once_both_fine_tune_on_two_nodes_without_colliding(
+def wait_for_training(out: Path, job_id: str, record: str = "train") -> None:
+    """Until rank 0 has written a `record` event (the loop is running) in the live metrics."""
+    deadline = time.monotonic() + 240
+    while not any(
+        f'"event": "{record}"' in p.read_text() for p in out.glob(".run-*/metrics.jsonl")
+    ):
+        assert time.monotonic() < deadline, job_log_path(job_id).read_text()[-3000:]
+        assert job_state(job_id) in ("PENDING", "CONFIGURING", "RUNNING"), job_state(job_id)
+        time.sleep(0.2)
+
+
+@pytest.mark.timeout(540)
+def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requeues_one(
     slurm_cluster: Path, tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path]
 ) -> None:
-    jobs = [write_job(tmp_path, tiny_bert, keyword_data, name, epochs=2) for name in ("a", "b")]
-    submitted = [submit(job) for job in jobs]
+    epochs = {"a": 2, "b": 6}
+    jobs = {
+        name: write_job(tmp_path, tiny_bert, keyword_data, name, n) for name, n in epochs.items()
+    }
+    submitted = [submit(jobs["a"]), submit(jobs["b"], "--requeue")]
+    # USR1 is what SLURM sends before the time limit (--signal=B:USR1@grace): job b commits a
+    # checkpoint, requeues itself, and its restart resumes from that checkpoint.
+    b_id = submitted[1][0]
+    wait_for_training(tmp_path / "b", b_id)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", b_id], check=True, timeout=30)
     for job_id, _ in submitted:
-        assert wait_terminal(job_id, 360) == "COMPLETED", job_log_path(job_id).read_text()[-4000:]
+        assert wait_terminal(job_id, 420) == "COMPLETED", job_log_path(job_id).read_text()[-4000:]
 
     logs = [job_log_path(job_id).read_text() for job_id, _ in submitted]
     ports, temp_dirs = [], []
     for (job_id, sent), log, name in zip(submitted, logs, ("a", "b"), strict=True):
         out = tmp_path / name
         summary = json.loads((out / "summary.json").read_text())
-        assert summary["steps"] == 16  # 2 epochs x 256 rows / (16 x 2 workers)
+        assert summary["steps"] == 8 * epochs[name]  # 256 rows / (16 x 2 workers) per epoch
         records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         losses = [r["loss"] for r in records if r.get("event") == "train"]
-        assert len(losses) >= 2 and all(loss == loss for loss in losses)  # logged and finite
+        assert len(losses) >= 2 and all(math.isfinite(loss) for loss in losses)
         assert (out / "model" / "config.json").is_file()
         (script,) = out.glob("slurm/*/job.sbatch")  # kept for audit, with the resolved config
-        assert (
-            script.parent / "config.yaml"
-        ).is_file() and "#SBATCH --nodes=2" in script.read_text()
+        assert "#SBATCH --nodes=2" in script.read_text()
+        assert (script.parent / "config.yaml").is_file()
         assert "node 0 (head)" in log and "node 1 (worker)" in log
         assert "all 2 Ray nodes joined" in log and "ftlaunch run exited with 0" in log
         ports.append(set(re.findall(r"ports (\d+)-(\d+)", log)))
@@ -157,6 +179,14 @@ def test_two_jobs_at_once_both_fine_tune_on_two_nodes_without_colliding(
         print(f"job {job_id}: sbatch -> all 2 Ray nodes joined in {boot_s:.1f} s")
         assert not job_dir(job_id).exists()  # token and Ray temp dirs are gone after success
         assert processes_of_job(job_id) == []
+    b_log, b_records = (
+        logs[1],
+        [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()],
+    )
+    assert "USR1" in b_log and "ftlaunch run exited with 3" in b_log and "requeueing" in b_log
+    assert f"job {b_id} started (restart 1)" in b_log and "--resume" in b_log
+    (resumed,) = [r for r in b_records if r.get("event") == "resumed"]
+    assert 0 < resumed["step"] < summary["steps"]
     assert len(ports[0]) == len(ports[1]) == 2 and not ports[0] & ports[1]
     assert temp_dirs[0] and temp_dirs[1] and not temp_dirs[0] & temp_dirs[1]
 
@@ -167,14 +197,9 @@ def test_scancel_during_training_leaves_no_process_of_the_job(
 ) -> None:
     job = write_job(tmp_path, tiny_bert, keyword_data, "c", epochs=50)
     job_id, _ = submit(job)
-    deadline = time.monotonic() + 240
-    while not list((tmp_path / "c").glob(".run-*/metrics.jsonl")) or not any(
-        '"event": "train"' in p.read_text() for p in (tmp_path / "c").glob(".run-*/metrics.jsonl")
-    ):
-        assert time.monotonic() < deadline, job_log_path(job_id).read_text()[-3000:]
-        assert job_state(job_id) in ("PENDING", "RUNNING", "CONFIGURING")
-        time.sleep(0.5)
-    assert processes_of_job(job_id)  # the check below can see the job's processes
+    wait_for_training(tmp_path / "c", job_id, record="start")
+    alive = processes_of_job(job_id)  # the check below does see the job's processes
+    assert any("ray::" in line for line in alive), alive  # Ray workers among them
     cancel(job_id)
     assert wait_terminal(job_id, 60) == "CANCELLED"
     deadline = time.monotonic() + 15  # slurmstepd and our reaper finish within KillWait (5 s)
@@ -204,3 +229,15 @@ def test_job_helpers_know_real_ids_and_refuse_unknown_ones(
             call("999999")
     with pytest.raises(SlurmError, match="not a SLURM job id"):
         job_state("raysubmit_abc")
+
+    # What `ftlaunch status/logs/stop ID` print for a SLURM id.
+    assert (
+        slurm_status(job_id)
+        == f"SLURM job {job_id}: COMPLETED (log: {tmp_path}/hello-{job_id}.out)"
+    )
+    buffer = io.StringIO()
+    slurm_logs(job_id, follow=True, out=buffer)  # returns: the job has ended
+    assert buffer.getvalue() == "hello\n"
+    for command in (slurm_status, slurm_stop):
+        with pytest.raises(UserError, match=r"^job 999999: no such SLURM job"):
+            command("999999")

@@ -34,18 +34,20 @@ DRIVER=""
 PREEMPTED=0
 
 teardown() {
-  local pid i
+  local pid i alive
+  rm -f "$JOB_DIR/token"  # first: SLURM may SIGKILL us after KillWait; Ray has it in its env
   [ -n "$DRIVER" ] && kill -TERM "$DRIVER" 2>/dev/null
-  for pid in "${STEPS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+  # TERM to every step's tasks, not the batch shell: each node stops Ray and reaps leftovers.
+  # (Signalling srun itself would not do: it SIGKILLs its tasks on TERM and ignores one INT.)
+  scancel --signal=TERM "$SLURM_JOB_ID" 2>/dev/null
   for i in $(seq 1 40); do
-    local alive=0
+    alive=0
     for pid in "${STEPS[@]}" $DRIVER; do kill -0 "$pid" 2>/dev/null && alive=1; done
     [ "$alive" = 0 ] && break
     sleep 0.1
   done
   for pid in "${STEPS[@]}" $DRIVER; do kill -KILL "$pid" 2>/dev/null; done
   "$PY" -m cluster.slurm_node reap "$JOB_DIR"
-  rm -f "$JOB_DIR/token"
 }
 
 finish() {
