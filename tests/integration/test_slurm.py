@@ -24,6 +24,7 @@ import pytest
 
 from cluster.slurm_jobs import SlurmError, cancel, job_log_path, job_state
 from cluster.slurm_layout import job_dir
+from cluster.slurm_node import MARKER_ENV, reap
 from launcher.errors import UserError
 from launcher.slurm_command import slurm_logs, slurm_status, slurm_stop
 from tests.fixtures import REPO_ROOT, ftlaunch
@@ -51,7 +52,7 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode == 0:
         pytest.fail("a slurmctld already runs on this machine; stop it before the SLURM tests")
     state = tmp_path_factory.mktemp("slurm-state")
-    env = dict(os.environ, STATE_DIR=str(state), NNODES="2", AUTH="munge")
+    env = dict(os.environ, STATE_DIR=str(state), NNODES="2", AUTH="munge", CRED_EXPIRE="30")
     started = subprocess.run(
         ["bash", str(SCRIPTS / "start-local-slurm.sh")],
         env=env,
@@ -116,7 +117,7 @@ def event_time(log: str, event: str) -> float:
 def processes_of_job(job_id: str) -> list[str]:
     """Every live process started for the job: SLURM puts SLURM_JOB_ID in all of them, and our
     Ray processes also carry the job directory in FTLAUNCH_SLURM_JOB_DIR."""
-    needles = (f"SLURM_JOB_ID={job_id}\0".encode(), f"={job_dir(job_id)}/".encode())
+    needles = (f"SLURM_JOB_ID={job_id}\0".encode(), f"{MARKER_ENV}={job_dir(job_id)}\0".encode())
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -145,7 +146,7 @@ def wait_for_training(out: Path, job_id: str, record: str = "train") -> None:
 def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requeues_one(
     slurm_cluster: Path, tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path]
 ) -> None:
-    epochs = {"a": 2, "b": 6}
+    epochs = {"a": 2, "b": 16}  # b: long enough that USR1 lands mid-training
     jobs = {
         name: write_job(tmp_path, tiny_bert, keyword_data, name, n) for name, n in epochs.items()
     }
@@ -208,6 +209,7 @@ def test_scancel_during_training_leaves_no_process_of_the_job(
     assert processes_of_job(job_id) == [], job_log_path(job_id).read_text()[-3000:]
     assert not (job_dir(job_id) / "token").exists()
     assert not (tmp_path / "c" / "summary.json").exists()
+    shutil.rmtree(job_dir(job_id))  # a failed job keeps its Ray logs there for inspection
 
 
 @pytest.mark.timeout(60)
@@ -241,3 +243,26 @@ def test_job_helpers_know_real_ids_and_refuse_unknown_ones(
     for command in (slurm_status, slurm_stop):
         with pytest.raises(UserError, match=r"^job 999999: no such SLURM job"):
             command("999999")
+
+
+@pytest.mark.timeout(30)
+def test_reap_kills_the_jobs_detached_processes_and_nothing_else(tmp_path: Path) -> None:
+    """What a node does after stopping `ray start`: KILL whatever of its job detached (setsid),
+    found by the marker in its environment, and leave every other process alone."""
+    mine, other = tmp_path / "ftl-slurm-7", tmp_path / "ftl-slurm-70"
+    sleepers = {
+        name: subprocess.Popen(
+            ["sleep", "60"], env=dict(os.environ, **{MARKER_ENV: str(d)}), start_new_session=True
+        )
+        for name, d in (("mine", mine), ("other", other))
+    }
+    unmarked = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        assert reap(mine) == 1
+        assert sleepers["mine"].wait(timeout=5) == -9
+        assert sleepers["other"].poll() is None and unmarked.poll() is None
+        assert reap(mine) == 0
+    finally:
+        for process in (*sleepers.values(), unmarked):
+            process.kill()
+            process.wait()

@@ -14,6 +14,8 @@
 #   use a private --temp-dir and explicit ports outside Ray's worker port range (10002-19999) so jobs don't
 #   collide; never `ray stop` (it kills every Ray of that user on the machine).
 # - The slurm.conf below is written to /etc/slurm/slurm.conf (where the client tools look).
+# - A requeued job may start again only after the step credential lifetime (120 s by default);
+#   CRED_EXPIRE=30 shortens it for tests that requeue (ftlaunch's addition to the recipe).
 set -euo pipefail
 AUTH=${AUTH:-munge}; NNODES=${NNODES:-2}
 D=${STATE_DIR:-/tmp/slurm-test}
@@ -30,6 +32,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/$AUTH
 CredType=cred/$AUTH
+${CRED_EXPIRE:+AuthInfo=cred_expire=$CRED_EXPIRE}
 StateSaveLocation=$D/state
 SlurmdSpoolDir=$D/spool/%n
 SlurmctldPidFile=$D/slurmctld.pid
