@@ -79,6 +79,8 @@ def node_ip(node_name: str | None) -> str:
 def ports_are_free(ports: list[int]) -> bool:
     for port in ports:
         with socket.socket() as sock:
+            # As Ray's servers do: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("0.0.0.0", port))
             except OSError:
@@ -132,15 +134,18 @@ def run_node(job_id: str, index: int, head_address: str | None) -> int:
     command = ray_start_command(ip, ports, temp_dir, head_address)
     env = dict(os.environ, **{MARKER_ENV: str(directory)})
     role = "head" if head_address is None else "worker"
-    log(f"node {index} ({role}) on {ip}: starting Ray, ports {ports.gcs}-{ports.metrics_export}")
-    ray = subprocess.Popen(command, env=env, start_new_session=True)
     stopping: list[int] = []
 
     def on_signal(signum: int, frame: object) -> None:
         stopping.append(signum)
 
+    # Before Popen: a TERM in between would orphan `ray start` outside the job's process tree.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
+    if stopping:
+        return 0
+    log(f"node {index} ({role}) on {ip}: starting Ray, ports {ports.gcs}-{ports.metrics_export}")
+    ray = subprocess.Popen(command, env=env, start_new_session=True)
     published = False
     while ray.poll() is None and not stopping:
         if head_address is None and not published and _listening(ip, ports.gcs):
