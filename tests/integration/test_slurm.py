@@ -181,7 +181,11 @@ def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requ
         assert not job_dir(job_id).exists()  # token and Ray temp dirs are gone after success
         assert processes_of_job(job_id) == []
     b_log = logs[1]
-    b_records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert "USR1" in b_log and "ftlaunch run exited with 3" in b_log and "requeueing" in b_log
+    assert f"job {b_id} started (restart 1)" in b_log and "--resume" in b_log
+    b_records = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
     (resumed,) = [r for r in b_records if r.get("event") == "resumed"]
     assert 0 < resumed["step"] < 8 * epochs["b"]
     assert len(ports[0]) == 2 and len(ports[1]) >= 2 and not ports[0] & ports[1]
