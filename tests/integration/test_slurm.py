@@ -3,8 +3,10 @@ started by the session fixture below), sbatch jobs that boot Ray on both nodes a
 tiny BERT with 2 DeepSpeed workers, one per node.
 
 Checks: two jobs submitted at once both finish with results and use different ports and temp
-dirs; `scancel` during training leaves no process of the job (found by the job's environment,
-not by name); the SLURM job helpers know real and unknown ids.
+dirs, and one of them, sent USR1 as before a time limit, checkpoints, requeues itself and resumes;
+`scancel` during training leaves no process of the job (found by the job's environment, not by
+name); a Ray head that misses --join-timeout fails the job with one line and cleans up; the SLURM
+job helpers (and `status/logs/stop` for SLURM ids) know real ids and refuse unknown ones.
 """
 
 from __future__ import annotations
