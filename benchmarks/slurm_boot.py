@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.slurm_jobs import TERMINAL_STATES, job_state  # noqa: E402
+from cluster.slurm_layout import job_dir  # noqa: E402
 from tests.fixtures import ftlaunch, make_keyword_dataset, make_tiny_bert  # noqa: E402
 
 
@@ -51,6 +54,11 @@ def boot_once(job: Path, nodes: int, timeout_s: float = 300) -> dict[str, float]
         raise SystemExit(f"job {job_id}: nodes did not join within {timeout_s}s; see {log_path}")
     finally:
         subprocess.run(["scancel", job_id], check=False)
+        for _ in range(60):  # the job's trap tears Ray down; then drop its kept logs
+            if job_state(job_id) in TERMINAL_STATES:
+                break
+            time.sleep(0.5)
+        shutil.rmtree(job_dir(job_id), ignore_errors=True)
 
 
 def main() -> None:
@@ -76,7 +84,6 @@ def main() -> None:
                 f"run {i}: queued {runs[-1]['queue_s']:.1f} s, Ray head {runs[-1]['head_s']:.1f} s, "
                 f"all {args.nodes} nodes joined {runs[-1]['joined_s']:.1f} s after sbatch"
             )
-            time.sleep(8)  # let the cancelled job's nodes go idle
     median = statistics.median(r["joined_s"] for r in runs)
     print(f"SLURM boot time, sbatch -> all {args.nodes} Ray nodes joined: median {median:.1f} s")
 
