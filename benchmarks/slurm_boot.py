@@ -84,6 +84,7 @@ def main() -> None:
                 f"run {i}: queued {runs[-1]['queue_s']:.1f} s, Ray head {runs[-1]['head_s']:.1f} s, "
                 f"all {args.nodes} nodes joined {runs[-1]['joined_s']:.1f} s after sbatch"
             )
+            time.sleep(5)  # let the cancelled job's nodes go idle before the next sbatch
     median = statistics.median(r["joined_s"] for r in runs)
     print(f"SLURM boot time, sbatch -> all {args.nodes} Ray nodes joined: median {median:.1f} s")
 
