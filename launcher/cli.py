@@ -178,6 +178,58 @@ def export(
     typer.echo(message)
 
 
+@app.command()
+def slurm(
+    config: Annotated[Path, typer.Argument(help="Job YAML file.")],
+    nodes: Annotated[int, typer.Option(help="Nodes to allocate; one Ray node on each.")],
+    gpus_per_node: Annotated[
+        int | None, typer.Option(help="GPUs per node (default: what the workers need).")
+    ] = None,
+    cpus_per_node: Annotated[
+        int | None, typer.Option(help="CPUs per node (default: what the workers need).")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="SLURM partition.")] = None,
+    time: Annotated[str | None, typer.Option(help="Time limit, e.g. 30 or 2:00:00.")] = None,
+    account: Annotated[str | None, typer.Option(help="SLURM account.")] = None,
+    requeue: Annotated[
+        bool, typer.Option("--requeue", help="Checkpoint at the time limit and requeue; resume.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the newest checkpoint in output.dir.")
+    ] = False,
+    join_timeout: Annotated[
+        int, typer.Option(help="Seconds to wait for every Ray node to join.")
+    ] = 300,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=1e-4")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the sbatch script; submit nothing.")
+    ] = False,
+) -> None:
+    """Run the job in a SLURM allocation: sbatch boots Ray on the nodes, then `ftlaunch run`."""
+    from launcher.slurm_options import SlurmOptions
+    from launcher.slurm_submit import submit_from_file
+
+    options = SlurmOptions(
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        cpus_per_node=cpus_per_node,
+        partition=partition,
+        time=time,
+        account=account,
+        requeue=requeue,
+        resume=resume,
+        join_timeout_s=join_timeout,
+    )
+    try:
+        submit_from_file(
+            config, set_ or [], options, dry_run, Console(highlight=False, soft_wrap=True)
+        )
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Option(help="Directory for train/validation/test JSONL.")] = Path(

@@ -1,0 +1,178 @@
+"""SLURM target, pure parts: sbatch rendering (golden text), option checks, ports and temp dirs
+derived from the job id, NodeAddr parsing. No processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cluster.slurm_layout import (
+    JOB_SLOTS,
+    PORT_RANGE_END,
+    PORT_RANGE_START,
+    PORTS_PER_NODE,
+    RAY_WORKER_PORTS,
+    derive_ports,
+    job_dir,
+    node_temp_dir,
+    parse_job_id,
+    parse_node_addr,
+)
+from cluster.slurm_script import render_sbatch
+from launcher.errors import UserError
+from launcher.slurm_options import SlurmOptions, build_request, parse_time_limit
+from trainer.config import JobConfig
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def job(**cluster: object) -> JobConfig:
+    return JobConfig.model_validate(
+        {
+            "name": "tiny job",
+            "model": {"path": "m"},
+            "data": {"train": "a", "validation": "b", "test": "c"},
+            "cluster": {"num_workers": 2, **cluster},
+            "output": {"dir": "runs/tiny"},
+        }
+    )
+
+
+def request(options: SlurmOptions, job_config: JobConfig | None = None):
+    sub = Path("/work/runs/tiny/slurm/tiny-1")
+    return build_request(
+        options,
+        job_config or job(),
+        sub / "config.yaml",
+        sub,
+        Path("/work"),
+        python="/venv/bin/python",
+    )
+
+
+def test_render_sbatch_matches_the_golden_script() -> None:
+    options = SlurmOptions(
+        nodes=2, partition="debug", time="1:00:00", account="ml-team", requeue=True
+    )
+    script = render_sbatch(request(options))
+    # After an intended change, review the diff and rewrite the file with this same call.
+    assert script == (GOLDEN / "sbatch_two_nodes.sh").read_text()
+
+
+def test_render_sbatch_header_reflects_every_option() -> None:
+    lean = render_sbatch(request(SlurmOptions(nodes=3)))
+    header = [line for line in lean.splitlines() if line.startswith("#SBATCH")]
+    assert header == [
+        "#SBATCH --job-name=ftl-tiny_job",
+        "#SBATCH --nodes=3",
+        "#SBATCH --ntasks-per-node=1",
+        "#SBATCH --cpus-per-task=1",  # 2 workers x 1 CPU over 3 nodes: at most 1 per node
+        "#SBATCH --chdir=/work",
+        "#SBATCH --output=/work/runs/tiny/slurm/tiny-1/slurm-%j.out",
+        "#SBATCH --open-mode=append",
+        "#SBATCH --signal=B:USR1@90",  # training.preemption_grace_s 60 + 30
+        "#SBATCH --no-requeue",
+    ]
+    gpu = render_sbatch(
+        request(SlurmOptions(nodes=1), job(num_workers=4, gpus_per_worker=1, cpus_per_worker=2))
+    )
+    assert "#SBATCH --cpus-per-task=8" in gpu and "#SBATCH --gpus-per-node=4" in gpu
+    explicit = render_sbatch(request(SlurmOptions(nodes=2, cpus_per_node=6, gpus_per_node=0)))
+    assert "#SBATCH --cpus-per-task=6" in explicit and "--gpus-per-node" not in explicit
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30", 1800),
+        ("30:15", 1815),
+        ("2:00:00", 7200),
+        ("1-0", 86400),
+        ("1-2:03", 86400 + 7200 + 180),
+        ("1-2:03:04", 86400 + 7200 + 184),
+        ("UNLIMITED", None),
+    ],
+)
+def test_parse_time_limit_accepts_slurm_formats(text: str, seconds: int | None) -> None:
+    assert parse_time_limit(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1h", "1:2:3:4", "10:60", "0", "1-24", "-5", "1:00:00 "])
+def test_parse_time_limit_rejects_malformed_values(text: str) -> None:
+    if text == "1:00:00 ":  # surrounding whitespace is harmless
+        assert parse_time_limit(text) == 3600
+        return
+    with pytest.raises(ValueError):
+        parse_time_limit(text)
+
+
+def test_bad_options_are_all_reported_one_line_each_naming_the_flag() -> None:
+    options = SlurmOptions(
+        nodes=0, cpus_per_node=0, gpus_per_node=-1, partition="a b", account="x;y", time="5:5:5:5"
+    )
+    with pytest.raises(UserError) as err:
+        request(options)
+    flags = [m.split(":")[0] for m in err.value.messages]
+    assert flags == [
+        "--nodes",
+        "--cpus-per-node",
+        "--gpus-per-node",
+        "--partition",
+        "--account",
+        "--time",
+    ]
+    assert all("\n" not in m for m in err.value.messages)
+
+
+def test_time_limit_shorter_than_the_checkpoint_signal_is_refused() -> None:
+    with pytest.raises(UserError) as err:
+        request(SlurmOptions(nodes=1, time="1:30"))
+    assert err.value.messages[0].startswith("--time: 1:30 leaves no time to train")
+
+
+def test_workers_that_cannot_fit_the_allocation_are_refused() -> None:
+    with pytest.raises(UserError) as err:
+        request(SlurmOptions(nodes=1, cpus_per_node=1), job(num_workers=2))
+    (message,) = err.value.messages
+    assert (
+        message.startswith("cluster.num_workers: needs 2 workers x 1 CPU")
+        and "--nodes 1" in message
+    )
+
+
+def test_ports_derive_from_the_job_id_and_stay_out_of_rays_ranges() -> None:
+    assert derive_ports("1234", 0) == derive_ports(1234, 0)  # deterministic
+    seen: set[int] = set()
+    for job_id in (1, 2, 3, 98, 99, 100, 12345):
+        for node in range(4):
+            ports = derive_ports(job_id, node).all()
+            assert len(ports) == PORTS_PER_NODE
+            assert all(PORT_RANGE_START <= p <= PORT_RANGE_END for p in ports)
+            assert all(not RAY_WORKER_PORTS[0] <= p <= RAY_WORKER_PORTS[1] for p in ports)
+            assert PORT_RANGE_END < 32768  # Linux's ephemeral range
+            if job_id < JOB_SLOTS:  # distinct jobs and distinct nodes of one job never share
+                assert not seen & set(ports)
+                seen |= set(ports)
+    assert derive_ports(5, 0) == derive_ports(5 + JOB_SLOTS, 0)  # wraps: checked free at run time
+    assert derive_ports(5, 0, attempt=1) == derive_ports(6, 0)
+    head = derive_ports(7, 0)
+    assert f"--port={head.gcs}" in head.ray_start_args(head=True)
+    assert not any(a.startswith("--port") for a in head.ray_start_args(head=False))
+
+
+def test_per_job_dirs_are_derived_from_the_job_id() -> None:
+    assert job_dir("42") == Path("/tmp/ftl-slurm-42")
+    assert node_temp_dir(42, 1) == Path("/tmp/ftl-slurm-42/ray-1")
+    assert job_dir(42) != job_dir(43)
+    # Ray's Unix socket paths live below the temp dir and are limited to ~107 bytes.
+    assert len(str(node_temp_dir(2**31, 15))) < 40
+    for bad in ("", "12_3", "abc", "0", "-1"):
+        with pytest.raises(ValueError):
+            parse_job_id(bad)
+
+
+def test_parse_node_addr() -> None:
+    text = "NodeName=n1 Arch=x86_64 CoresPerSocket=2 NodeAddr=10.1.2.3 NodeHostName=localhost"
+    assert parse_node_addr(text) == "10.1.2.3"
+    assert parse_node_addr("NodeName=n1 State=IDLE") is None
