@@ -56,13 +56,15 @@ class PlacementPlan:
     label_selector: list[dict[str, str]] | None = None
 
     def scaling_kwargs(self) -> dict[str, Any]:
-        return {
+        kwargs: dict[str, Any] = {
             "num_workers": self.num_workers,
             "use_gpu": self.resources_per_worker.get("GPU", 0) > 0,
             "resources_per_worker": dict(self.resources_per_worker),
             "placement_strategy": self.strategy,
-            "label_selector": self.label_selector,
         }
+        if self.label_selector is not None:  # only Ray Train v2's ScalingConfig knows it
+            kwargs["label_selector"] = self.label_selector
+        return kwargs
 
     def bundles(self) -> list[dict[str, float]]:
         return [dict(self.resources_per_worker) for _ in range(self.num_workers)]

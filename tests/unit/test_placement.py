@@ -49,7 +49,6 @@ def test_defaults_keep_the_old_behaviour() -> None:
         "use_gpu": False,
         "resources_per_worker": {"CPU": 1.0},
         "placement_strategy": "PACK",
-        "label_selector": None,
     }
 
 
@@ -194,5 +193,5 @@ def test_strict_spread_maps_to_ray_without_pins() -> None:
         num_workers=3, placement="strict_spread", num_nodes=3, gpus_per_worker=1
     )
     kwargs = placement_plan(cluster, three_gpu_nodes()).scaling_kwargs()
-    assert kwargs["placement_strategy"] == "STRICT_SPREAD" and kwargs["label_selector"] is None
+    assert kwargs["placement_strategy"] == "STRICT_SPREAD" and "label_selector" not in kwargs
     assert kwargs["use_gpu"] and kwargs["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
