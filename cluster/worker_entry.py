@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
-import ray.train
 
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
@@ -39,6 +38,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
 def rank_start_record() -> dict[str, Any]:
     """Where this rank runs (every rank, every attempt), so users and tests can see placement."""
+    import ray.train  # worker-side only: keeps `import cluster` light for the launcher
+
     context = ray.train.get_context()
     return {
         "event": "rank_start",
