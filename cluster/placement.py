@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cluster.resources import Node, PlacementRequest, assign_workers, choose_nodes, request_problem
+from cluster.resources import (
+    Node,
+    PlacementRequest,
+    amount,
+    assign_workers,
+    choose_nodes,
+    describe_resources,
+    request_problem,
+)
 from trainer.config.schema import ClusterConfig
 
 RAY_STRATEGY = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
@@ -97,7 +105,7 @@ def placement_plan(cluster: ClusterConfig, nodes: Sequence[Node]) -> PlacementPl
 
 def describe_plan(plan: PlacementPlan) -> str:
     """`3 workers x 1 CPU + 1 slot (SPREAD)`, for messages."""
-    wanted = " + ".join(f"{v:g} {k}" for k, v in plan.resources_per_worker.items() if v > 0)
+    wanted = describe_resources(plan.resources_per_worker)
     pinned = ", pinned to chosen nodes" if plan.label_selector else ""
     return f"{plan.num_workers} workers x {wanted} ({plan.strategy}{pinned})"
 
@@ -143,7 +151,7 @@ def reserve_or_fail(plan: PlacementPlan, timeout_s: float) -> float:
     waited = time.monotonic() - started
     if not ready:
         free = ray.available_resources()
-        have = ", ".join(f"{free.get(k, 0.0):g} {k}" for k in plan.resources_per_worker)
+        have = ", ".join(amount(k, free.get(k, 0.0)) for k in plan.resources_per_worker)
         raise PlacementError(
             f"cluster.placement_timeout_s: {describe_plan(plan)} were not placed within "
             f"{timeout_s:g} s; the cluster has {have} free now (other jobs may hold the rest)"

@@ -71,7 +71,7 @@ def request_problem(request: PlacementRequest, nodes: Sequence[Node]) -> str | N
     usable = sum(1 for c in caps if c > 0)
     if request.strategy == "strict_spread" and usable < w:
         return (
-            f"cluster.placement: strict_spread puts each of {w} workers x {_describe(request.wanted)} "
+            f"cluster.placement: strict_spread puts each of {w} workers x {describe_resources(request.wanted)} "
             f"on its own node; {_have(request, nodes)}, and only {usable} node(s) can hold one"
         )
     if n is not None and request.strategy != "strict_spread":
@@ -85,14 +85,14 @@ def request_problem(request: PlacementRequest, nodes: Sequence[Node]) -> str | N
             layout = "/".join(map(str, counts)) if counts else f"at most {n} nodes"
             largest = ", ".join(map(str, caps[:n])) or "none"
             return (
-                f"cluster.num_nodes: needs {w} workers x {_describe(request.wanted)} on {n} "
+                f"cluster.num_nodes: needs {w} workers x {describe_resources(request.wanted)} on {n} "
                 f"node(s) ({layout}); {_have(request, nodes)}, and its {n} largest node(s) "
                 f"hold {largest} worker(s)"
             )
         return None
     if sum(caps) < w:
         return (
-            f"cluster.num_workers: needs {w} workers x {_describe(request.wanted)}; "
+            f"cluster.num_workers: needs {w} workers x {describe_resources(request.wanted)}; "
             f"{_have(request, nodes)} in total and can place at most {sum(caps)}"
         )
     return None
@@ -129,15 +129,17 @@ def assign_workers(request: PlacementRequest, nodes: Sequence[Node]) -> list[str
 
 def _have(request: PlacementRequest, nodes: Sequence[Node]) -> str:
     totals = {k: sum(node.resources.get(k, 0.0) for node in nodes) for k in request.wanted}
-    listed = ", ".join(_amount(k, v) for k, v in totals.items())
+    listed = ", ".join(amount(k, v) for k, v in totals.items())
     return f"the cluster has {len(nodes)} node(s) with {listed}"
 
 
-def _describe(per_worker: Mapping[str, float]) -> str:
-    return " + ".join(_amount(k, v) for k, v in per_worker.items() if v > 0)
+def describe_resources(per_worker: Mapping[str, float]) -> str:
+    """`1 CPU + 0.5 GPU + 4 GB memory`: the nonzero amounts, for messages."""
+    return " + ".join(amount(k, v) for k, v in per_worker.items() if v > 0)
 
 
-def _amount(name: str, value: float) -> str:
+def amount(name: str, value: float) -> str:
+    """`2 CPU`, `4 GB memory` (Ray counts memory in bytes)."""
     if name == "memory":
         return f"{value / 1e9:.3g} GB memory"
     return f"{_fmt(value)} {name}"
