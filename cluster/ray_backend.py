@@ -20,7 +20,13 @@ import ray
 
 from cluster.collector import collector_actor
 from cluster.mlflow_logger import MlflowUnavailable, start_mlflow_run
-from cluster.resources import placement_problem
+from cluster.placement import (
+    PlacementError,
+    PlacementPlan,
+    live_nodes,
+    placement_plan,
+    reserve_or_fail,
+)
 from cluster.shard_server import shard_server_actor
 from cluster.worker_entry import train_worker
 from trainer.config.manifest import CorruptShardError
@@ -92,13 +98,15 @@ class RayBackend:
                 f"cluster.address: cannot connect to Ray at {address}: {first}"
             ) from None
 
-    def check_placement(self) -> None:
-        """Raise ClusterError now if the workers could never be placed, instead of waiting forever."""
-        nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
-        per_worker = {"CPU": self.cluster.cpus_per_worker, "GPU": self.cluster.gpus_per_worker}
-        problem = placement_problem(self.cluster.num_workers, per_worker, nodes)
-        if problem:
-            raise ClusterError(problem)
+    def check_placement(self) -> PlacementPlan:
+        """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
+        or if they are not placed within cluster.placement_timeout_s; else say how to place them."""
+        try:
+            plan = placement_plan(self.cluster, live_nodes())
+            reserve_or_fail(plan, self.cluster.placement_timeout_s)
+        except PlacementError as exc:
+            raise ClusterError(str(exc)) from None
+        return plan
 
     def run(
         self,
@@ -117,7 +125,7 @@ class RayBackend:
         from ray.train import FailureConfig, RunConfig, ScalingConfig
         from ray.train.torch import TorchConfig, TorchTrainer
 
-        self.check_placement()
+        plan = self.check_placement()
         collector = collector_actor(
             run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
         )
@@ -132,14 +140,7 @@ class RayBackend:
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
             torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
-            scaling_config=ScalingConfig(
-                num_workers=c.num_workers,
-                use_gpu=c.uses_gpu(),
-                resources_per_worker={
-                    "CPU": c.cpus_per_worker,
-                    **({"GPU": c.gpus_per_worker} if c.uses_gpu() else {}),
-                },
-            ),
+            scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
                 name=spec.run_id,
                 storage_path=str(run_dir / "ray_train"),
@@ -150,11 +151,12 @@ class RayBackend:
         thread = threading.Thread(target=_fit_into, args=(trainer, outcome), daemon=True)
         thread.start()
         stop = _StopOnSigterm(collector, spec.job.training.preemption_grace_s)
+        ranks: dict[int, dict[str, Any]] = {}  # where each rank runs (newest attempt)
         with stop:
             while thread.is_alive() and not stop.grace_exceeded():
                 thread.join(POLL_INTERVAL_S)
-                on_progress(_poll(collector))
-        on_progress(_poll(collector))
+                on_progress(_note_ranks(_poll(collector), ranks))
+        on_progress(_note_ranks(_poll(collector), ranks))
         if stop.requested_at is not None:
             ray.get(collector.close.remote("KILLED"), timeout=30)
             raise Preempted(committed=ray.get(collector.preempted_tag.remote(), timeout=10))
@@ -162,7 +164,8 @@ class RayBackend:
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
         restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
-        return ray.get(shard_server.stats.remote()) | {"restarts": restarts}
+        placement = [ranks[rank] for rank in sorted(ranks)]
+        return ray.get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
 
 
 @dataclass
@@ -222,6 +225,17 @@ def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
         trainer.fit()
     except BaseException as exc:  # handed to the main thread, which reports it
         outcome["error"] = exc
+
+
+def _note_ranks(
+    records: list[dict[str, Any]], ranks: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    for record in records:
+        if record.get("event") == "rank_start":
+            ranks[record["rank"]] = {
+                k: record[k] for k in ("rank", "node_id", "hostname") if k in record
+            }
+    return records
 
 
 def _poll(collector: ray.actor.ActorHandle) -> list[dict[str, Any]]:

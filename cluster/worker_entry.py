@@ -4,11 +4,12 @@ trainer loop. torch and the trainer loop are imported inside the function, so im
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable
 from typing import Any
 
 import ray
-import ray.train
 
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
@@ -21,10 +22,11 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     spec = RunSpec.model_validate(loop_config["spec"])
     collector = loop_config["collector"]
+    start = rank_start_record()
+    collector.report.remote(start)
     open_store = store_opener(loop_config["shard_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
-    rank = ray.train.get_context().get_world_rank()
-    checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag, rank)
+    checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag, start["rank"])
     run_classification(
         spec,
         CollectorReporter(collector),
@@ -33,6 +35,22 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         checkpoints,
         CollectorStopSignal(collector),
     )
+
+
+def rank_start_record() -> dict[str, Any]:
+    """Where this rank runs (every rank, every attempt), so users and tests can see placement."""
+    import ray.train  # worker-side only: keeps `import cluster` light for the launcher
+
+    context = ray.train.get_context()
+    return {
+        "event": "rank_start",
+        "rank": context.get_world_rank(),
+        "local_rank": context.get_local_rank(),
+        "world_size": context.get_world_size(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
 
 
 def store_opener(shard_server: Any) -> Callable[[str], Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -128,9 +128,33 @@ class ClusterConfig(Section):
         default=None,
         description="CPUs of the embedded cluster; default: this machine's core count.",
     )
+    # Placement (README "Placement"); the pure fit check and Ray mapping live in cluster/.
+    placement: Literal["pack", "spread", "strict_spread"] = "pack"
+    num_nodes: PositiveInt | None = Field(
+        default=None, description="spread: exactly this many nodes; pack: at most this many."
+    )
+    memory_per_worker: Annotated[ByteSize, Field(gt=0)] | None = Field(
+        default=None, description="Memory each worker reserves: bytes or '4GB', '512MiB'."
+    )
+    custom_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
+        default_factory=dict,
+        description="Extra Ray resources per worker, e.g. {'accelerator_type:A100': 0.01}.",
+    )
+    placement_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="How long to wait for the workers to be placed (autoscaling)."
+    )
 
     def uses_gpu(self) -> bool:
         return self.gpus_per_worker > 0
+
+    @model_validator(mode="after")
+    def _placement_is_possible(self) -> ClusterConfig:
+        from trainer.config.placement import placement_config_problems
+
+        problems = placement_config_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class OutputConfig(Section):
