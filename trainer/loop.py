@@ -25,7 +25,7 @@ from trainer.config.checkpoints import step_tag
 from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
 from trainer.data import Batch, ShardedSplit, TimedIterator
-from trainer.engine import build_engine, consolidated_state_dict
+from trainer.engine import build_engine
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
@@ -132,6 +132,7 @@ def run_classification(
     run_facts = {
         "world_size": world,
         "zero_stage": job.engine.zero_stage,
+        "engine": engine.describe(),
         "peft_method": job.peft.method,
         "trainable_params": trainable,
         "total_params": total,
@@ -168,11 +169,12 @@ def run_classification(
         for batch in stream:
             window.data_wait_s += stream.wait_s
             stream.wait_s = 0.0
-            outputs = engine(
-                **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
-            )
-            engine.backward(outputs.loss)
-            engine.step()
+            with engine.accumulate():
+                outputs = engine(
+                    **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
+                )
+                engine.backward(outputs.loss)
+                engine.step()
             window.add(outputs.loss.item(), batch)
             if t.record_sample_ids:
                 _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
@@ -221,7 +223,7 @@ def run_classification(
     # --- test the best weights, then save them
     restore_weights(engine.module, best_weights)
     test_result = evaluate(engine, test_split, eval_batch, num_classes)
-    state = consolidated_state_dict(engine)
+    state = engine.consolidated_state_dict()
     summary = run_facts | {
         "best_validation": progress.best_val_metrics | {"step": progress.best_step},
         "test": test_result.summary(),
