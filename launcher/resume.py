@@ -30,6 +30,8 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
         "seed": job.training.seed,
         "labels": label_names,
     }
+    if job.engine.backend != "deepspeed":  # checkpoint layouts differ per engine and strategy
+        relevant["engine"] = [job.engine.backend, job.engine.strategy]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -58,8 +60,8 @@ def choose_resume_tag(
     if written_for != fingerprint:
         raise UserError(
             f"--resume: {store.root / tag} was written by a different model or incompatible config "
-            f"(fingerprint {written_for} != {fingerprint}: model, peft, zero_stage, num_workers, "
-            "batch sizes, seed and labels must match)"
+            f"(fingerprint {written_for} != {fingerprint}: model, peft, engine, zero_stage, "
+            "num_workers, batch sizes, seed and labels must match)"
         )
     try:
         store.verify(tag)
