@@ -150,6 +150,14 @@ class AccelerateEngine:
         self.model, self.optimizer, self.scheduler = self.accelerator.prepare(
             model, optimizer, scheduler
         )
+        if self._is_deepspeed():
+            # With ZeRO-3 the plugin registers itself with transformers so that models built
+            # from now on are partitioned at construction (zero.Init, a collective). Ours is
+            # already built; left registered, rank 0 rebuilding the model alone to save it
+            # would wait forever for the other ranks.
+            from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+            unset_hf_deepspeed_config()
         self.module = self.accelerator.unwrap_model(self.model)
         self.device = self.accelerator.device
         self._grad_clip = job.optim.grad_clip
