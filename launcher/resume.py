@@ -31,6 +31,8 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
         "seed": job.training.seed,
         "labels": label_names,
     }
+    if job.engine.backend != "deepspeed":  # checkpoint layouts differ per engine and strategy
+        relevant["engine"] = [job.engine.backend, job.engine.strategy]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -83,6 +85,6 @@ def _check_fingerprint(path: Path, manifest: dict, fingerprint: str) -> None:
     if written_for != fingerprint:
         raise UserError(
             f"--resume: {path} was written by a different model or incompatible config "
-            f"(fingerprint {written_for} != {fingerprint}: model, peft, zero_stage, num_workers, "
-            "batch sizes, seed and labels must match)"
+            f"(fingerprint {written_for} != {fingerprint}: model, peft, engine, zero_stage, "
+            "num_workers, batch sizes, seed and labels must match)"
         )

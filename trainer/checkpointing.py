@@ -1,7 +1,9 @@
-"""Save and restore a training checkpoint: DeepSpeed's per-rank state plus ours.
+"""Save and restore a training checkpoint: the engine's per-rank state plus ours.
 
 Each rank writes, into the directory its CheckpointSink gives it:
-  ds/...                         DeepSpeed's engine state (model states on rank 0, ZeRO shards per rank)
+  ds/...                         engine.backend deepspeed: DeepSpeed's engine state (model states
+                                 on rank 0, ZeRO shards per rank)
+  acc/...                        engine.backend accelerate: `Accelerator.save_state` (see rank_needs)
   trainer_state_rank{R}.json     TrainProgress, including the data-stream position and RNG states
   best_rank{R}.pt                this rank's share of the best-so-far weights (plain tensors)
 and the sink delivers them to the head, where rank 0 commits them atomically.
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from typing import Any
 
@@ -22,17 +25,37 @@ from trainer.protocols import CheckpointSink
 from trainer.snapshot import Snapshot
 
 DS_TAG = "ds"
+ACC_TAG = "acc"
 MODEL_STATES = f"{DS_TAG}/mp_rank_00_model_states.pt"
+_PER_RANK = (
+    re.compile(r"zero_pp_rank_(\d+)_"),  # a ZeRO shard (deepspeed, or deepspeed via accelerate)
+    re.compile(r"random_states_(\d+)\.pkl$"),  # Accelerate's per-process RNG state
+)
 
 
 def rank_needs(name: str, rank: int) -> bool:
-    """Whether rank `rank` needs checkpoint file `name` to resume (DeepSpeed opens only its own
-    ZeRO shard, plus rank 0's model states)."""
-    return (
-        name == MODEL_STATES
-        or (name.startswith(f"{DS_TAG}/") and f"zero_pp_rank_{rank}_" in name)
-        or name in (f"trainer_state_rank{rank}.json", f"best_rank{rank}.pt")
-    )
+    """Whether rank `rank` needs checkpoint file `name` to resume.
+
+    DeepSpeed opens only its own ZeRO shard, plus rank 0's model states. Accelerate's layout:
+      acc/model.safetensors, optimizer.bin, scheduler.bin   DDP: full states, read by every rank
+      acc/pytorch_model/...                                 DeepSpeed via Accelerate: as ds/ above
+      acc/pytorch_model_fsdp_0/, acc/optimizer_0/           FSDP: torch DCP, `__R_0.distcp` per rank
+      acc/random_states_R.pkl                               per rank
+    A DCP directory is fetched whole by every rank: DCP stores a replicated entry (the optimizer
+    step count, param groups) once, in whichever rank's file balances the sizes, so a rank may
+    read from files other than its own.
+    """
+    if name in (f"trainer_state_rank{rank}.json", f"best_rank{rank}.pt"):
+        return True
+    if name.startswith(f"{DS_TAG}/"):
+        return name == MODEL_STATES or f"zero_pp_rank_{rank}_" in name
+    if name.startswith(f"{ACC_TAG}/"):
+        for pattern in _PER_RANK:
+            match = pattern.search(name)
+            if match:
+                return int(match.group(1)) == rank
+        return not name.endswith("/latest")  # DeepSpeed's pointer file; we load by tag
+    return False
 
 
 def rng_state() -> dict[str, Any]:
@@ -69,7 +92,7 @@ def save_checkpoint(
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
-    engine.save_checkpoint(str(local), tag=DS_TAG)
+    engine.save_state(local / engine.checkpoint_subdir)
     (local / f"trainer_state_rank{rank}.json").write_text(
         json.dumps(progress | {"rng": rng_state()})
     )
@@ -90,11 +113,7 @@ def load_checkpoint(
     """Restore engine, RNG and progress from `tag`; returns (progress fields, best snapshot)."""
     rank = dist.get_rank()
     local = sink.fetch(tag, lambda name: rank_needs(name, rank))
-    path, _ = engine.load_checkpoint(
-        str(local), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if path is None:
-        raise RuntimeError(f"{tag}: DeepSpeed found no checkpoint in {local}")
+    engine.load_state(local / engine.checkpoint_subdir)
     progress = json.loads((local / f"trainer_state_rank{rank}.json").read_text())
     set_rng_state(progress.pop("rng"))
     best_file = local / f"best_rank{rank}.pt"

@@ -1,6 +1,9 @@
 """Consolidate a committed checkpoint into a plain Hugging Face model directory, one tensor at a
 time: `python -m trainer.consolidate CHECKPOINT_DIR OUT_DIR` (what `ftlaunch export` runs).
 
+Both engines' checkpoints are read (see trainer/checkpoint_formats.py for Accelerate's: DDP
+safetensors, FSDP sharded DCP, DeepSpeed through Accelerate).
+
 DeepSpeed's files are opened with `torch.load(mmap=True, weights_only=True)` and the three
 DeepSpeed types its state holds allowlisted, so nothing arbitrary is ever unpickled and only the
 pages of the tensor being written are read. The safetensors file is written by hand: the header
@@ -19,7 +22,7 @@ from typing import Any
 
 import torch
 
-from trainer.checkpointing import DS_TAG, MODEL_STATES
+from trainer.checkpointing import ACC_TAG, DS_TAG, MODEL_STATES
 from trainer.config.checkpoints import CheckpointStore, CorruptCheckpointError
 from trainer.config.spec import RunSpec
 
@@ -72,6 +75,18 @@ def checkpoint_tensors(ds_dir: Path) -> dict[str, tuple[torch.Size, Producer]]:
             lambda f=fragments, n=numel, s=shape: torch.cat(f)[:n].view(s),
         )
     return tensors
+
+
+def engine_tensors(checkpoint_dir: Path) -> dict[str, tuple[torch.Size, Producer]]:
+    """name -> (shape, producer) for whichever engine wrote the checkpoint."""
+    if (checkpoint_dir / DS_TAG).is_dir():
+        return checkpoint_tensors(checkpoint_dir / DS_TAG)
+    from trainer.checkpoint_formats import accelerate_tensors
+
+    acc = checkpoint_dir / ACC_TAG
+    if (acc / "pytorch_model").is_dir():  # DeepSpeed through Accelerate: DeepSpeed's own layout
+        return checkpoint_tensors(acc / "pytorch_model")
+    return accelerate_tensors(acc)
 
 
 def _join(
@@ -140,7 +155,7 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     spec = RunSpec.model_validate(manifest["state"]["spec"])
     peft = spec.job.peft
     scaling = peft.alpha / peft.r if peft.method == "lora" else 0.0
-    entries = list(export_names(checkpoint_tensors(checkpoint_dir / DS_TAG), scaling))
+    entries = list(export_names(engine_tensors(checkpoint_dir), scaling))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", entries)
     labels = spec.label_names

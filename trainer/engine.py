@@ -1,15 +1,59 @@
-"""Turn the job's optimisation settings into a DeepSpeed engine (gloo on CPU, NCCL on GPU)."""
+"""The engine seam: what the training loop needs from DeepSpeed or Accelerate, chosen by name.
+
+`engine.backend: deepspeed` wraps a DeepSpeed engine (trainer/engine_deepspeed.py);
+`engine.backend: accelerate` drives an `Accelerator` with DDP, FSDP or DeepSpeed's plugin
+(trainer/engine_accelerate.py). Both get the same AdamW, parameter groups and schedule from here,
+so switching backends changes how the model is sharded, not what is optimised. Task-agnostic:
+the engine sees a model and a loss, never a task.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, Protocol
 
-import deepspeed
 import torch
 
 from trainer.config.schema import JobConfig
 
 NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+
+
+class Engine(Protocol):
+    """One training engine on one rank. Methods marked collective must be called on every rank."""
+
+    module: torch.nn.Module  # the unwrapped model: parameters, train()/eval()
+    device: torch.device
+    checkpoint_subdir: str  # where this engine's files live inside a checkpoint directory
+
+    def __call__(self, **inputs: Any) -> Any:
+        """Forward pass through the (wrapped) model."""
+
+    def accumulate(self) -> AbstractContextManager[None]:
+        """Context around one micro-step (forward, backward, step): lets the engine skip the
+        gradient all-reduce on micro-batches that do not end an optimizer step."""
+
+    def backward(self, loss: torch.Tensor) -> None: ...
+
+    def step(self) -> None:
+        """Called after every micro-batch; the optimizer steps on the last of `grad_accum`."""
+
+    def get_lr(self) -> list[float]: ...
+
+    def save_state(self, directory: Path) -> None:
+        """Collective: write model, optimizer and schedule state (this rank's part) to `directory`."""
+
+    def load_state(self, directory: Path) -> None:
+        """Collective: restore what `save_state` wrote."""
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective: the full model state on rank 0, None elsewhere."""
+
+    def describe(self) -> dict[str, Any]:
+        """What actually runs: backend, strategy, distributed type and process count."""
+
+    def destroy(self) -> None: ...
 
 
 def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
@@ -46,8 +90,10 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
     return factor
 
 
-def build_engine(model: torch.nn.Module, job: JobConfig, world_size: int, total_steps: int):
-    """Wrap `model` in a DeepSpeed engine with AdamW (no decay on biases/norms) and the schedule."""
+def build_optimizer(
+    model: torch.nn.Module, job: JobConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """AdamW (no weight decay on biases and norms) and the warmup/decay schedule."""
     o = job.optim
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -64,19 +110,17 @@ def build_engine(model: torch.nn.Module, job: JobConfig, world_size: int, total_
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup, o.schedule)
     )
-    engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=scheduler,
-        config=deepspeed_config(job, world_size),
-    )
-    return engine
+    return optimizer, scheduler
 
 
-def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
-    """The full model state on rank 0 (None elsewhere). Collective under ZeRO-3: call on all ranks."""
-    if engine.zero_optimization_partition_weights():
-        return engine._zero3_consolidated_16bit_state_dict()
-    if torch.distributed.get_rank() == 0:
-        return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
-    return None
+def build_engine(
+    model: torch.nn.Module, job: JobConfig, world_size: int, total_steps: int
+) -> Engine:
+    """The engine named by `engine.backend`, wrapping `model` with its optimizer and schedule."""
+    if job.engine.backend == "accelerate":
+        from trainer.engine_accelerate import AccelerateEngine
+
+        return AccelerateEngine(model, job, world_size, total_steps)
+    from trainer.engine_deepspeed import DeepSpeedEngine
+
+    return DeepSpeedEngine(model, job, world_size, total_steps)

@@ -25,7 +25,7 @@ from trainer.config.checkpoints import step_tag
 from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
 from trainer.data import Batch, ShardedSplit, TimedIterator
-from trainer.engine import build_engine, consolidated_state_dict
+from trainer.engine import build_engine
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
@@ -100,6 +100,7 @@ def run_classification(
     run_facts = {
         "world_size": world,
         "zero_stage": job.engine.zero_stage,
+        "engine": engine.describe(),
         "peft_method": job.peft.method,
         "trainable_params": trainable,
         "total_params": total,
@@ -134,13 +135,14 @@ def run_classification(
         remaining = batches[: micro_in_epoch - progress.micro_steps_in_epoch]
         stream = TimedIterator(train_split.iter_batches(remaining))
         for batch in stream:
-            forward_started = time.perf_counter()
-            outputs = engine(
-                **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
-            )
-            forward_s = time.perf_counter() - forward_started
-            engine.backward(outputs.loss)
-            engine.step()
+            with engine.accumulate():
+                forward_started = time.perf_counter()
+                outputs = engine(
+                    **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
+                )
+                forward_s = time.perf_counter() - forward_started
+                engine.backward(outputs.loss)
+                engine.step()
             window.add_micro(outputs.loss.item(), batch, stream.wait_s, forward_s)
             stream.wait_s = 0.0
             if t.record_sample_ids:
@@ -193,7 +195,7 @@ def run_classification(
     # --- test the best weights, then save them
     restore_weights(engine.module, best_weights)
     test_result = evaluate(engine, test_split, eval_batch, num_classes)
-    state = consolidated_state_dict(engine)
+    state = engine.consolidated_state_dict()
     summary = run_facts | {
         "best_validation": progress.best_val_metrics | {"step": progress.best_step},
         "test": test_result.summary(),

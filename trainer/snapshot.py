@@ -15,11 +15,12 @@ Snapshot = list[tuple[torch.Tensor, torch.Tensor | None]]
 
 
 def capture_weights(module: torch.nn.Module) -> Snapshot:
+    _reshard_fsdp(module)
     snapshot: Snapshot = []
     for param in module.parameters():
         partition = getattr(param, "ds_tensor", None)
         if partition is None:
-            snapshot.append((param.data.detach().clone(), None))
+            snapshot.append((_local(param.data).detach().clone(), None))
         else:
             full = param.data.detach().clone() if _is_gathered(param) else None
             snapshot.append((partition.detach().clone(), full))
@@ -28,13 +29,28 @@ def capture_weights(module: torch.nn.Module) -> Snapshot:
 
 def restore_weights(module: torch.nn.Module, snapshot: Snapshot) -> None:
     """Write a snapshot back. Only the module weights: enough to evaluate and save, not to train on."""
+    _reshard_fsdp(module)
     with torch.no_grad():
         for param, (saved, saved_full) in zip(module.parameters(), snapshot, strict=True):
             partition = getattr(param, "ds_tensor", None)
-            (param.data if partition is None else partition).copy_(saved)
+            (_local(param.data) if partition is None else partition).copy_(saved)
             if saved_full is not None and _is_gathered(param):
                 param.data.copy_(saved_full)
 
 
 def _is_gathered(param: torch.nn.Parameter) -> bool:
     return param.data.numel() == getattr(param, "ds_numel", -1) and param.data.numel() > 0
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 DTensor (a view: writing it writes the parameter)."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if to_local is not None else tensor
+
+
+def _reshard_fsdp(module: torch.nn.Module) -> None:
+    from torch.distributed.fsdp import FSDPModule
+
+    for sub in module.modules():
+        if isinstance(sub, FSDPModule):
+            sub.reshard()

@@ -104,16 +104,62 @@ class TrainingConfig(Section):
         return candidate < best if self.early_stopping_metric == "loss" else candidate > best
 
 
+class FsdpConfig(Section):
+    """FSDP options (engine.backend: accelerate with engine.strategy: fsdp)."""
+
+    sharding: Literal["full", "hybrid"] = Field(
+        default="full",
+        description="full: shard across all workers; hybrid: shard within a node, replicate across nodes.",
+    )
+    cpu_offload: bool = Field(
+        default=False, description="Keep parameters, gradients and optimizer state in CPU memory."
+    )
+
+
 class EngineConfig(Section):
-    backend: Literal["deepspeed"] = "deepspeed"
+    backend: Literal["deepspeed", "accelerate"] = "deepspeed"
+    strategy: Literal["deepspeed", "ddp", "fsdp"] = Field(
+        default="deepspeed",
+        description="With backend accelerate: ddp, fsdp, or deepspeed (through Accelerate's plugin).",
+    )
     zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
     offload: Literal["none", "cpu"] = "none"
+    fsdp: FsdpConfig | None = Field(
+        default=None, description="FSDP options; only with backend accelerate, strategy fsdp."
+    )
 
     @model_validator(mode="after")
     def _offload_needs_zero(self) -> EngineConfig:
         if self.offload != "none" and self.zero_stage == 0:
             raise ValueError("engine.offload: 'cpu' needs engine.zero_stage >= 1")
         return self
+
+    @model_validator(mode="after")
+    def _options_match_the_engine(self) -> EngineConfig:
+        """Each option belongs to one engine; setting it for another one is a mistake, not a no-op."""
+        if self.backend == "deepspeed" and self.strategy != "deepspeed":
+            raise ValueError(
+                f"engine.strategy: '{self.strategy}' needs engine.backend: accelerate "
+                "(the deepspeed backend runs DeepSpeed only)"
+            )
+        if self.fsdp is not None and self.strategy != "fsdp":
+            raise ValueError(
+                "engine.fsdp: FSDP options need engine.backend: accelerate and engine.strategy: "
+                f"fsdp (got backend {self.backend}, strategy {self.strategy})"
+            )
+        if self.offload != "none" and not self.runs_deepspeed():
+            raise ValueError(
+                f"engine.offload: is a DeepSpeed option; engine.strategy is '{self.strategy}' "
+                "(for FSDP use engine.fsdp.cpu_offload)"
+            )
+        return self
+
+    def fsdp_options(self) -> FsdpConfig:
+        return self.fsdp or FsdpConfig()
+
+    def runs_deepspeed(self) -> bool:
+        """Whether DeepSpeed does the work (directly, or through Accelerate's plugin)."""
+        return self.strategy == "deepspeed"
 
 
 class ClusterConfig(Section):
