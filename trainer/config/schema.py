@@ -128,6 +128,19 @@ class ClusterConfig(Section):
         default=None,
         description="CPUs of the embedded cluster; default: this machine's core count.",
     )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="Env var names passed to workers sealed, never printed or written; names "
+        "containing TOKEN, KEY, SECRET or PASSWORD are treated the same without being listed.",
+    )
+    dashboard: bool = Field(
+        default=False, description="Start the dashboard/Jobs API on the embedded cluster."
+    )
+    dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="Interface the embedded dashboard binds to; anything but 127.0.0.1 is an "
+        "explicit opt-out of loopback-only access.",
+    )
 
     def uses_gpu(self) -> bool:
         return self.gpus_per_worker > 0
