@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import ray
+
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
 from cluster.ray_token import load_token
@@ -23,9 +25,9 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     # Secrets arrive sealed (cluster/secret_env.py); names only are reported, for audits.
     names = unseal_into_environ(load_token())
     if names:
-        import ray.train
+        from ray.train import get_context
 
-        rank = ray.train.get_context().get_world_rank()
+        rank = get_context().get_world_rank()
         collector.report.remote({"event": "secret_env", "rank": rank, "names": names})
     open_store = store_opener(loop_config["shard_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]

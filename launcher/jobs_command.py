@@ -13,7 +13,7 @@ from cluster.ray_jobs import JobsClient, api_url, check_access
 from cluster.ray_token import load_token
 from cluster.secret_env import redact, secret_values
 from launcher.errors import UserError
-from launcher.submit import Echo, exit_code_of
+from launcher.submit import Echo, follow_job
 from launcher.submit_plan import resolve_address
 
 SLURM_ACTIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "REQUEUED"}
@@ -62,8 +62,7 @@ def show_logs(job_id: str, address: str | None, follow: bool, echo: Echo, note: 
     if not follow:
         echo(redact(client.logs(job_id), hidden).rstrip("\n"))
         return 0
-    client.tail(job_id, lambda chunk: echo(redact(chunk, hidden).rstrip("\n")))
-    return exit_code_of(client, job_id, note)
+    return follow_job(client, job_id, note, hidden)
 
 
 def _slurm_logs(job_id: str, follow: bool, echo: Echo) -> int:

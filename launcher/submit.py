@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -86,7 +87,7 @@ def run_submit(
     if not follow:
         note(f"follow it with: ftlaunch logs {job_id} --follow --address {url}")
         return 0
-    return follow_job(client, job_id, echo, note, secret_values(os.environ, job.cluster.secret_env))
+    return follow_job(client, job_id, note, secret_values(os.environ, job.cluster.secret_env))
 
 
 def _sealed_secrets(job: JobConfig, token: str | None, note: Echo) -> dict[str, str]:
@@ -155,7 +156,10 @@ def check_visible_on_cluster(client: JobsClient, plan: SubmissionPlan, max_uploa
     while client.status(job_id) not in TERMINAL and time.monotonic() < deadline:
         time.sleep(0.5)
     logs = client.logs(job_id)
-    client.delete(job_id) if client.status(job_id) in TERMINAL else client.stop(job_id)
+    if client.status(job_id) in TERMINAL:
+        client.delete(job_id)  # leaves nothing behind in `ray job list`
+    else:
+        client.stop(job_id)
     marker = [line for line in logs.splitlines() if line.startswith("FTLAUNCH_MISSING=")]
     if not marker:
         raise UserError(
@@ -179,11 +183,17 @@ def check_visible_on_cluster(client: JobsClient, plan: SubmissionPlan, max_uploa
         raise UserError(*problems)
 
 
-def follow_job(client: JobsClient, job_id: str, echo: Echo, note: Echo, hidden: list[str]) -> int:
+def follow_job(client: JobsClient, job_id: str, note: Echo, hidden: list[str]) -> int:
     """Stream the job's logs (secrets masked), then exit like it: SUCCEEDED 0, FAILED the
     driver's exit code (2 bad input, 1 training failed), STOPPED 3 (resumable with --resume)."""
-    client.tail(job_id, lambda chunk: echo(redact(chunk, hidden).rstrip("\n")))
+    client.tail(job_id, lambda chunk: write_raw(redact(chunk, hidden)))
     return exit_code_of(client, job_id, note)
+
+
+def write_raw(text: str) -> None:
+    """Log chunks as they come (they need not end at a line break)."""
+    sys.stdout.write(text)
+    sys.stdout.flush()
 
 
 def exit_code_of(client: JobsClient, job_id: str, note: Echo) -> int:
