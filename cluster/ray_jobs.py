@@ -61,7 +61,10 @@ def _get(url: str, headers: dict[str, str], source: str) -> requests.Response:
         return requests.get(f"{url}/api/version", headers=headers, timeout=PROBE_TIMEOUT_S)
     except requests.RequestException as exc:
         reason = type(exc).__name__.replace("Error", " error").strip().lower()
-        raise ClusterError(f"{source}: cannot reach the Ray Jobs API at {url} ({reason})") from None
+        raise ClusterError(
+            f"{source}: cannot reach the Ray Jobs API at {url} ({reason}; it is served on the "
+            "dashboard port, 8265 by default)"
+        ) from None
 
 
 def auth_headers(token: str | None) -> dict[str, str]:

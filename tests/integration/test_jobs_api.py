@@ -41,7 +41,7 @@ def client_env(cluster: dict, **extra: str) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": cluster["RAY_AUTH_TOKEN"], **extra}
 
 
-def write_job(project: Path, out: Path, extra: str = "") -> Path:
+def write_job(project: Path, out: Path, extra: str = "", secret_env: str = "[]") -> Path:
     job = project / f"job-{secrets.token_hex(3)}.yaml"
     job.write_text(
         f"""
@@ -50,8 +50,9 @@ model: {{path: model}}
 data: {{train: data/train.jsonl, validation: data/validation.jsonl, test: data/test.jsonl,
         max_length: 32}}
 optim: {{lr: 0.002}}
-training: {{epochs: 1, max_steps: 4, micro_batch_size: 8, log_every: 1, eval_every: 4}}
-cluster: {{num_workers: 2, secret_env: [FTL_PLANTED]}}
+training: {{epochs: 1, max_steps: 4, micro_batch_size: 8, log_every: 1, eval_every: 4,
+           max_failures: 0}}
+cluster: {{num_workers: 2, secret_env: {secret_env}}}
 output: {{dir: {out}}}
 {extra}
 """
@@ -74,10 +75,10 @@ def all_bytes_under(root: Path) -> bytes:
 
 @pytest.mark.timeout(400)
 def test_submit_follow_then_status_logs_list_and_secrets_never_shown(
-    cluster: dict, tmp_path: Path
+    cluster: dict, tmp_path: Path, tiny_bert: Path
 ) -> None:
     project = cluster["hidden"]
-    job = write_job(project, tmp_path / "submitted")
+    job = write_job(project, tmp_path / "submitted", secret_env="[FTL_PLANTED]")
     env = client_env(cluster, **SECRET_ENV)
     sub = ftlaunch(
         "submit", job.name, "--address", cluster["url"], "--follow", cwd=project, env=env
@@ -110,10 +111,11 @@ def test_submit_follow_then_status_logs_list_and_secrets_never_shown(
     assert listed.returncode == 0, listed.stderr
     assert job_id in listed.stdout and other not in listed.stdout
 
-    # the same job through `ftlaunch run --address` (GCS address) on the same cluster
+    # the same job through `ftlaunch run --address` (GCS address) on the same cluster; this client
+    # tokenizes into the shared cache, and the model must be where the head can see it
     run = ftlaunch(
         "run", job.name, "--address", cluster["address"], "--set", f"output.dir={tmp_path / 'run'}",
-        cwd=project, env=env,
+        "--set", f"model.path={tiny_bert}", cwd=project, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     records = [
