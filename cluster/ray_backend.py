@@ -27,6 +27,8 @@ from cluster.placement import (
     placement_plan,
     reserve_or_fail,
 )
+from cluster.ray_token import load_token, write_token_file
+from cluster.secret_env import sealed_env_vars
 from cluster.shard_server import shard_server_actor
 from cluster.worker_entry import train_worker
 from trainer.config.manifest import CorruptShardError
@@ -57,8 +59,9 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, cluster: ClusterConfig) -> None:
+    def __init__(self, cluster: ClusterConfig, token_dir: Path | None = None) -> None:
         self.cluster = cluster
+        self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
         self._started_here = False
 
     def __enter__(self) -> RayBackend:
@@ -74,13 +77,17 @@ class RayBackend:
 
     def _start_embedded(self) -> None:
         # A fresh token per run unless the user brought one; every Ray process inherits it.
-        os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        if "RAY_AUTH_TOKEN" not in os.environ:
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
+                write_token_file(self.token_dir / "ray_auth_token", os.environ["RAY_AUTH_TOKEN"])
         ray.init(
             num_cpus=self.cluster.num_cpus or os.cpu_count(),
-            include_dashboard=False,
+            include_dashboard=self.cluster.dashboard,
+            dashboard_host=self.cluster.dashboard_host,
             log_to_driver=False,
             logging_level="ERROR",
-            runtime_env={"env_vars": WORKER_ENV},
+            runtime_env={"env_vars": self._worker_env()},
         )
         self._started_here = True
 
@@ -90,7 +97,7 @@ class RayBackend:
                 address=address,
                 log_to_driver=False,
                 logging_level="ERROR",
-                runtime_env={"env_vars": WORKER_ENV},
+                runtime_env={"env_vars": self._worker_env()},
             )
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -107,6 +114,11 @@ class RayBackend:
         except PlacementError as exc:
             raise ClusterError(str(exc)) from None
         return plan
+
+    def _worker_env(self) -> dict[str, str]:
+        """Offline flags plus this process's secrets, sealed (see cluster/secret_env.py)."""
+        sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
+        return WORKER_ENV | sealed
 
     def run(
         self,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cluster.ray_backend import RayBackend
 from trainer.config.schema import ClusterConfig
 
 BACKENDS = {"ray": RayBackend}
 
 
-def backend_for(cluster: ClusterConfig) -> RayBackend:
-    return BACKENDS[cluster.backend](cluster)
+def backend_for(cluster: ClusterConfig, token_dir: Path | None = None) -> RayBackend:
+    return BACKENDS[cluster.backend](cluster, token_dir=token_dir)

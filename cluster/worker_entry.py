@@ -13,6 +13,8 @@ import ray
 
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
+from cluster.ray_token import load_token
+from cluster.secret_env import unseal_into_environ
 from cluster.shard_server import HeadShardStore
 
 
@@ -24,6 +26,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     collector = loop_config["collector"]
     start = rank_start_record()
     collector.report.remote(start)
+    # Secrets arrive sealed (cluster/secret_env.py); names only are reported, for audits.
+    names = unseal_into_environ(load_token())
+    if names:
+        collector.report.remote({"event": "secret_env", "rank": start["rank"], "names": names})
     open_store = store_opener(loop_config["shard_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
     checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag, start["rank"])

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -251,6 +252,116 @@ def models() -> None:
 
     for alias, (package, _) in MODEL_ALIASES.items():
         typer.echo(f"{alias}\t(pip package {package.replace('_', '-')})")
+
+
+AddressOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Ray Jobs API, e.g. http://HEAD:8265 (default: cluster.address, RAY_ADDRESS)."
+    ),
+]
+
+
+def _jobs_call(action: Callable[[], int]) -> None:
+    """Run a Jobs API command: user and cluster errors are one line and exit code 2."""
+    from cluster.ray_backend import ClusterError
+
+    try:
+        code = action()
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
+    except ClusterError as exc:
+        fail(USER_ERROR_EXIT_CODE, str(exc))
+    raise typer.Exit(code)
+
+
+def _note(text: str) -> None:
+    err_console.print(text, markup=False)
+
+
+@app.command()
+def submit(
+    config: Annotated[Path, typer.Argument(help="Job YAML file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=1e-4")
+    ] = None,
+    address: AddressOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Stream the logs; exit with the job's status.")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="Allow a cluster without token authentication.")
+    ] = False,
+    max_upload: Annotated[
+        str, typer.Option(help="Local inputs up to this total size are uploaded with the job.")
+    ] = "100MB",
+    requirements: Annotated[
+        Path | None, typer.Option(help="requirements.txt installed for the job by Ray (pip).")
+    ] = None,
+) -> None:
+    """Submit the job to a Ray cluster through the Ray Jobs API; prints the job id."""
+    from launcher.submit import run_submit
+    from launcher.submit_plan import parse_size, read_requirements
+
+    def action() -> int:
+        reqs = read_requirements(requirements) if requirements else []
+        return run_submit(
+            config,
+            set_ or [],
+            address,
+            follow,
+            insecure,
+            parse_size(max_upload),
+            reqs,
+            typer.echo,
+            _note,
+        )
+
+    _jobs_call(action)
+
+
+@app.command()
+def status(
+    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
+    address: AddressOption = None,
+) -> None:
+    """Show a job's state."""
+    from launcher.jobs_command import show_status
+
+    _jobs_call(lambda: show_status(job, address, typer.echo))
+
+
+@app.command()
+def logs(
+    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
+    address: AddressOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep streaming; exit with the job's status.")
+    ] = False,
+) -> None:
+    """Print a job's logs (secret values masked)."""
+    from launcher.jobs_command import show_logs
+
+    _jobs_call(lambda: show_logs(job, address, follow, typer.echo, _note))
+
+
+@app.command()
+def stop(
+    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
+    address: AddressOption = None,
+) -> None:
+    """Stop a job (SIGTERM: it commits a preemption checkpoint; continue with --resume)."""
+    from launcher.jobs_command import stop_job
+
+    _jobs_call(lambda: stop_job(job, address, typer.echo))
+
+
+@app.command("list")
+def list_(address: AddressOption = None) -> None:
+    """List the jobs ftlaunch submitted to the cluster: id, status, start, name."""
+    from launcher.jobs_command import list_jobs
+
+    _jobs_call(lambda: list_jobs(address, typer.echo))
 
 
 def main() -> None:

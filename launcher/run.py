@@ -129,7 +129,10 @@ def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[
     if spec.resume_tag:
         carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
-    with backend_for(spec.job.cluster) as backend, RunDisplay(console) as display:
+    with (
+        backend_for(spec.job.cluster, token_dir=staging) as backend,
+        RunDisplay(console) as display,
+    ):
         head_stats = backend.run(spec, staging, output_dir / CHECKPOINT_DIR, display.update)
     summary = display.latest.get("summary")
     if summary is None:

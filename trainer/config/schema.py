@@ -189,6 +189,19 @@ class ClusterConfig(Section):
     placement_timeout_s: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="How long to wait for the workers to be placed (autoscaling)."
     )
+    secret_env: list[str] = Field(
+        default_factory=list,
+        description="Env var names passed to workers sealed, never printed or written; names "
+        "containing TOKEN, KEY, SECRET or PASSWORD are treated the same without being listed.",
+    )
+    dashboard: bool = Field(
+        default=False, description="Start the dashboard/Jobs API on the embedded cluster."
+    )
+    dashboard_host: str = Field(
+        default="127.0.0.1",
+        description="Interface the embedded dashboard binds to; anything but 127.0.0.1 is an "
+        "explicit opt-out of loopback-only access.",
+    )
 
     def uses_gpu(self) -> bool:
         return self.gpus_per_worker > 0

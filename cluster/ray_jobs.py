@@ -1,0 +1,185 @@
+"""A thin shell around Ray's Jobs API (`JobSubmissionClient`) that turns every failure into a
+one-line `ClusterError` naming the address, the token problem or the job id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+
+from cluster.ray_backend import ClusterError
+
+FTLAUNCH_TAG = "ftlaunch"  # metadata key that marks the jobs `ftlaunch list` shows
+PROBE_TIMEOUT_S = 10
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+class JobNotFound(ClusterError):
+    """No job with this id on the cluster."""
+
+
+def api_url(address: str) -> str:
+    """`HEAD:8265` -> `http://HEAD:8265`; an explicit http(s) URL is kept (without trailing /)."""
+    address = address.strip().rstrip("/")
+    return address if "://" in address else f"http://{address}"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What the Jobs API said to a request without a token, and to one with ours."""
+
+    open_without_token: bool
+    token_accepted: bool | None  # None: we had no token to try
+
+
+def probe(url: str, token: str | None, source: str) -> Probe:
+    """Ask /api/version without credentials, then with the token.
+
+    Raises:
+        ClusterError: nothing answers at `url`, or it is not a Ray Jobs API.
+    """
+    anonymous = _get(url, {}, source)
+    if anonymous.status_code == 200:
+        return Probe(open_without_token=True, token_accepted=None)
+    if anonymous.status_code not in (401, 403):
+        raise ClusterError(
+            f"{source}: {url} is not a Ray Jobs API (HTTP {anonymous.status_code} on /api/version)"
+        )
+    if token is None:
+        return Probe(open_without_token=False, token_accepted=None)
+    authed = _get(url, auth_headers(token), source)
+    return Probe(open_without_token=False, token_accepted=authed.status_code == 200)
+
+
+def _get(url: str, headers: dict[str, str], source: str) -> requests.Response:
+    try:
+        return requests.get(f"{url}/api/version", headers=headers, timeout=PROBE_TIMEOUT_S)
+    except requests.RequestException as exc:
+        reason = type(exc).__name__.replace("Error", " error").strip().lower()
+        raise ClusterError(
+            f"{source}: cannot reach the Ray Jobs API at {url} ({reason}; it is served on the "
+            "dashboard port, 8265 by default)"
+        ) from None
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def check_access(url: str, token: str | None, source: str, allow_insecure: bool) -> None:
+    """Refuse a cluster we cannot authenticate to, and (unless `allow_insecure`) one that
+    accepts requests from anybody.
+
+    Raises:
+        ClusterError: unreachable, open to unauthenticated requests, or token missing/wrong.
+    """
+    result = probe(url, token, source)
+    if result.open_without_token and not allow_insecure:
+        raise ClusterError(
+            f"{source}: {url} accepts requests without a token (Ray token auth is off); "
+            "refusing to send a job there: start the cluster with RAY_AUTH_MODE=token, "
+            "or pass --insecure"
+        )
+    if result.open_without_token:
+        return
+    if token is None:
+        raise ClusterError(
+            f"{source}: {url} requires a Ray auth token and none was found "
+            "(set RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+        )
+    if not result.token_accepted:
+        raise ClusterError(f"{source}: {url} rejected our Ray auth token (wrong token)")
+
+
+@contextmanager
+def _address_env_cleared() -> Iterator[None]:
+    # Ray's client lets RAY_ADDRESS override the address it is given; ftlaunch's order is
+    # --address, cluster.address, RAY_ADDRESS, already applied by the caller.
+    saved = {
+        k: os.environ.pop(k) for k in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS") if k in os.environ
+    }
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+class JobsClient:
+    """ftlaunch's verbs on one cluster's Jobs API."""
+
+    def __init__(self, url: str, token: str | None, source: str) -> None:
+        from ray.job_submission import JobSubmissionClient
+
+        self.url = url
+        try:
+            with _address_env_cleared():
+                self._client = JobSubmissionClient(url, headers=auth_headers(token))
+        except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError
+            raise ClusterError(
+                f"{source}: cannot use the Ray Jobs API at {url}: {_first_line(exc)}"
+            ) from None
+
+    def submit(
+        self,
+        entrypoint: str,
+        submission_id: str,
+        runtime_env: dict[str, Any],
+        metadata: dict[str, str],
+    ) -> str:
+        try:
+            return self._client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=submission_id,
+                runtime_env=runtime_env,
+                metadata=metadata,
+            )
+        except Exception as exc:
+            raise ClusterError(f"submit to {self.url} failed: {_first_line(exc)}") from None
+
+    def info(self, job_id: str) -> Any:
+        return self._call(job_id, self._client.get_job_info)
+
+    def status(self, job_id: str) -> str:
+        return str(self._call(job_id, self._client.get_job_status).value)
+
+    def logs(self, job_id: str) -> str:
+        return self._call(job_id, self._client.get_job_logs)
+
+    def stop(self, job_id: str) -> bool:
+        return bool(self._call(job_id, self._client.stop_job))
+
+    def delete(self, job_id: str) -> None:
+        self._call(job_id, self._client.delete_job)
+
+    def list_tagged(self) -> list[Any]:
+        jobs = self._call("", lambda _: self._client.list_jobs())
+        return [j for j in jobs if (j.metadata or {}).get(FTLAUNCH_TAG)]
+
+    def tail(self, job_id: str, on_chunk: Callable[[str], None]) -> None:
+        """Stream the job's logs until it ends."""
+        self.info(job_id)  # a clean JobNotFound before streaming
+
+        async def pump() -> None:
+            async for chunk in self._client.tail_job_logs(job_id):
+                on_chunk(chunk)
+
+        asyncio.run(pump())
+
+    def _call(self, job_id: str, method: Callable[[str], Any]) -> Any:
+        try:
+            return method(job_id)
+        except Exception as exc:
+            text = str(exc)
+            if "does not exist" in text or "status code 404" in text:
+                raise JobNotFound(f"JOB {job_id}: no such job on {self.url}") from None
+            raise ClusterError(f"{self.url}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
