@@ -99,7 +99,13 @@ def export_names(
         lora_a = f"{prefix}.lora_A.default.weight" if prefix else None
         if lora_a in tensors and name.endswith(".weight"):
             a, b = tensors[lora_a][1], tensors[f"{prefix}.lora_B.default.weight"][1]
-            yield plain, shape, lambda w=produce, a=a, b=b: w() + lora_scaling * (b() @ a())
+            yield plain, shape, lambda w=produce, a=a, b=b, s=shape: w() + lora_scaling * _delta(b(), a(), s)
+
+
+def _delta(b: torch.Tensor, a: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """B @ A, transposed for layers stored (in, out) such as GPT-2's Conv1D (peft fan_in_fan_out)."""
+    delta = b @ a
+    return delta if delta.shape == shape or delta.T.shape != shape else delta.T
         else:
             yield plain, shape, produce
 
@@ -133,7 +139,12 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]
 
 def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     """Verify, consolidate and write `checkpoint_dir` as a model directory; reload it to check."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     store = CheckpointStore(checkpoint_dir.parent)
     manifest = store.verify(checkpoint_dir.name)
@@ -144,16 +155,22 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", entries)
     labels = spec.label_names
-    config = AutoConfig.from_pretrained(
-        spec.model_dir,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
+    causal = spec.job.model.is_causal_lm()
+    if causal:
+        config = AutoConfig.from_pretrained(spec.model_dir)
+    else:
+        config = AutoConfig.from_pretrained(
+            spec.model_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+        )
     config.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
-    (out_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
-    _, info = AutoModelForSequenceClassification.from_pretrained(out_dir, output_loading_info=True)
+    if not causal:
+        (out_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    _, info = auto.from_pretrained(out_dir, output_loading_info=True)
     problems = {
         k: v
         for k, v in info.items()
