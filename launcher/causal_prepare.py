@@ -117,7 +117,9 @@ class CausalEncoder:
             for i, values in enumerate(zip(*columns, strict=True))
         ]
         self.examples += len(examples)
-        self.loss_tokens += sum(sum(1 for x in labels if x != IGNORE_INDEX) for _, labels in examples)
+        self.loss_tokens += sum(
+            sum(1 for x in labels if x != IGNORE_INDEX) for _, labels in examples
+        )
         if self.fmt.packing:
             rows = pack_examples(examples, self.max_length)
             self.slot_tokens += len(rows) * self.max_length
@@ -210,12 +212,16 @@ def _compile_template(text: str, field: str):
     def raise_exception(message: str) -> None:
         raise TemplateError(message)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    env = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
+    )
     env.globals["raise_exception"] = raise_exception
     try:
         return env.from_string(text)
     except TemplateError as exc:
-        raise UserError(f"{field}: the tokenizer's chat template does not compile ({exc})") from None
+        raise UserError(
+            f"{field}: the tokenizer's chat template does not compile ({exc})"
+        ) from None
 
 
 def pack_examples(examples: list[Example], max_length: int) -> list[tuple[list[int], ...]]:

@@ -175,7 +175,9 @@ def tokenize_into(
             if causal
             else None
         )
-        writer = _ShardWriter(staging, options.shard_bytes, CAUSAL_SCHEMA if causal else SHARD_SCHEMA)
+        writer = _ShardWriter(
+            staging, options.shard_bytes, CAUSAL_SCHEMA if causal else SHARD_SCHEMA
+        )
         tokenizer = _load_tokenizer(options.model_dir, options.max_length)
         label_ids = {name: i for i, name in enumerate(options.label_names)}
         for path, batch in iter_source_batches(source):

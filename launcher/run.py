@@ -9,8 +9,8 @@ from typing import Any
 
 from rich.console import Console
 
-from launcher.config_loading import dump_job_config, load_job_config
 from launcher.causal_prepare import CausalFormat
+from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.prepare import default_cache_root, prepare_split
@@ -20,7 +20,7 @@ from launcher.resume import CHECKPOINT_DIR, choose_resume_tag, config_fingerprin
 from launcher.rundir import commit_run, create_staging, new_run_id
 from launcher.sources import SplitSource, collect_label_names
 from trainer.config import JobConfig
-from trainer.config.manifest import is_remote_uri
+from trainer.config.manifest import ShardManifest, is_remote_uri
 from trainer.config.spec import RunSpec
 
 SPLITS = ("train", "validation", "test")
@@ -105,7 +105,7 @@ def prepare_splits(
             state = "cached" if split.reused else "tokenized"
         else:
             check_prepared(f"data.{name}", location, manifest, model_dir, label_names)
-            _check_task(f"data.{name}", location, manifest.task, job.model.task)
+            _check_task(f"data.{name}", location, manifest, job)
             if not is_remote_uri(location):  # workers run in other directories
                 location = str(Path(location).expanduser().resolve())
             state = "prepared"
@@ -140,11 +140,22 @@ def causal_format(job: JobConfig) -> CausalFormat | None:
     )
 
 
-def _check_task(field: str, location: str, prepared_task: str, task: str) -> None:
-    if prepared_task != task:
+def _check_task(field: str, location: str, manifest: ShardManifest, job: JobConfig) -> None:
+    """A prepared split must be of this task and, for causal-lm, of data.format and data.packing."""
+    if manifest.task != job.model.task:
         raise UserError(
-            f"{field}: {location} was prepared for {prepared_task}, but model.task is {task}; "
-            "prepare it again for this task"
+            f"{field}: {location} was prepared for {manifest.task}, but model.task is "
+            f"{job.model.task}; prepare it again for this task"
+        )
+    d = job.data
+    if job.model.is_causal_lm() and (manifest.data_format, manifest.packing) != (
+        d.format,
+        d.packing,
+    ):
+        raise UserError(
+            f"{field}: {location} was prepared with format {manifest.data_format}, packing "
+            f"{str(manifest.packing).lower()}, but data.format is {d.format} and data.packing is "
+            f"{str(d.packing).lower()}; prepare it again (ftlaunch prepare --format ... --packing)"
         )
 
 

@@ -70,7 +70,9 @@ def evaluate_causal(engine, split: CausalSplit, batch_size: int) -> CausalEvalRe
     totals = torch.zeros(3, dtype=torch.float64)  # nll sum, scored tokens, rows
     for batch in split.iter_batches(split.epoch_batches(0, 0, world, rank, batch_size, False)):
         nll, count = token_nll(engine(**batch.model_inputs(engine.device)).logits, batch.labels)
-        totals += torch.tensor([float(nll), float(count), float(batch.num_samples())], dtype=torch.float64)
+        totals += torch.tensor(
+            [float(nll), float(count), float(batch.num_samples())], dtype=torch.float64
+        )
     engine.module.train(was_training)
     dist.all_reduce(totals)
     nll, count, rows = totals.tolist()
@@ -78,7 +80,9 @@ def evaluate_causal(engine, split: CausalSplit, batch_size: int) -> CausalEvalRe
 
 
 @torch.no_grad()
-def generate_samples(engine, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None) -> list[list[int]]:
+def generate_samples(
+    engine, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None
+) -> list[list[int]]:
     """Greedy continuations, one prompt at a time (no padding to get wrong). Every rank runs the
     same prompts: under ZeRO-3 each forward gathers parameters collectively, and identical weights
     plus greedy decoding give every rank the same number of forwards."""

@@ -86,10 +86,14 @@ def _rank_of(path: Path) -> int:
 
 
 def export_names(
-    tensors: dict[str, tuple[torch.Size, Producer]], lora_scaling: float
+    tensors: dict[str, tuple[torch.Size, Producer]],
+    lora_scaling: float,
+    transposed: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Size, Producer]]:
     """Map a (possibly LoRA-wrapped) state dict to plain transformers names, folding LoRA in:
-    W' = W + scaling * B @ A; the head saved by peft's modules_to_save replaces the original."""
+    W' = W + scaling * B @ A; the head saved by peft's modules_to_save replaces the original.
+    Modules named in `transposed` store their weight (in, out), like GPT-2's Conv1D, so there
+    the delta is (B @ A)^T (peft's fan_in_fan_out); shapes alone cannot tell for square weights."""
     for name, (shape, produce) in tensors.items():
         if ".lora_" in name or ".original_module." in name:
             continue
@@ -99,15 +103,31 @@ def export_names(
         lora_a = f"{prefix}.lora_A.default.weight" if prefix else None
         if lora_a in tensors and name.endswith(".weight"):
             a, b = tensors[lora_a][1], tensors[f"{prefix}.lora_B.default.weight"][1]
-            yield plain, shape, lambda w=produce, a=a, b=b, s=shape: w() + lora_scaling * _delta(b(), a(), s)
-
-
-def _delta(b: torch.Tensor, a: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """B @ A, transposed for layers stored (in, out) such as GPT-2's Conv1D (peft fan_in_fan_out)."""
-    delta = b @ a
-    return delta if delta.shape == shape or delta.T.shape != shape else delta.T
+            flip = plain.removesuffix(".weight") in transposed
+            yield (
+                plain,
+                shape,
+                lambda w=produce, a=a, b=b, t=flip: w() + lora_scaling * _delta(b, a, t),
+            )
         else:
             yield plain, shape, produce
+
+
+def _delta(b: Producer, a: Producer, transpose: bool) -> torch.Tensor:
+    delta = b() @ a()
+    return delta.T if transpose else delta
+
+
+def conv1d_modules(model_dir: str, causal: bool) -> frozenset[str]:
+    """Names of the modules that store weights (in, out) (transformers' Conv1D), found on an
+    empty meta-device copy of the architecture (no weights are read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = auto.from_config(AutoConfig.from_pretrained(model_dir))
+    return frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
 
 
 def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]]) -> int:
@@ -151,7 +171,10 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     spec = RunSpec.model_validate(manifest["state"]["spec"])
     peft = spec.job.peft
     scaling = peft.alpha / peft.r if peft.method == "lora" else 0.0
-    entries = list(export_names(checkpoint_tensors(checkpoint_dir / DS_TAG), scaling))
+    transposed = (
+        conv1d_modules(spec.model_dir, spec.job.model.is_causal_lm()) if scaling else frozenset()
+    )
+    entries = list(export_names(checkpoint_tensors(checkpoint_dir / DS_TAG), scaling, transposed))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", entries)
     labels = spec.label_names

@@ -41,7 +41,9 @@ def build_causal_lm(model_dir: str | Path, peft: PeftConfig) -> torch.nn.Module:
     return apply_peft(model, peft, task_type="CAUSAL_LM") if peft.method != "none" else model
 
 
-def apply_peft(model: PreTrainedModel, peft: PeftConfig, task_type: str = "SEQ_CLS") -> torch.nn.Module:
+def apply_peft(
+    model: PreTrainedModel, peft: PeftConfig, task_type: str = "SEQ_CLS"
+) -> torch.nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(

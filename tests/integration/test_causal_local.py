@@ -92,7 +92,9 @@ def test_packed_and_unpacked_rows_give_the_same_loss_and_gradients(
 
 
 @pytest.mark.timeout(120)
-def test_masked_tokens_contribute_no_gradient(tmp_path: Path, causal_models: dict[str, Path]) -> None:
+def test_masked_tokens_contribute_no_gradient(
+    tmp_path: Path, causal_models: dict[str, Path]
+) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -167,7 +169,7 @@ def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
     from trainer.config import JobConfig
     from trainer.config.spec import RunSpec
 
-    model_dir = causal_models["llama"]
+    model_dir = causal_models["gpt2"]  # tied input/output embeddings: the ZeRO-3 save path
     data = make_causal_dataset(tmp_path / "data", "text", n_train=128)
     dirs = {k: str(_prepare(p, model_dir, "text", True, tmp_path / "c")) for k, p in data.items()}
     job = JobConfig.model_validate(
@@ -175,7 +177,7 @@ def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
             "model": {"path": str(model_dir), "task": "causal-lm"},
             "data": {k: str(p) for k, p in data.items()} | {"max_length": 64, "packing": True},
             "training": {
-                "epochs": 6,
+                "epochs": 3,
                 "micro_batch_size": 4,
                 "eval_every": 6,
                 "log_every": 3,
@@ -183,7 +185,7 @@ def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
                 "generate_max_new_tokens": 8,
             },
             "optim": {"lr": 0.01, "warmup_ratio": 0.0},
-            "engine": {"zero_stage": 2},
+            "engine": {"zero_stage": 3},
         }
     )
     spec = RunSpec(job=job, model_dir=str(model_dir), split_dirs=dirs, label_names=[], run_id="c")
@@ -193,7 +195,9 @@ def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval"]
     summary = next(r for r in records if r["event"] == "summary")
-    assert len(evals) >= 3 and evals[-1]["val_loss"] < 0.6 * evals[0]["val_loss"]
+    losses = [r["val_loss"] for r in evals]
+    assert len(losses) >= 3 and losses == sorted(losses, reverse=True)
+    assert losses[-1] < 0.8 * losses[0]
     assert summary["best_validation"]["val_perplexity"] == pytest.approx(
         np.exp(summary["best_validation"]["val_loss"])
     )
