@@ -122,6 +122,7 @@ def main() -> None:
                 model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
                 optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
                 result = timed_pass(model, optimizer, split, args.micro_batch)
+                print(f"  pass {name}: {result[0]:.2f} s, {result[1]:,} useful tokens", flush=True)
                 if name not in best or result[0] < best[name][0]:
                     best[name] = result
     rates = {}

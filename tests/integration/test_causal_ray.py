@@ -29,11 +29,7 @@ def _greedy(model_dir: Path, prompt: str, new_tokens: int = 8) -> list[int]:
 
 
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize(
-    "overrides",
-    [["engine.zero_stage=3", "peft.method=lora", "peft.target_modules=[c_attn, c_proj, c_fc]"]],
-    ids=["lora-zero3"],
-)
+@pytest.mark.parametrize("overrides", [["engine.zero_stage=3"]], ids=["zero3"])
 def test_cli_trains_gpt2_on_chat_and_the_export_generates(
     tmp_path: Path, ray_head: dict[str, str], overrides: list[str]
 ) -> None:
@@ -49,7 +45,7 @@ name: tiny-causal
 model: {{path: {model}, task: causal-lm}}
 data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]},
         format: chat, packing: true, max_length: 96, cache_dir: {tmp_path / "cache"}}}
-optim: {{lr: 0.05, warmup_ratio: 0.0}}
+optim: {{lr: 0.02, warmup_ratio: 0.0}}
 training: {{epochs: 4, micro_batch_size: 4, log_every: 4, eval_every: 8,
             checkpoint_every: 32, generate_samples: 2, generate_max_new_tokens: 6}}
 cluster: {{num_workers: 2}}
@@ -67,12 +63,9 @@ output: {{dir: {out}}}
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval"]
     assert summary["task"] == "causal-lm" and summary["data_format"] == "chat"
-    assert summary["world_size"] == 2 and summary["peft_method"] == "lora"
-    # LoRA on a randomly initialised model with frozen, tied embeddings learns slowly (full
-    # fine-tuning is checked for a large drop in test_causal_local.py): strictly down here.
+    assert summary["world_size"] == 2 and summary["zero_stage"] == 3
     losses = [r["val_loss"] for r in evals]
-    assert len(losses) == 4 and all(b < a for a, b in zip(losses, losses[1:], strict=False))
-    assert losses[-1] < losses[0] - 0.05
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0]
     assert summary["test"]["perplexity"] < evals[0]["val_perplexity"]
     assert (out / "samples" / f"step-{evals[0]['step']}.jsonl").is_file()
 
@@ -83,7 +76,6 @@ output: {{dir: {out}}}
         load_file(str(tmp_path / "exported" / "model.safetensors")),
         load_file(str(out / "model" / "model.safetensors")),
     )
-    assert not any("lora" in name for name in ours)
     import torch
 
     for name, tensor in saved.items():

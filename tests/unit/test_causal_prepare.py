@@ -134,3 +134,26 @@ def test_bad_causal_inputs_are_one_line_each(tmp_path: Path, tokenizer_dir: Path
         ftlaunch("run", str(_job(tmp_path, tokenizer_dir, good, "prompt-completion"))),
         "has no column 'prompt'",
     )
+
+
+def test_prepare_cli_writes_causal_shards_that_run_checks_against_the_job(
+    tmp_path: Path, tokenizer_dir: Path
+) -> None:
+    data = write_jsonl(tmp_path / "chat.jsonl", causal_chat_rows(6, 0))
+    out = tmp_path / "prepared"
+    args = ["prepare", str(data), "--tokenizer", str(tokenizer_dir), "--out", str(out)]
+    done = ftlaunch(*args, "--format", "chat", "--packing", "--max-length", "96")
+    assert done.returncode == 0, done.stderr
+    assert "6 chat examples" in done.stdout and "packing efficiency" in done.stdout
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert (manifest["task"], manifest["data_format"], manifest["packing"]) == (
+        "causal-lm",
+        "chat",
+        True,
+    )
+    assert_user_error(ftlaunch(*args, "--format", "poem"), "--format: must be one of")
+    # A job that asks for unpacked chat refuses the packed split before any worker starts.
+    job = _job(tmp_path, tokenizer_dir, out, "chat", max_length=96)
+    assert_user_error(
+        ftlaunch("run", str(job)), "was prepared with format chat, packing true", "data.packing"
+    )
