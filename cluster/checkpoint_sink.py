@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,22 @@ from trainer.config.checkpoints import CorruptCheckpointError
 
 class RayCheckpointSink:
     def __init__(
-        self, collector: ray.actor.ActorHandle, on_head: bool, run_id: str, resume_tag: str | None
+        self,
+        collector: ray.actor.ActorHandle,
+        on_head: bool,
+        run_id: str,
+        resume_tag: str | None,
+        rank: int,
     ) -> None:
         self._collector = collector
         self._files = CollectorSink(collector)
         self.on_head = on_head
         self._run_id = run_id
         self._resume_tag = resume_tag
+        self._rank = rank
         self._scratch: list[Path] = []
+        self._delivery: threading.Thread | None = None
+        self._delivery_error: BaseException | None = None
 
     def local_dir(self, tag: str) -> Path:
         if self.on_head:
@@ -36,18 +46,48 @@ class RayCheckpointSink:
         self._scratch.append(scratch)
         return scratch
 
-    def upload(self, tag: str, local_dir: Path) -> None:
+    def submit(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        """Ranks on the head wrote straight into the head's staging: just say so. Ranks elsewhere
+        stream their files in a background thread, one checkpoint at a time, so training goes on
+        while the bytes travel (the previous delivery is finished first: bounded disk use)."""
+        self._finish_delivery()
+        if state is not None:
+            state = state | {"run_id": self._run_id}
         if self.on_head:
+            self._collector.checkpoint_submitted.remote(tag, self._rank, state)
             return
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            name = path.relative_to(local_dir).as_posix()
-            self._files.stream_file(
-                path, ray.get(self._collector.begin_checkpoint_file.remote(tag, name))
-            )
-        shutil.rmtree(local_dir, ignore_errors=True)
+        self._delivery = threading.Thread(
+            target=self._deliver, args=(tag, local_dir, state), name="ftlaunch-ckpt", daemon=True
+        )
+        self._delivery.start()
 
-    def commit(self, tag: str, state: dict[str, Any]) -> None:
-        ray.get(self._collector.checkpoint_commit.remote(tag, state | {"run_id": self._run_id}))
+    def wait_committed(self, tag: str, timeout_s: float) -> None:
+        self._finish_delivery()
+        deadline = time.monotonic() + timeout_s
+        while not ray.get(self._collector.checkpoint_is_committed.remote(tag)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{tag}: not committed on the head within {timeout_s:.0f}s")
+            time.sleep(0.05)
+
+    def _deliver(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        try:
+            for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+                name = path.relative_to(local_dir).as_posix()
+                handle = ray.get(self._collector.begin_checkpoint_file.remote(tag, name))
+                self._files.stream_file(path, handle)
+            ray.get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+        except BaseException as exc:  # re-raised in the training thread at the next save
+            self._delivery_error = exc
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _finish_delivery(self) -> None:
+        if self._delivery is not None:
+            self._delivery.join()
+            self._delivery = None
+        if self._delivery_error is not None:
+            error, self._delivery_error = self._delivery_error, None
+            raise RuntimeError(f"checkpoint delivery to the head failed: {error}") from error
 
     def latest(self) -> str | None:
         """After a restart, this run's newest checkpoint; otherwise the one `--resume` chose."""
@@ -65,6 +105,7 @@ class RayCheckpointSink:
         return scratch
 
     def cleanup(self) -> None:
+        self._finish_delivery()
         for scratch in self._scratch:
             shutil.rmtree(scratch, ignore_errors=True)
         self._scratch.clear()

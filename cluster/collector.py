@@ -16,17 +16,28 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 
+from cluster.mlflow_logger import MlflowLogger
 from trainer.config.checkpoints import CheckpointStore
+from trainer.config.step_metrics import StragglerDetector, summarize_window
 
 CHUNK_BYTES = 4 << 20
+# Chunks sent but not yet written on the head: bounds memory to MAX_IN_FLIGHT x CHUNK_BYTES.
+MAX_IN_FLIGHT = 4
 
 
 class RunCollector:
     """Plain class (tested without Ray); `collector_actor()` wraps it as a pinned Ray actor."""
 
-    def __init__(self, run_dir: str, checkpoint_dir: str | None = None, keep_last: int = 2) -> None:
+    def __init__(
+        self,
+        run_dir: str,
+        checkpoint_dir: str | None = None,
+        keep_last: int = 2,
+        mlflow_run: tuple[str, str] | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._metrics = (self.run_dir / "metrics.jsonl").open("a")
@@ -36,20 +47,37 @@ class RunCollector:
             checkpoint_dir or self.run_dir / "checkpoints", keep_last
         )
         self._verified: dict[str, dict[str, Any]] = {}
+        # checkpoint files received from remote ranks: handle -> (tag, name), tag -> name -> sha
+        self._checkpoint_files: dict[str, tuple[str, str]] = {}
+        self._received: dict[str, dict[str, str]] = {}
+        # checkpoints waiting for ranks: tag -> (ranks that delivered, rank 0's state)
+        self._submitted: dict[str, tuple[set[int], dict[str, Any]]] = {}
+        self._committed: set[str] = set()
         self._tensorboard: Any = None
         self._stop_requested = False
         self._preempted_tag: str | None = None
         self.starts = 0
+        self._stragglers = StragglerDetector()
+        self._mlflow = MlflowLogger(*mlflow_run) if mlflow_run else None
 
     def report(self, record: dict[str, Any]) -> None:
         if record.get("event") == "preempted":
             self._preempted_tag = record.get("tag")
         if record.get("event") == "start":
             self.starts += 1
-            record = record | {"attempt": self.starts}
+            self._stragglers.reset()  # a restarted worker group starts a fresh comparison
+            # A save interrupted by a crash must not leak stale files into this attempt's
+            # save of the same step; nothing of this attempt is being saved yet.
+            discarded = self.checkpoints.discard_incomplete()
+            self._received.clear()
+            self._submitted.clear()
+            record = record | {"attempt": self.starts, "discarded_partial": discarded}
+        record = summarize_window(record, self._stragglers)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
         self._write_scalars(record)
+        if self._mlflow is not None:
+            self._mlflow.log(record)
         self._pending.append(record)
 
     def _write_scalars(self, record: dict[str, Any]) -> None:
@@ -93,14 +121,39 @@ class RunCollector:
         return self._begin(self._target(self.run_dir, name))
 
     def begin_checkpoint_file(self, tag: str, name: str) -> str:
-        return self._begin(self._target(self.checkpoints.staging_dir(tag), name))
+        handle = self._begin(self._target(self.checkpoints.staging_dir(tag), name))
+        self._checkpoint_files[handle] = (tag, name)
+        return handle
 
     def checkpoint_staging(self, tag: str) -> str:
         """Where ranks on the head node write their part of checkpoint `tag` directly."""
         return str(self.checkpoints.staging_dir(tag))
 
-    def checkpoint_commit(self, tag: str, state: dict[str, Any]) -> str:
-        return str(self.checkpoints.commit(tag, state))
+    def checkpoint_submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> None:
+        """Rank `rank`'s files of `tag` are all here; commit once every rank's are (rank 0 brings
+        the state, which says how many ranks there are)."""
+        ranks, known_state = self._submitted.setdefault(tag, (set(), {}))
+        ranks.add(rank)
+        if state is not None:
+            known_state.update(state)
+        if not known_state or len(ranks) < known_state["world_size"]:
+            return
+        started = time.perf_counter()
+        self.checkpoints.commit(tag, known_state, self._received.pop(tag, {}))
+        del self._submitted[tag]
+        self._committed.add(tag)
+        commit_s = time.perf_counter() - started
+        self.report(
+            {
+                "event": "committed",
+                "tag": tag,
+                "step": known_state.get("step"),
+                "commit_s": commit_s,
+            }
+        )
+
+    def checkpoint_is_committed(self, tag: str) -> bool:
+        return tag in self._committed
 
     def checkpoint_latest(self, run_id: str) -> str | None:
         """The newest complete checkpoint this run wrote (after a restart), if any."""
@@ -143,8 +196,14 @@ class RunCollector:
             partial.unlink(missing_ok=True)
             raise OSError(f"{target}: transfer corrupted (sha256 mismatch)")
         os.replace(partial, target)
+        if handle in self._checkpoint_files:
+            tag, name = self._checkpoint_files.pop(handle)
+            self._received.setdefault(tag, {})[name] = sha256
 
-    def close(self) -> None:
+    def close(self, status: str = "FINISHED") -> None:
+        """End of the run; `status` is MLflow's: FINISHED, FAILED or KILLED (preempted)."""
+        if self._mlflow is not None:
+            self._mlflow.finish(status)
         self._metrics.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -157,7 +216,9 @@ class RunCollector:
         return target
 
 
-def collector_actor(run_dir: Path, checkpoint_dir: Path, keep_last: int) -> ray.actor.ActorHandle:
+def collector_actor(
+    run_dir: Path, checkpoint_dir: Path, keep_last: int, mlflow_run: tuple[str, str] | None
+) -> ray.actor.ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -165,7 +226,7 @@ def collector_actor(run_dir: Path, checkpoint_dir: Path, keep_last: int) -> ray.
     actor_cls = ray.remote(num_cpus=0, max_concurrency=1)(RunCollector)
     return actor_cls.options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    ).remote(str(run_dir), str(checkpoint_dir), keep_last)
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run)
 
 
 class CollectorReporter:
@@ -204,7 +265,7 @@ class CollectorStopSignal:
 class CollectorSink:
     """Worker-side ArtifactSink: streams files to the head in CHUNK_BYTES pieces.
 
-    At most two chunks are in flight, so neither side ever holds a whole file in memory.
+    At most MAX_IN_FLIGHT chunks are in flight, so neither side holds a whole file in memory.
     """
 
     def __init__(self, collector: ray.actor.ActorHandle, chunk_bytes: int = CHUNK_BYTES) -> None:
@@ -222,10 +283,17 @@ class CollectorSink:
         digest = hashlib.sha256()
         in_flight: list[ray.ObjectRef] = []
         with local_file.open("rb") as fh:
-            while chunk := fh.read(self._chunk_bytes):
-                digest.update(chunk)
+            while True:
+                chunk = np.empty(self._chunk_bytes, dtype=np.uint8)
+                size = fh.readinto(memoryview(chunk))
+                if not size:
+                    break
+                chunk = chunk[:size]
+                # A numpy array travels through the object store once and the collector reads it
+                # in place (zero-copy); bytes would be copied again on the receiving side.
                 in_flight.append(self._collector.write_chunk.remote(handle, chunk))
-                if len(in_flight) >= 2:
+                digest.update(chunk)  # releases the GIL: overlaps with Ray's send
+                if len(in_flight) >= MAX_IN_FLIGHT:
                     ray.get(in_flight.pop(0))
         ray.get(in_flight)
         ray.get(self._collector.end_file.remote(handle, digest.hexdigest()))

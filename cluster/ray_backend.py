@@ -19,6 +19,7 @@ from typing import Any
 import ray
 
 from cluster.collector import collector_actor
+from cluster.mlflow_logger import MlflowUnavailable, start_mlflow_run
 from cluster.resources import placement_problem
 from cluster.shard_server import shard_server_actor
 from cluster.worker_entry import train_worker
@@ -117,7 +118,9 @@ class RayBackend:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         self.check_placement()
-        collector = collector_actor(run_dir, checkpoint_dir, spec.job.output.keep_last)
+        collector = collector_actor(
+            run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
+        )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
         trainer = TorchTrainer(
@@ -153,8 +156,9 @@ class RayBackend:
                 on_progress(_poll(collector))
         on_progress(_poll(collector))
         if stop.requested_at is not None:
+            ray.get(collector.close.remote("KILLED"), timeout=30)
             raise Preempted(committed=ray.get(collector.preempted_tag.remote(), timeout=10))
-        ray.get(collector.close.remote())
+        ray.get(collector.close.remote("FAILED" if "error" in outcome else "FINISHED"))
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
         restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
@@ -194,6 +198,23 @@ class _StopOnSigterm:
         return (
             self.requested_at is not None and time.monotonic() - self.requested_at > self._grace_s
         )
+
+
+def _mlflow_run(spec: RunSpec) -> tuple[str, str] | None:
+    """Start the MLflow run before any worker does, so a bad URI costs seconds, not a run."""
+    output = spec.job.output
+    if output.mlflow_uri is None:
+        return None
+    try:
+        run_id = start_mlflow_run(
+            output.mlflow_uri,
+            output.mlflow_experiment or spec.job.name,
+            spec.run_id,
+            spec.job.model_dump(mode="json"),
+        )
+    except MlflowUnavailable as exc:
+        raise ClusterError(str(exc)) from exc
+    return output.mlflow_uri, run_id
 
 
 def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+import ray.train
 
 from cluster.checkpoint_sink import RayCheckpointSink
 from cluster.collector import CollectorReporter, CollectorSink, CollectorStopSignal
@@ -25,7 +26,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     collector = loop_config["collector"]
     open_store = store_opener(loop_config["shard_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
-    checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag)
+    rank = ray.train.get_context().get_world_rank()
+    checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag, rank)
     run_task(
         spec,
         CollectorReporter(collector),

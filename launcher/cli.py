@@ -46,6 +46,14 @@ def run(
         bool,
         typer.Option("--resume", help="Continue from the newest complete checkpoint on the head."),
     ] = False,
+    resume_fallback: Annotated[
+        bool,
+        typer.Option(
+            "--resume-fallback",
+            help="Like --resume, but if the newest checkpoint fails verification, use the newest "
+            "older one that passes (the corrupted one is kept, not deleted).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
     from cluster.ray_backend import ClusterError, Preempted, TrainingFailed
@@ -53,7 +61,9 @@ def run(
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        run_from_file(config, set_ or [], address, console, resume=resume)
+        run_from_file(
+            config, set_ or [], address, console, resume=resume, resume_fallback=resume_fallback
+        )
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     except ClusterError as exc:

@@ -47,6 +47,13 @@ def overview(records: list[dict[str, Any]]) -> Table:
         table.add_row("last step", str(last["step"]))
         table.add_row("loss (first -> last)", f"{train[0]['loss']:.4f} -> {last['loss']:.4f}")
         table.add_row("samples/s (last)", f"{last['samples_per_s']:.1f}")
+        timed = [r for r in train if "step_time_p99_s" in r]
+        if timed:
+            p99 = max(r["step_time_p99_s"] for r in timed)
+            mean = sum(r["step_time_mean_s"] for r in timed) / len(timed)
+            table.add_row("step time mean / worst p99", f"{mean:.3f} s / {p99:.3f} s")
+            stragglers = sorted({r["straggler"] for r in timed if r.get("straggler") is not None})
+            table.add_row("stragglers", ", ".join(f"rank {r}" for r in stragglers) or "none")
     if evals and "val_accuracy" in evals[0]:
         best = max(evals, key=lambda r: r["val_accuracy"])
         table.add_row("best val_accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})")

@@ -25,6 +25,7 @@ class RunDisplay:
             transient=False,
         )
         self._task = self._progress.add_task("starting workers", total=None, stats="")
+        self._warned_stragglers: set[int] = set()
 
     def __enter__(self) -> RunDisplay:
         self._progress.start()
@@ -47,14 +48,30 @@ class RunDisplay:
                     f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_")
                 )  # accuracy/F1 for classification, perplexity for causal-lm
                 self._progress.console.print(f"eval @ step {record['step']}: {values}")
+            elif event == "train" and record.get("straggler") is not None:
+                self._warn_straggler(record)
         train = self.latest.get("train")
         if train:
             stats = self._stats(train, self.latest.get("eval"))
             self._progress.update(self._task, completed=train["step"], stats=stats)
 
+    def _warn_straggler(self, record: dict[str, Any]) -> None:
+        """Once per straggling rank: which rank, and how much slower than the others."""
+        rank = record["straggler"]
+        if rank in self._warned_stragglers:
+            return
+        self._warned_stragglers.add(rank)
+        busy = record.get("rank_busy_s") or []
+        detail = f" (busy {busy[rank]:.2f}s vs {min(busy):.2f}s per window)" if busy else ""
+        self._progress.console.print(
+            f"warning: rank {rank} is a straggler{detail}; every rank waits for it"
+        )
+
     @staticmethod
     def _stats(train: dict[str, Any], evaluation: dict[str, Any] | None) -> str:
         text = f"loss {train['loss']:.4f}  {train['samples_per_s']:.1f} samples/s  {train['tokens_per_s']:.0f} tok/s"
+        if "step_time_p99_s" in train:
+            text += f"  step {train['step_time_mean_s']:.2f}s (p99 {train['step_time_p99_s']:.2f}s)"
         if evaluation and "val_accuracy" in evaluation:
             text += f"  val_acc {evaluation['val_accuracy']:.4f}"
         elif evaluation:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from launcher.errors import UserError
@@ -37,37 +38,54 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
 
 
 def choose_resume_tag(
-    output_dir: Path, resume: bool, fingerprint: str, keep_last: int
+    output_dir: Path,
+    resume: bool,
+    fingerprint: str,
+    keep_last: int,
+    fallback: bool = False,
+    warn: Callable[[str], None] = print,
 ) -> str | None:
     """The checkpoint tag to start from (None: fresh start).
+
+    The newest complete checkpoint is verified file by file. If it is corrupted, the run is refused
+    unless `fallback` is set; then older complete checkpoints are tried, newest first, and each
+    one skipped is named through `warn`. Corrupted checkpoints are left in place (never deleted).
 
     Raises:
         UserError: a fresh start over existing checkpoints, nothing to resume, or a checkpoint that
             does not fit this job or fails its checksums.
     """
     store = CheckpointStore(output_dir / CHECKPOINT_DIR, keep_last)
-    latest = store.latest() if store.root.is_dir() else None
+    complete = store.complete() if store.root.is_dir() else []
     if not resume:
-        if latest:
+        if complete:
             raise UserError(
-                f"output.dir: {store.root} holds checkpoints of an earlier run ({latest[0]}); "
+                f"output.dir: {store.root} holds checkpoints of an earlier run ({complete[-1][0]}); "
                 "pass --resume to continue it, or choose another output.dir"
             )
         return None
-    if latest is None:
+    if not complete:
         raise UserError(f"--resume: no complete checkpoint in {store.root}")
-    tag, manifest = latest
+    for tag, manifest in reversed(complete):
+        _check_fingerprint(store.root / tag, manifest, fingerprint)
+        try:
+            store.verify(tag)
+            return tag
+        except CorruptCheckpointError as exc:
+            if not fallback:
+                raise UserError(
+                    f"--resume: {exc}; pass --resume-fallback to start from the newest older "
+                    "checkpoint that verifies, or delete that checkpoint directory"
+                ) from None
+            warn(f"warning: skipping {tag}: {exc}")
+    raise UserError(f"--resume-fallback: no checkpoint in {store.root} passes verification")
+
+
+def _check_fingerprint(path: Path, manifest: dict, fingerprint: str) -> None:
     written_for = manifest["state"].get("config_fingerprint")
     if written_for != fingerprint:
         raise UserError(
-            f"--resume: {store.root / tag} was written by a different model or incompatible config "
+            f"--resume: {path} was written by a different model or incompatible config "
             f"(fingerprint {written_for} != {fingerprint}: model, peft, zero_stage, num_workers, "
             "batch sizes, seed and labels must match)"
         )
-    try:
-        store.verify(tag)
-    except CorruptCheckpointError as exc:
-        raise UserError(
-            f"--resume: {exc}; delete that checkpoint directory to fall back to an older one"
-        ) from None
-    return tag

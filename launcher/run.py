@@ -32,6 +32,7 @@ def run_from_file(
     address: str | None,
     console: Console,
     resume: bool = False,
+    resume_fallback: bool = False,
 ) -> dict[str, Any]:
     """Everything `ftlaunch run` does; returns the summary.
 
@@ -52,7 +53,14 @@ def run_from_file(
     run_id = new_run_id(job.name)
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     fingerprint = config_fingerprint(job, label_names)
-    resume_tag = choose_resume_tag(output_dir, resume, fingerprint, job.output.keep_last)
+    resume_tag = choose_resume_tag(
+        output_dir,
+        resume or resume_fallback,
+        fingerprint,
+        job.output.keep_last,
+        fallback=resume_fallback,
+        warn=Console(stderr=True, highlight=False, soft_wrap=True).print,
+    )
     if resume_tag:
         console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
     spec = RunSpec(

@@ -25,7 +25,6 @@ from trainer.data import TimedIterator
 from trainer.engine import build_engine, consolidated_state_dict
 from trainer.export import save_causal_lm
 from trainer.loop import (
-    StepWindow,
     TrainProgress,
     _all_agree,
     _checkpoint,
@@ -37,6 +36,7 @@ from trainer.loop import (
 )
 from trainer.model import build_causal_lm, count_parameters
 from trainer.protocols import ArtifactSink, CheckpointSink, Reporter, StopSignal
+from trainer.rank_window import RankWindow
 from trainer.shards import ShardStore, open_store
 from trainer.snapshot import capture_weights, restore_weights
 
@@ -106,7 +106,7 @@ def run_causal_lm(
             reporter.report({"event": "resumed", "tag": resume_tag, "step": progress.step})
 
     # --- train with periodic validation, early stopping and checkpoints
-    window = StepWindow(t.grad_accum)
+    window = RankWindow(t.log_every)
     slots = torch.zeros(2, dtype=torch.float64)  # real tokens, computed positions (this process)
     micro_in_epoch = steps_per_epoch * t.grad_accum
     while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
@@ -123,12 +123,13 @@ def run_causal_lm(
             train_split.iter_batches(batches[: micro_in_epoch - progress.micro_steps_in_epoch])
         )
         for batch in stream:
-            window.data_wait_s += stream.wait_s
-            stream.wait_s = 0.0
+            forward_started = time.perf_counter()
             loss, _ = batch_loss(engine, batch)
+            forward_s = time.perf_counter() - forward_started
             engine.backward(loss)
             engine.step()
-            window.add(loss.item(), batch)
+            window.add_micro(loss.item(), batch, stream.wait_s, forward_s)
+            stream.wait_s = 0.0
             slots += torch.tensor([batch.num_tokens(), batch.num_slots()], dtype=torch.float64)
             if t.record_sample_ids:
                 _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
@@ -137,6 +138,8 @@ def run_causal_lm(
             if progress.micro_steps_in_epoch % t.grad_accum:
                 continue
             progress.step += 1
+            window.end_step()
+            paused_at = time.perf_counter()
             epoch_float = progress.epoch + progress.micro_steps_in_epoch / micro_per_epoch
             if progress.step % t.log_every == 0 or progress.step == total_steps:
                 record = {"event": "train", "step": progress.step, "epoch": round(epoch_float, 4)}
@@ -171,6 +174,7 @@ def run_causal_lm(
                 return {"preempted": True, "step": progress.step, "tag": tag}
             if progress.stopped_early or _is_finished(progress, total_steps):
                 break
+            window.exclude_pause(paused_at)
         if progress.stopped_early:
             break
         progress.epoch += 1

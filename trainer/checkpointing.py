@@ -60,7 +60,12 @@ def save_checkpoint(
     sink: CheckpointSink,
     state: dict[str, Any],
 ) -> float:
-    """Collective: every rank saves its part, then rank 0 commits. Returns seconds blocked."""
+    """Every rank saves its part locally and submits it; returns the seconds training was blocked.
+
+    The transfer to the head and the atomic commit happen off the critical path (the head commits
+    when all ranks' files have arrived); callers that need the checkpoint committed before going
+    on (preemption, the end of training) call `sink.wait_committed(tag, ...)`.
+    """
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
@@ -75,11 +80,7 @@ def save_checkpoint(
             for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
         ]
         torch.save(flat, local / f"best_rank{rank}.pt")
-    sink.upload(tag, local)
-    dist.barrier()  # every rank's files are on the head before rank 0 commits
-    if rank == 0:
-        sink.commit(tag, state)
-    dist.barrier()  # nobody runs ahead of a checkpoint that is not committed yet
+    sink.submit(tag, local, state if rank == 0 else None)
     return time.perf_counter() - started
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config.checkpoints import CheckpointStore
+from trainer.config.step_metrics import StragglerDetector, summarize_window
 
 
 class JsonlReporter:
@@ -17,9 +16,11 @@ class JsonlReporter:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.records: list[dict[str, Any]] = []
+        self._stragglers = StragglerDetector()
         path.parent.mkdir(parents=True, exist_ok=True)
 
     def report(self, record: dict[str, Any]) -> None:
+        record = summarize_window(record, self._stragglers)
         self.records.append(record)
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
@@ -37,30 +38,3 @@ class DirectorySink:
     def put_file(self, local_file: Path, name: str) -> None:
         (self.run_dir / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(local_file, self.run_dir / name)
-
-
-class LocalCheckpointSink:
-    """Checkpoints in a local CheckpointStore (every rank on this machine)."""
-
-    def __init__(self, root: Path, keep_last: int = 2, resume_tag: str | None = None) -> None:
-        self.store = CheckpointStore(root, keep_last)
-        self._resume_tag = resume_tag
-
-    def local_dir(self, tag: str) -> Path:
-        return self.store.staging_dir(tag)
-
-    def upload(self, tag: str, local_dir: Path) -> None:
-        return None
-
-    def commit(self, tag: str, state: dict[str, Any]) -> None:
-        self.store.commit(tag, state)
-
-    def latest(self) -> str | None:
-        return self._resume_tag
-
-    def fetch(self, tag: str, wanted: Callable[[str], bool]) -> Path:
-        self.store.verify(tag)
-        return self.store.root / tag
-
-    def cleanup(self) -> None:
-        return None

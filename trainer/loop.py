@@ -30,6 +30,7 @@ from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
 from trainer.protocols import ArtifactSink, CheckpointSink, Reporter, StopSignal
+from trainer.rank_window import RankWindow
 from trainer.shards import ShardStore, open_store
 from trainer.snapshot import Snapshot, capture_weights, restore_weights
 
@@ -51,39 +52,6 @@ class TrainProgress:
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON; checkpointing adds the RNG states next to it."""
         return asdict(self)
-
-
-class StepWindow:
-    """Loss and throughput since the last log line, summed over ranks when flushed."""
-
-    def __init__(self, grad_accum: int) -> None:
-        self.grad_accum = grad_accum
-        self.reset()
-
-    def reset(self) -> None:
-        self.loss_sum, self.micro_steps, self.samples, self.tokens = 0.0, 0, 0, 0
-        self.data_wait_s = 0.0
-        self.started = time.perf_counter()
-
-    def add(self, loss: float, batch: Batch) -> None:
-        self.loss_sum += loss
-        self.micro_steps += 1
-        self.samples += batch.num_samples()
-        self.tokens += batch.num_tokens()
-
-    def flush(self) -> dict[str, float]:
-        totals = torch.tensor(
-            [self.loss_sum, self.micro_steps, self.samples, self.tokens], dtype=torch.float64
-        )
-        dist.all_reduce(totals)
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        loss_sum, micro_steps, samples, tokens = totals.tolist()
-        self.reset()
-        return {
-            "loss": loss_sum / max(micro_steps, 1),
-            "samples_per_s": samples / elapsed,
-            "tokens_per_s": tokens / elapsed,
-        }
 
 
 def seed_everything(seed: int) -> None:
@@ -151,7 +119,7 @@ def run_classification(
             reporter.report({"event": "resumed", "tag": resume_tag, "step": progress.step})
 
     # --- train with periodic validation, early stopping and checkpoints
-    window = StepWindow(t.grad_accum)
+    window = RankWindow(t.log_every)
     micro_in_epoch = steps_per_epoch * t.grad_accum
     while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
@@ -166,14 +134,15 @@ def run_classification(
         remaining = batches[: micro_in_epoch - progress.micro_steps_in_epoch]
         stream = TimedIterator(train_split.iter_batches(remaining))
         for batch in stream:
-            window.data_wait_s += stream.wait_s
-            stream.wait_s = 0.0
+            forward_started = time.perf_counter()
             outputs = engine(
                 **batch.model_inputs(engine.device), labels=batch.labels.to(engine.device)
             )
+            forward_s = time.perf_counter() - forward_started
             engine.backward(outputs.loss)
             engine.step()
-            window.add(outputs.loss.item(), batch)
+            window.add_micro(outputs.loss.item(), batch, stream.wait_s, forward_s)
+            stream.wait_s = 0.0
             if t.record_sample_ids:
                 _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
             progress.micro_steps_in_epoch += 1
@@ -181,6 +150,8 @@ def run_classification(
             if progress.micro_steps_in_epoch % t.grad_accum:
                 continue
             progress.step += 1
+            window.end_step()
+            paused_at = time.perf_counter()
             epoch_float = progress.epoch + progress.micro_steps_in_epoch / micro_per_epoch
             if progress.step % t.log_every == 0 or progress.step == total_steps:
                 record = {"event": "train", "step": progress.step, "epoch": round(epoch_float, 4)}
@@ -211,6 +182,7 @@ def run_classification(
                 return {"preempted": True, "step": progress.step, "tag": tag}
             if progress.stopped_early or _is_finished(progress, total_steps):
                 break
+            window.exclude_pause(paused_at)
         if progress.stopped_early:
             break
         progress.epoch += 1
@@ -282,6 +254,8 @@ def _checkpoint(
             "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
         }
         blocked = save_checkpoint(engine, tag, progress.state_dict(), best, checkpoints, state)
+        if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
+            checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
     if dist.get_rank() == 0:
         reporter.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
     return tag

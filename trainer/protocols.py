@@ -30,11 +30,13 @@ class CheckpointSink(Protocol):
     def local_dir(self, tag: str) -> Path:
         """A directory on this node where this rank writes its part of checkpoint `tag`."""
 
-    def upload(self, tag: str, local_dir: Path) -> None:
-        """Deliver this rank's files of `tag` to the head (nothing to do if already there)."""
+    def submit(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        """Hand this rank's files of `tag` to the head and return at once; the delivery may go
+        on in the background. Rank 0 passes the training state. The head commits `tag`
+        atomically once every rank's files have arrived."""
 
-    def commit(self, tag: str, state: dict[str, Any]) -> None:
-        """Rank 0, after every rank uploaded: publish `tag` atomically with its training state."""
+    def wait_committed(self, tag: str, timeout_s: float) -> None:
+        """Block until this rank's deliveries are done and `tag` is committed on the head."""
 
     def latest(self) -> str | None:
         """The checkpoint to resume from, if any."""

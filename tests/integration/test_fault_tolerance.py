@@ -53,17 +53,36 @@ def launch(job: Path, args: list[str]) -> subprocess.Popen[str]:
     )
 
 
-def train_workers(started_after: float) -> list[int]:
-    """PIDs of Ray Train worker processes of the run launched at `started_after` (not leftovers)."""
+def train_workers(launcher_pid: int) -> list[int]:
+    """PIDs of the Ray Train worker processes under this launcher (its embedded Ray), oldest
+    first; other Ray clusters on the machine are not ours to touch."""
     import psutil
 
-    out = subprocess.run(["pgrep", "-f", "RayTrainWorker"], capture_output=True, text=True)
-    pids = [int(pid) for pid in out.stdout.split()]
-    return [
-        pid
-        for pid in pids
-        if psutil.pid_exists(pid) and psutil.Process(pid).create_time() >= started_after
-    ]
+    try:
+        descendants = psutil.Process(launcher_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    workers = []
+    for process in descendants:
+        try:
+            if "RayTrainWorker" in " ".join(process.cmdline()):
+                workers.append(process)
+        except psutil.Error:
+            continue
+    return [w.pid for w in sorted(workers, key=lambda w: w.create_time())]
+
+
+def all_gone(pids: list[int]) -> bool:
+    import psutil
+
+    alive = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+        except psutil.NoSuchProcess:
+            continue
+    return not alive
 
 
 def records(out: Path) -> list[dict]:
@@ -91,13 +110,12 @@ def test_kill_9_a_worker_and_resume_exactly(
     assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
 
     victim_out = tmp_path / "killed"
-    launched = time.time()
     run = launch(job, job_args(keyword_data, victim_out, stage))
     deadline = time.monotonic() + 240
     while not list((victim_out / "checkpoints").glob("step-*/COMPLETE")):
         assert time.monotonic() < deadline and run.poll() is None, "no checkpoint was committed"
         time.sleep(0.05)
-    workers = train_workers(launched)
+    workers = train_workers(run.pid)
     assert len(workers) == 2, workers
     os.kill(workers[-1], signal.SIGKILL)
     stdout, stderr = run.communicate(timeout=300)
@@ -126,7 +144,7 @@ def test_kill_9_a_worker_and_resume_exactly(
         torch.testing.assert_close(killed[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
@@ -148,7 +166,50 @@ def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
     assert (
         line.startswith("error: --resume:") and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in line
     )
-    assert "does not match the checkpoint manifest" in line and "fall back to an older one" in line
+    assert "does not match the checkpoint manifest" in line and "--resume-fallback" in line
+
+    older = min((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    fallback = launch(job, args + ["--resume-fallback"])
+    _, stderr = fallback.communicate(timeout=200)
+    assert fallback.returncode == 0, stderr[-3000:]
+    assert f"skipping {newest.name}" in stderr and "zero_pp_rank_1" in stderr
+    recs = records(out)
+    assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(older.name.split("-")[1])]
+
+
+@pytest.mark.timeout(400)
+def test_a_worker_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    out = tmp_path / "out"
+    run = launch(job, job_args(keyword_data, out, 2) + ["--set", "training.epochs=12"])
+    checkpoints = out / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("step-*/COMPLETE")):
+        assert time.monotonic() < deadline and run.poll() is None, "no checkpoint was committed"
+        time.sleep(0.05)
+    while not (partial := list(checkpoints.glob(".tmp-step-*"))):  # the next save begins
+        assert time.monotonic() < deadline and run.poll() is None, "no second save started"
+        time.sleep(0.002)
+    workers = train_workers(run.pid)
+    os.kill(workers[-1], signal.SIGKILL)
+    interrupted = partial[0].name.removeprefix(".tmp-")
+    committed = {p.parent.name for p in checkpoints.glob("step-*/COMPLETE")}
+    stdout, stderr = run.communicate(timeout=300)
+    assert run.returncode == 0, stdout[-2000:] + stderr[-3000:]
+
+    recs = records(out)
+    starts = [r for r in recs if r["event"] == "start"]
+    resumed = [r for r in recs if r["event"] == "resumed"]
+    assert len(starts) == 2 and len(resumed) == 1
+    if interrupted not in committed:  # the kill landed inside the save (the usual case)
+        assert starts[1]["discarded_partial"] == [f".tmp-{interrupted}"]
+        assert resumed[0]["tag"] != interrupted
+    assert resumed[0]["tag"] in committed  # only a checkpoint complete before the kill is used
+    assert json.loads((out / "summary.json").read_text())["steps"] == 96
+    assert not list(checkpoints.glob(".tmp-*"))
 
 
 @pytest.mark.timeout(400)
@@ -164,12 +225,13 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
         "--set",
         "training.preemption_grace_s=60",
     ]
-    launched = time.time()
     run = launch(job, args)
     deadline = time.monotonic() + 240
     while not any('"step": 24,' in p.read_text() for p in out.glob(".run-*/metrics.jsonl")):
         assert time.monotonic() < deadline and run.poll() is None, "training never got going"
         time.sleep(0.05)
+    workers = train_workers(run.pid)
+    assert len(workers) == 2, workers
     run.send_signal(signal.SIGTERM)
     _, stderr = run.communicate(timeout=90)
     assert run.returncode == 3, stderr[-3000:]
@@ -178,7 +240,7 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
     tag = line.split("checkpoint ")[1].split(" ")[0]
     assert (out / "checkpoints" / tag / "COMPLETE").is_file()
     time.sleep(2)
-    assert train_workers(launched) == []  # no stray worker processes
+    assert all_gone(workers)  # no stray worker processes
     assert not (out / "summary.json").exists()  # nothing was committed as a finished run
 
     resumed = launch(job, args + ["--resume"])

@@ -61,7 +61,7 @@ def reload_and_predict(model_dir: Path, test_file: Path, max_length: int = 32) -
     ("name", "overrides"),
     [
         ("zero0", ["engine.zero_stage=0"]),
-        ("zero2", ["engine.zero_stage=2"]),
+        ("zero2", ["engine.zero_stage=2", "output.mlflow_uri=MLFLOW"]),
         ("zero3", ["engine.zero_stage=3"]),
         (
             "lora-zero3",
@@ -90,6 +90,8 @@ def test_two_workers_fine_tune_and_the_saved_model_reproduces_predictions(
         ray_head["address"],
         *[a for o in overrides for a in ("--set", o)],
     ]
+    mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [a.replace("MLFLOW", mlflow_uri) for a in args]
     result = ftlaunch(*args, env=cluster_env(ray_head))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -100,6 +102,14 @@ def test_two_workers_fine_tune_and_the_saved_model_reproduces_predictions(
     train = [r for r in read_metrics(out) if r["event"] == "train"]
     assert train[-1]["loss"] < train[0]["loss"] * 0.9, [r["loss"] for r in train]
     assert all(r["samples_per_s"] > 0 and r["tokens_per_s"] > 0 and "lr" in r for r in train)
+    # every rank's window reached the head, which added step-time statistics
+    for record in train:
+        assert len(record["rank_loss"]) == len(record["rank_data_wait_s"]) == 2
+        assert all(mb > 50 for mb in record["rank_peak_rss_mb"])
+        assert 0 < record["step_time_mean_s"] <= record["step_time_p99_s"]
+        assert record["step_time_p99_s"] <= record["step_time_max_s"]
+    if any("mlflow_uri" in o for o in overrides):
+        assert_mirrored_in_mlflow(mlflow_uri, train)
     assert any(r["event"] == "eval" for r in read_metrics(out))
     if name.startswith("lora"):
         assert summary["trainable_params"] < summary["total_params"] / 4
@@ -116,6 +126,19 @@ def test_two_workers_fine_tune_and_the_saved_model_reproduces_predictions(
     assert reload_and_predict(out / "model", keyword_data["test"]) == expected
     config = yaml_load(out / "config.yaml")
     assert config["cluster"]["address"] == ray_head["address"]
+
+
+def assert_mirrored_in_mlflow(uri: str, train: list[dict]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    (experiment,) = [e for e in client.search_experiments() if e.name == "tiny"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["cluster.num_workers"] == "2"
+    losses = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in losses] == [(r["step"], r["loss"]) for r in train]
+    assert client.get_metric_history(run.info.run_id, "summary/test_accuracy")
 
 
 def yaml_load(path: Path) -> dict:

@@ -74,3 +74,120 @@ def test_fresh_run_over_checkpoints_and_resume_decisions(tmp_path: Path) -> None
     assert choose_resume_tag(tmp_path, resume=True, fingerprint="f", keep_last=2) == "step-3"
     with pytest.raises(UserError, match="different model or incompatible config"):
         choose_resume_tag(tmp_path, resume=True, fingerprint="g", keep_last=2)
+
+
+def corrupt(path: Path) -> None:
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def test_a_corrupted_newest_checkpoint_is_refused_unless_fallback_is_asked_for(
+    tmp_path: Path,
+) -> None:
+    store = CheckpointStore(tmp_path / "checkpoints", keep_last=3)
+    for step in (4, 8):
+        write_part(store, step, payload=f"weights-{step}".encode())
+        store.commit(step_tag(step), {"step": step, "config_fingerprint": "f"})
+    bad = tmp_path / "checkpoints" / "step-8" / "ds" / "model.pt"
+    corrupt(bad)
+    with pytest.raises(UserError, match=r"step-8/ds/model.pt: does not match.*--resume-fallback"):
+        choose_resume_tag(tmp_path, resume=True, fingerprint="f", keep_last=3)
+    warnings: list[str] = []
+    tag = choose_resume_tag(
+        tmp_path, resume=True, fingerprint="f", keep_last=3, fallback=True, warn=warnings.append
+    )
+    assert tag == "step-4"
+    assert len(warnings) == 1 and "skipping step-8" in warnings[0] and "ds/model.pt" in warnings[0]
+    assert bad.is_file()  # kept for the user to inspect, never deleted by us
+    corrupt(tmp_path / "checkpoints" / "step-4" / "trainer_state_rank0.json")
+    with pytest.raises(UserError, match="no checkpoint .* passes verification"):
+        choose_resume_tag(tmp_path, resume=True, fingerprint="f", keep_last=3, fallback=True)
+
+
+# A save killed at each point of the commit protocol, for real: a child process runs the commit
+# and dies with os._exit (no cleanup, no finally blocks) where the test tells it to.
+CRASH_CHILD = """
+import os, shutil, sys
+from pathlib import Path
+import trainer.config.checkpoints as checkpoints
+from trainer.config.checkpoints import CheckpointStore, step_tag
+
+root, point = Path(sys.argv[1]), sys.argv[2]
+store = CheckpointStore(root, keep_last=2)
+
+def die(*args, **kwargs):
+    os._exit(137)
+
+def write_part(step, files):
+    staging = store.staging_dir(step_tag(step))
+    (staging / "ds").mkdir(exist_ok=True)
+    for name in files:
+        (staging / name).write_bytes(os.urandom(4096))
+
+for step in (5, 10):
+    write_part(step, ["ds/model.pt", "ds/optim.pt", "state.json"])
+    store.commit(step_tag(step), {"step": step, "config_fingerprint": "f"})
+if point == "while-ranks-write":
+    write_part(15, ["ds/model.pt"])  # the other ranks' files never arrive
+    die()
+write_part(15, ["ds/model.pt", "ds/optim.pt", "state.json"])
+if point == "before-files-synced":
+    checkpoints.fsync_path = die
+elif point == "before-complete-marker":
+    real_write = checkpoints.write_synced
+    checkpoints.write_synced = lambda path, text: die() if path.name == "COMPLETE" else real_write(path, text)
+elif point == "before-rename":
+    checkpoints.replace_atomically = die
+elif point == "while-pruning":
+    def half_delete(path, ignore_errors=False):
+        path = Path(path)
+        if path.exists():
+            next(p for p in sorted(path.rglob("*")) if p.is_file()).unlink()
+            die()
+    checkpoints.shutil.rmtree = half_delete
+store.commit(step_tag(15), {"step": 15, "config_fingerprint": "f"})
+"""
+
+
+@pytest.mark.parametrize(
+    ("point", "newest"),
+    [
+        ("while-ranks-write", "step-10"),
+        ("before-files-synced", "step-10"),
+        ("before-complete-marker", "step-10"),
+        ("before-rename", "step-10"),
+        ("while-pruning", "step-15"),
+    ],
+)
+def test_a_save_killed_at_any_point_leaves_the_newest_complete_checkpoint_usable(
+    tmp_path: Path, point: str, newest: str
+) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    root = tmp_path / "checkpoints"
+    child = subprocess.run(
+        [sys.executable, "-c", CRASH_CHILD, str(root), point],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 137, child.stderr
+    store = CheckpointStore(root, keep_last=2)
+    assert store.latest()[0] == newest
+    assert choose_resume_tag(tmp_path, resume=True, fingerprint="f", keep_last=2) == newest
+    for tag, _ in store.complete():  # nothing half-written or half-deleted is ever offered
+        store.verify(tag)
+    leftovers = store.discard_incomplete()
+    assert leftovers and all(name.startswith((".tmp-", ".trash-")) for name in leftovers)
+    assert sorted(p.name for p in root.iterdir()) == sorted(t for t, _ in store.complete())
+    # the restarted run saves the same step again, cleanly
+    staging = store.staging_dir("step-15")
+    (staging / "state.json").write_text("{}")
+    store.commit("step-15", {"step": 15, "config_fingerprint": "f"})
+    assert store.latest()[0] == "step-15"
+    assert set(store.verify("step-15")["files"]) == {"state.json"}

@@ -87,3 +87,36 @@ def test_commit_replaces_earlier_results_only_at_the_end(tmp_path: Path) -> None
     assert json.loads((out / "summary.json").read_text()) == {"ok": 1}
     assert (out / "notes.txt").read_text() == "user file"
     assert not staging.exists() and not list(out.glob(".*.old-*"))
+
+
+def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Path) -> None:
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
+    staging = Path(collector.checkpoint_staging("step-4"))  # rank 0 is on the head
+    (staging / "rank0.bin").write_bytes(b"zero")
+    payload = b"one" * 1000  # rank 1 streams its file
+    handle = collector.begin_checkpoint_file("step-4", "rank1.bin")
+    collector.write_chunk(handle, payload)
+    collector.end_file(handle, hashlib.sha256(payload).hexdigest())
+
+    collector.checkpoint_submitted("step-4", 1, None)
+    assert not collector.checkpoint_is_committed("step-4")  # rank 0's part not announced yet
+    collector.checkpoint_submitted("step-4", 0, {"step": 4, "world_size": 2})
+    assert collector.checkpoint_is_committed("step-4")
+    manifest = json.loads((tmp_path / "ckpt" / "step-4" / "manifest.json").read_text())
+    assert manifest["files"]["rank1.bin"]["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert manifest["files"]["rank0.bin"]["sha256"] == hashlib.sha256(b"zero").hexdigest()
+    assert [r["event"] for r in collector.drain()] == ["committed"]
+
+
+def test_a_restarted_worker_group_drops_what_a_crashed_save_left(tmp_path: Path) -> None:
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
+    collector.report({"event": "start", "world_size": 2})
+    staging = Path(collector.checkpoint_staging("step-8"))
+    (staging / "half.bin").write_bytes(b"x")
+    collector.checkpoint_submitted("step-8", 1, None)  # then rank 0 died
+    collector.report({"event": "start", "world_size": 2})
+    assert not staging.exists()
+    restart = [r for r in collector.drain() if r["event"] == "start"][-1]
+    assert restart["attempt"] == 2 and restart["discarded_partial"] == [".tmp-step-8"]
+    collector.checkpoint_submitted("step-8", 0, {"step": 8, "world_size": 2})
+    assert not collector.checkpoint_is_committed("step-8")  # rank 1's old delivery does not count

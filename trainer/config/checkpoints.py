@@ -23,6 +23,7 @@ from trainer.config.manifest import sha256_file
 CHECKPOINT_MANIFEST = "manifest.json"
 COMPLETE_MARKER = "COMPLETE"
 STAGING_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
 
 
 class CorruptCheckpointError(ValueError):
@@ -45,14 +46,22 @@ class CheckpointStore:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def commit(self, tag: str, state: dict[str, Any]) -> Path:
-        """Checksum, fsync and publish `.tmp-<tag>` as `<tag>`; then prune beyond keep_last."""
+    def commit(
+        self, tag: str, state: dict[str, Any], known_sha256: dict[str, str] | None = None
+    ) -> Path:
+        """Checksum, fsync and publish `.tmp-<tag>` as `<tag>`; then prune beyond keep_last.
+
+        `known_sha256` maps file names to digests already computed while receiving them (the
+        collector hashes every transferred chunk as it writes it), so they are not read twice.
+        """
         staging = self.root / f"{STAGING_PREFIX}{tag}"
         files = sorted(p for p in staging.rglob("*") if p.is_file())
-        listing = {
-            p.relative_to(staging).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in files
-        }
+        known = known_sha256 or {}
+        listing = {}
+        for path in files:
+            name = path.relative_to(staging).as_posix()
+            digest = known.get(name) or sha256_file(path)
+            listing[name] = {"bytes": path.stat().st_size, "sha256": digest}
         manifest = {"tag": tag, "files": listing, "state": state, "committed_at": time.time()}
         write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
         for path in files:
@@ -107,7 +116,29 @@ class CheckpointStore:
         return manifest
 
     def prune(self) -> None:
-        """Delete complete checkpoints beyond keep_last, oldest first."""
+        """Delete complete checkpoints beyond keep_last, oldest first.
+
+        Each is renamed away before it is deleted, so a crash halfway through a deletion never
+        leaves a `step-N` that looks complete but has lost files.
+        """
         complete = self.complete()
         for tag, _ in complete[: max(len(complete) - self.keep_last, 0)]:
-            shutil.rmtree(self.root / tag, ignore_errors=True)
+            trash = self.root / f"{TRASH_PREFIX}{tag}"
+            shutil.rmtree(trash, ignore_errors=True)
+            (self.root / tag).rename(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def discard_incomplete(self) -> list[str]:
+        """Remove what a crashed save or prune left behind (staging and trash directories).
+
+        Only safe while no save is in flight: the collector calls it when a worker group starts.
+        Returns the names removed.
+        """
+        if not self.root.is_dir():
+            return []
+        leftovers = [
+            p for p in self.root.iterdir() if p.name.startswith((STAGING_PREFIX, TRASH_PREFIX))
+        ]
+        for path in leftovers:
+            shutil.rmtree(path, ignore_errors=True)
+        return sorted(p.name for p in leftovers)

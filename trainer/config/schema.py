@@ -159,6 +159,13 @@ class ClusterConfig(Section):
 class OutputConfig(Section):
     dir: str = "runs/default"
     keep_last: PositiveInt = Field(default=2, description="Complete checkpoints kept on the head.")
+    mlflow_uri: str | None = Field(
+        default=None,
+        description="MLflow tracking URI (http://..., sqlite:///...); the head logs metrics there.",
+    )
+    mlflow_experiment: str | None = Field(
+        default=None, description="MLflow experiment name; default: the job's name."
+    )
 
 
 class JobConfig(Section):
