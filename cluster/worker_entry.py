@@ -20,9 +20,12 @@ from cluster.shard_server import HeadShardStore
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     from trainer.config.spec import RunSpec
-    from trainer.loop import run_classification
 
     spec = RunSpec.model_validate(loop_config["spec"])
+    if spec.job.model.is_causal_lm():
+        from trainer.causal_loop import run_causal_lm as run_task
+    else:
+        from trainer.loop import run_classification as run_task
     collector = loop_config["collector"]
     start = rank_start_record()
     collector.report.remote(start)
@@ -33,7 +36,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     open_store = store_opener(loop_config["shard_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
     checkpoints = RayCheckpointSink(collector, on_head, spec.run_id, spec.resume_tag, start["rank"])
-    run_classification(
+    run_task(
         spec,
         CollectorReporter(collector),
         CollectorSink(collector),

@@ -119,9 +119,25 @@ def prepare(
         Path | None, typer.Option(help="Reuse the label map of a prepared train split.")
     ] = None,
     split: Annotated[str, typer.Option(help="Split name recorded in the manifest.")] = "train",
+    format_: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Causal LM: text | prompt-completion | chat (masks stored in the shards); "
+            "omit for sequence classification.",
+        ),
+    ] = None,
+    packing: Annotated[
+        bool, typer.Option(help="Causal LM: pack several examples into each max-length row.")
+    ] = False,
+    prompt_column: Annotated[str, typer.Option(help="Causal LM prompt column.")] = "prompt",
+    completion_column: Annotated[
+        str, typer.Option(help="Causal LM completion column.")
+    ] = "completion",
+    messages_column: Annotated[str, typer.Option(help="Causal LM chat column.")] = "messages",
 ) -> None:
     """Tokenize inputs into Arrow IPC shards + manifest.json (streamed, deterministic, idempotent)."""
-    from launcher.prepare_command import run_prepare
+    from launcher.prepare_command import causal_options, run_prepare
 
     try:
         run_prepare(
@@ -136,6 +152,9 @@ def prepare(
             labels_from,
             split,
             Console(highlight=False, soft_wrap=True),
+            causal=causal_options(
+                format_, packing, text_column, prompt_column, completion_column, messages_column
+            ),
         )
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)

@@ -114,6 +114,8 @@ def format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     message = _humanize(err)
     if message.startswith(f"{field}."):  # a section-level rule that already names its field
         return message
+    if not loc and re.match(r"[a-z_./]+: ", message):  # a job-level rule naming its fields
+        return message
     if "input" in err and kind not in ("model_type", "dict_type"):
         return f"{field}: {message} (got {err['input']!r})"
     return f"{field}: {message}"

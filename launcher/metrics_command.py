@@ -54,9 +54,12 @@ def overview(records: list[dict[str, Any]]) -> Table:
             table.add_row("step time mean / worst p99", f"{mean:.3f} s / {p99:.3f} s")
             stragglers = sorted({r["straggler"] for r in timed if r.get("straggler") is not None})
             table.add_row("stragglers", ", ".join(f"rank {r}" for r in stragglers) or "none")
-    if evals:
+    if evals and "val_accuracy" in evals[0]:
         best = max(evals, key=lambda r: r["val_accuracy"])
         table.add_row("best val_accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})")
+    elif evals:  # causal-lm
+        best = min(evals, key=lambda r: r["val_loss"])
+        table.add_row("best val_loss", f"{best['val_loss']:.4f} (step {best['step']})")
     checkpoints = [r for r in records if r.get("event") == "checkpoint"]
     if checkpoints:
         table.add_row("checkpoints", f"{len(checkpoints)}, last {checkpoints[-1]['tag']}")
@@ -79,7 +82,9 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
         loss_ax.plot(
             [r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="val loss"
         )
-        for key in ("val_accuracy", "val_macro_f1"):
+        for key in ("val_accuracy", "val_macro_f1", "val_perplexity"):
+            if key not in evals[0]:
+                continue
             eval_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=key)
     speed_ax.plot(
         [r["step"] for r in train], [r["samples_per_s"] for r in train], label="samples/s"

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
+from launcher.causal_prepare import CAUSAL_SCHEMA, CausalEncoder, CausalFormat
 from launcher.errors import UserError
 from launcher.sources import SplitSource, iter_source_batches, label_strings, source_fingerprint
 from trainer.config.durable import fsync_path, replace_atomically
@@ -42,7 +43,12 @@ SHARD_SCHEMA = pa.schema(
 )
 DEFAULT_SHARD_BYTES = 64 << 20
 TOKENIZE_BATCH_ROWS = 1024
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
 
 ProgressCallback = Callable[[int], None]  # called with the number of rows just written
 
@@ -54,6 +60,7 @@ class TokenizeOptions:
     label_names: list[str]
     shard_bytes: int = DEFAULT_SHARD_BYTES
     batch_rows: int = TOKENIZE_BATCH_ROWS
+    causal: CausalFormat | None = None  # None: sequence-classification shards
 
 
 @dataclass(frozen=True)
@@ -86,13 +93,14 @@ def prepare_split(
     cache_root: Path,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     batch_rows: int = TOKENIZE_BATCH_ROWS,
+    causal: CausalFormat | None = None,
 ) -> PreparedSplit:
     """Tokenize a split into the content-keyed cache, or reuse an identical earlier result.
 
     Raises:
         UserError: unreadable input, missing column, empty split, or a label outside `label_names`.
     """
-    options = TokenizeOptions(model_dir, max_length, label_names, shard_bytes, batch_rows)
+    options = TokenizeOptions(model_dir, max_length, label_names, shard_bytes, batch_rows, causal)
     source_sha = source_fingerprint(source)
     fingerprint = tokenizer_fingerprint(model_dir, max_length)
     parts = [
@@ -103,6 +111,8 @@ def prepare_split(
         source.label_column,
         label_names,
     ]
+    if causal is not None:  # only then, so classification cache keys stay what they were
+        parts.append(causal.cache_key(model_dir))
     target = cache_root / hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:32]
     if (target / MANIFEST_NAME).is_file():
         return PreparedSplit(target, ShardManifest.read(target), reused=True)
@@ -140,6 +150,8 @@ def _matches(
         and (manifest.text_column, manifest.label_column)
         == (source.text_column, source.label_column)
         and manifest.label_names == options.label_names
+        and (manifest.data_format, manifest.packing)
+        == ((options.causal.format, options.causal.packing) if options.causal else (None, False))
     )
 
 
@@ -157,7 +169,15 @@ def tokenize_into(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     try:
-        writer = _ShardWriter(staging, options.shard_bytes)
+        causal = options.causal
+        encoder = (
+            CausalEncoder(options.model_dir, options.max_length, causal, source.field)
+            if causal
+            else None
+        )
+        writer = _ShardWriter(
+            staging, options.shard_bytes, CAUSAL_SCHEMA if causal else SHARD_SCHEMA
+        )
         tokenizer = _load_tokenizer(options.model_dir, options.max_length)
         label_ids = {name: i for i, name in enumerate(options.label_names)}
         for path, batch in iter_source_batches(source):
@@ -165,7 +185,13 @@ def tokenize_into(
                 0, batch.num_rows, options.batch_rows
             ):  # bounds memory and block size
                 piece = batch.slice(start, options.batch_rows)
-                writer.add(_tokenize_batch(piece, tokenizer, label_ids, source, path, writer.rows))
+                if encoder is not None:
+                    where = f"{source.field}: {path}"
+                    writer.add(encoder.record_batch(piece, where, writer.rows))
+                else:
+                    writer.add(
+                        _tokenize_batch(piece, tokenizer, label_ids, source, path, writer.rows)
+                    )
                 if progress:
                     progress(piece.num_rows)
         shards = writer.close()
@@ -186,7 +212,8 @@ def tokenize_into(
             total_tokens=writer.tokens,
             label_counts=writer.label_counts(len(options.label_names)),
             shards=shards,
-            schema_fields={f.name: str(f.type) for f in SHARD_SCHEMA},
+            schema_fields={f.name: str(f.type) for f in writer.schema},
+            **_causal_fields(encoder, options.max_length),
         )
         manifest.write(staging)
         fsync_path(staging / MANIFEST_NAME)
@@ -195,6 +222,19 @@ def tokenize_into(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def _causal_fields(encoder: CausalEncoder | None, max_length: int) -> dict:
+    if encoder is None:
+        return {}
+    return {
+        "task": "causal-lm",
+        "data_format": encoder.fmt.format,
+        "packing": encoder.fmt.packing,
+        "examples": encoder.examples,
+        "loss_tokens": encoder.loss_tokens,
+        "slot_tokens": encoder.slot_tokens,
+    }
 
 
 def _load_tokenizer(model_dir: Path, max_length: int) -> Tokenizer:
@@ -249,9 +289,10 @@ def _tokenize_batch(
 class _ShardWriter:
     """Appends record batches to numbered IPC files, starting a new file past `shard_bytes`."""
 
-    def __init__(self, directory: Path, shard_bytes: int) -> None:
+    def __init__(self, directory: Path, shard_bytes: int, schema: pa.Schema = SHARD_SCHEMA) -> None:
         self.directory = directory
         self.shard_bytes = shard_bytes
+        self.schema = schema
         self.rows = 0
         self.tokens = 0
         self._label_counts: dict[int, int] = {}
@@ -269,10 +310,11 @@ class _ShardWriter:
         self._batch_rows.append(batch.num_rows)
         self.rows += batch.num_rows
         self.tokens += int(pc.sum(batch.column("length")).as_py() or 0)
-        for entry in pc.value_counts(batch.column("label")).to_pylist():
-            self._label_counts[entry["values"]] = (
-                self._label_counts.get(entry["values"], 0) + entry["counts"]
-            )
+        if "label" in self.schema.names:  # causal-lm shards have token labels instead
+            for entry in pc.value_counts(batch.column("label")).to_pylist():
+                self._label_counts[entry["values"]] = (
+                    self._label_counts.get(entry["values"], 0) + entry["counts"]
+                )
         if self._sink.tell() >= self.shard_bytes:
             self._finish_shard()
 
@@ -287,7 +329,7 @@ class _ShardWriter:
     def _open(self) -> None:
         self._path = self.directory / f"shard-{len(self._shards):05d}.arrow"
         self._sink = pa.OSFile(str(self._path), "wb")
-        self._writer = pa.ipc.new_file(self._sink, SHARD_SCHEMA)
+        self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._batch_rows = []
         self._shard_first_id = self.rows
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from launcher.errors import UserError
+
+if TYPE_CHECKING:
+    from launcher.causal_prepare import CausalFormat
+
+CAUSAL_FORMATS = ("text", "prompt-completion", "chat")
 
 SIZE_UNITS = {
     "": 1,
@@ -50,6 +56,7 @@ def run_prepare(
     labels_from: Path | None,
     split: str,
     console: Console,
+    causal: CausalFormat | None = None,
 ) -> None:
     if num_proc is not None:
         if num_proc < 1:
@@ -66,8 +73,12 @@ def run_prepare(
     limit = read_max_positions(model_dir)
     if limit and max_length > limit:
         raise UserError(f"--max-length: {max_length} exceeds the model's position limit {limit}")
-    source = SplitSource("inputs", tuple(inputs), text_column, label_column)
-    if labels_from is not None:
+    source = SplitSource(
+        "inputs", tuple(inputs), text_column, label_column, causal.columns() if causal else ()
+    )
+    if causal is not None:
+        label_names: list[str] = []  # token labels are computed per row
+    elif labels_from is not None:
         manifest = load_prepared("--labels-from", str(labels_from))
         if manifest is None:
             raise UserError(
@@ -76,7 +87,9 @@ def run_prepare(
         label_names = manifest.label_names
     else:
         label_names = collect_label_names(source)
-    options = TokenizeOptions(model_dir, max_length, label_names, parse_size(shard_size))
+    options = TokenizeOptions(
+        model_dir, max_length, label_names, parse_size(shard_size), causal=causal
+    )
     with Progress(
         TextColumn("[bold]tokenizing"),
         BarColumn(),
@@ -89,7 +102,38 @@ def run_prepare(
         prepared = prepare_into(source, split, options, out, lambda n: progress.advance(task, n))
     m = prepared.manifest
     state = "up to date, nothing to do" if prepared.reused else "written"
+    what = f"labels {m.label_names}"
+    if causal is not None:
+        efficiency = m.packing_efficiency()
+        what = f"{m.examples:,} {causal.format} examples, {m.loss_tokens:,} scored tokens"
+        what += f", packing efficiency {efficiency:.1%}" if efficiency else ""
     console.print(
         f"{out}: {m.total_rows:,} rows, {m.total_tokens:,} tokens in {len(m.shards)} shard(s), "
-        f"labels {m.label_names} ({state})"
+        f"{what} ({state})"
+    )
+
+
+def causal_options(
+    fmt: str | None,
+    packing: bool,
+    text_column: str,
+    prompt_column: str,
+    completion_column: str,
+    messages_column: str,
+) -> CausalFormat | None:
+    """The causal-LM layout the prepare flags ask for; None (classification) without --format.
+
+    Raises:
+        UserError: an unknown --format, or --packing without --format.
+    """
+    if fmt is None:
+        if packing:
+            raise UserError("--packing: needs --format (text, prompt-completion or chat)")
+        return None
+    if fmt not in CAUSAL_FORMATS:
+        raise UserError(f"--format: must be one of {', '.join(CAUSAL_FORMATS)} (got {fmt!r})")
+    from launcher.causal_prepare import CausalFormat
+
+    return CausalFormat(
+        fmt, packing, text_column, prompt_column, completion_column, messages_column
     )

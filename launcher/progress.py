@@ -44,10 +44,10 @@ class RunDisplay:
                     self._task, total=record["total_steps"], description="training"
                 )
             elif event == "eval":
-                self._progress.console.print(
-                    f"eval @ step {record['step']}: val_loss {record['val_loss']:.4f}  "
-                    f"val_accuracy {record['val_accuracy']:.4f}  val_macro_f1 {record['val_macro_f1']:.4f}"
-                )
+                values = "  ".join(
+                    f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_")
+                )  # accuracy/F1 for classification, perplexity for causal-lm
+                self._progress.console.print(f"eval @ step {record['step']}: {values}")
             elif event == "train" and record.get("straggler") is not None:
                 self._warn_straggler(record)
         train = self.latest.get("train")
@@ -72,8 +72,10 @@ class RunDisplay:
         text = f"loss {train['loss']:.4f}  {train['samples_per_s']:.1f} samples/s  {train['tokens_per_s']:.0f} tok/s"
         if "step_time_p99_s" in train:
             text += f"  step {train['step_time_mean_s']:.2f}s (p99 {train['step_time_p99_s']:.2f}s)"
-        if evaluation:
+        if evaluation and "val_accuracy" in evaluation:
             text += f"  val_acc {evaluation['val_accuracy']:.4f}"
+        elif evaluation:
+            text += f"  val_ppl {evaluation['val_perplexity']:.2f}"
         return text
 
 
@@ -82,11 +84,21 @@ def summary_table(summary: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     test, best = summary["test"], summary["best_validation"]
-    rows = [
-        ("test accuracy", f"{test['accuracy']:.4f}"),
-        ("test macro F1", f"{test['macro_f1']:.4f}"),
-        ("majority baseline accuracy", f"{summary['majority_baseline_accuracy']:.4f}"),
-        ("best val accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})"),
+    if summary.get("task") == "causal-lm":
+        efficiency = summary.get("packing_efficiency")
+        rows = [
+            ("test loss / perplexity", f"{test['loss']:.4f} / {test['perplexity']:.2f}"),
+            ("best val loss", f"{best['val_loss']:.4f} (step {best['step']})"),
+            ("packing efficiency", f"{efficiency:.1%}" if efficiency else "not packed"),
+        ]
+    else:
+        rows = [
+            ("test accuracy", f"{test['accuracy']:.4f}"),
+            ("test macro F1", f"{test['macro_f1']:.4f}"),
+            ("majority baseline accuracy", f"{summary['majority_baseline_accuracy']:.4f}"),
+            ("best val accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})"),
+        ]
+    rows += [
         ("optimizer steps", str(summary["steps"])),
         ("stopped early", str(summary["stopped_early"])),
         ("workers x ZeRO stage", f"{summary['world_size']} x {summary['zero_stage']}"),

@@ -33,6 +33,9 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
     }
     if job.engine.backend != "deepspeed":  # checkpoint layouts differ per engine and strategy
         relevant["engine"] = [job.engine.backend, job.engine.strategy]
+    if job.model.is_causal_lm():  # what the stored rows are; added only here so classification
+        d = job.data  # fingerprints (and their checkpoints) stay valid
+        relevant["causal_data"] = [d.format, d.packing, d.max_length]
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.console import Console
 
+from launcher.causal_prepare import CausalFormat
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
@@ -19,7 +20,7 @@ from launcher.resume import CHECKPOINT_DIR, choose_resume_tag, config_fingerprin
 from launcher.rundir import commit_run, create_staging, new_run_id
 from launcher.sources import SplitSource, collect_label_names
 from trainer.config import JobConfig
-from trainer.config.manifest import is_remote_uri
+from trainer.config.manifest import ShardManifest, is_remote_uri
 from trainer.config.spec import RunSpec
 
 SPLITS = ("train", "validation", "test")
@@ -87,7 +88,10 @@ def prepare_splits(
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
     prepared = {name: load_prepared(f"data.{name}", getattr(d, name)) for name in SPLITS}
     train_manifest = prepared["train"]
-    if train_manifest is not None:
+    causal = causal_format(job)
+    if causal is not None:
+        label_names = []  # token labels live in the shards
+    elif train_manifest is not None:
         label_names = train_manifest.label_names
     else:
         label_names = collect_label_names(_raw_source(job, "train"))
@@ -97,27 +101,70 @@ def prepare_splits(
         location, manifest = getattr(d, name), prepared[name]
         if manifest is None:
             split = prepare_split(
-                _raw_source(job, name), name, model_dir, d.max_length, label_names, cache_root
+                _raw_source(job, name),
+                name,
+                model_dir,
+                d.max_length,
+                label_names,
+                cache_root,
+                causal=causal,
             )
             location, manifest = str(split.directory), split.manifest
             state = "cached" if split.reused else "tokenized"
         else:
             check_prepared(f"data.{name}", location, manifest, model_dir, label_names)
+            _check_task(f"data.{name}", location, manifest, job)
             if not is_remote_uri(location):  # workers run in other directories
                 location = str(Path(location).expanduser().resolve())
             state = "prepared"
         locations[name], rows[name] = location, manifest.total_rows
+        efficiency = manifest.packing_efficiency()
+        packed = f", packing efficiency {efficiency:.1%}" if efficiency else ""
         console.print(
-            f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens ({state}: {location})"
+            f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens{packed} ({state}: {location})"
         )
     return label_names, locations, rows["train"]
 
 
 def _raw_source(job: JobConfig, name: str) -> SplitSource:
     d = job.data
-    return SplitSource.single(
-        f"data.{name}", Path(getattr(d, name)).expanduser(), d.text_column, d.label_column
+    causal = causal_format(job)
+    return SplitSource(
+        f"data.{name}",
+        (Path(getattr(d, name)).expanduser(),),
+        d.text_column,
+        d.label_column,
+        causal.columns() if causal else (),
     )
+
+
+def causal_format(job: JobConfig) -> CausalFormat | None:
+    """The causal-LM data layout of this job (None for sequence classification)."""
+    if not job.model.is_causal_lm():
+        return None
+    d = job.data
+    return CausalFormat(
+        d.format, d.packing, d.text_column, d.prompt_column, d.completion_column, d.messages_column
+    )
+
+
+def _check_task(field: str, location: str, manifest: ShardManifest, job: JobConfig) -> None:
+    """A prepared split must be of this task and, for causal-lm, of data.format and data.packing."""
+    if manifest.task != job.model.task:
+        raise UserError(
+            f"{field}: {location} was prepared for {manifest.task}, but model.task is "
+            f"{job.model.task}; prepare it again for this task"
+        )
+    d = job.data
+    if job.model.is_causal_lm() and (manifest.data_format, manifest.packing) != (
+        d.format,
+        d.packing,
+    ):
+        raise UserError(
+            f"{field}: {location} was prepared with format {manifest.data_format}, packing "
+            f"{str(manifest.packing).lower()}, but data.format is {d.format} and data.packing is "
+            f"{str(d.packing).lower()}; prepare it again (ftlaunch prepare --format ... --packing)"
+        )
 
 
 def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[str, Any]:

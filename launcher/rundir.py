@@ -20,6 +20,7 @@ COMMITTED_ENTRIES = (
     "summary.json",
     "model",
     "predictions_test.jsonl",
+    "samples",  # causal-lm generation samples, one file per evaluation
 )
 
 

@@ -28,10 +28,14 @@ class SplitSource:
     paths: tuple[Path, ...]
     text_column: str
     label_column: str
+    columns: tuple[str, ...] = ()  # causal-lm: the columns to read instead of text and label
 
     @classmethod
     def single(cls, field: str, path: Path, text_column: str, label_column: str) -> SplitSource:
         return cls(field, (path,), text_column, label_column)
+
+    def selected(self) -> list[str]:
+        return list(self.columns) or [self.text_column, self.label_column]
 
     def describe(self) -> str:
         return ", ".join(str(p) for p in self.paths)
@@ -70,7 +74,7 @@ def iter_source_batches(source: SplitSource) -> Iterator[tuple[Path, pa.RecordBa
         try:
             for batch in _open_batches(path):
                 _check_columns(source, path, batch.schema.names)
-                yield path, batch.select([source.text_column, source.label_column])
+                yield path, batch.select(source.selected())
         except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, json.JSONDecodeError, KeyError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"{source.field}: cannot read {path}: {first}") from None
@@ -112,6 +116,13 @@ def _hf_dataset_batches(path: Path) -> Iterator[pa.RecordBatch]:
 
 
 def _check_columns(source: SplitSource, path: Path, names: list[str]) -> None:
+    for column in source.columns:
+        if column not in names:
+            raise UserError(
+                f"{source.field}: {path} has no column {column!r}; columns: {', '.join(names)}"
+            )
+    if source.columns:
+        return
     for kind, column in (("text", source.text_column), ("label", source.label_column)):
         if column not in names:
             raise UserError(

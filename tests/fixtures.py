@@ -155,3 +155,131 @@ def ftlaunch(
         text=True,
         timeout=timeout,
     )
+
+
+# --- causal LM: tiny GPT-2 / Llama with a byte-level BPE tokenizer trained here on the corpus
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CAUSAL_SPECIALS = ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
+ANIMALS = ["cat", "dog", "bird", "fish", "horse", "mouse", "lion", "bear"]
+
+
+def causal_text_rows(n: int, seed: int, max_repeat: int = 6) -> list[dict[str, str]]:
+    """Repetitive sentences of uneven length: 'the red cat sees the red cat sees ...'."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        phrase = f"the {rng.choice(COLOURS)} {rng.choice(ANIMALS)} sees"
+        rows.append({"text": " ".join([phrase] * rng.randint(1, max_repeat)) + " it"})
+    return rows
+
+
+def causal_prompt_rows(n: int, seed: int) -> list[dict[str, str]]:
+    """The completion repeats the prompt's animal: learnable, and only the completion is scored."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        colour, animal = rng.choice(COLOURS), rng.choice(ANIMALS)
+        rows.append({"prompt": f"name the {colour} {animal}:", "completion": f" {animal} {animal}"})
+    return rows
+
+
+def causal_chat_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        colour, animal = rng.choice(COLOURS), rng.choice(ANIMALS)
+        rows.append(
+            {
+                "messages": [
+                    {"role": "user", "content": f"which animal is {colour}?"},
+                    {"role": "assistant", "content": f"the {animal}"},
+                    {"role": "user", "content": "again"},
+                    {"role": "assistant", "content": f"the {animal} again"},
+                ]
+            }
+        )
+    return rows
+
+
+def make_causal_tokenizer(out_dir: Path, chat_template: bool = True) -> Path:
+    """A byte-level BPE trained on the causal corpora, saved as a PreTrainedTokenizerFast."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [r["text"] for r in causal_text_rows(200, 0)]
+    corpus += [r["prompt"] + r["completion"] for r in causal_prompt_rows(200, 0)]
+    corpus += ["which animal is again the"] * 10
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=CAUSAL_SPECIALS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
+    )
+    if chat_template:
+        fast.chat_template = CHAT_TEMPLATE
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+def make_tiny_causal_lm(
+    out_dir: Path, arch: str = "gpt2", seed: int = 0, chat_template: bool = True
+) -> Path:
+    """A randomly initialised 2-layer, 32-wide GPT-2 or Llama with the local tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    make_causal_tokenizer(out_dir, chat_template)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out_dir)
+    torch.manual_seed(seed)
+    ids = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    if arch == "gpt2":
+        config = GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **ids)
+        model = GPT2LMHeadModel(config)
+    elif arch == "llama":
+        config = LlamaConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=128,
+            **ids,
+        )
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(f"unknown arch {arch!r}")
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+def make_causal_dataset(out_dir: Path, fmt: str = "text", n_train: int = 192) -> dict[str, Path]:
+    rows = {"text": causal_text_rows, "prompt-completion": causal_prompt_rows}.get(
+        fmt, causal_chat_rows
+    )
+    return {
+        "train": write_jsonl(out_dir / "train.jsonl", rows(n_train, 1)),
+        "validation": write_jsonl(out_dir / "validation.jsonl", rows(32, 2)),
+        "test": write_jsonl(out_dir / "test.jsonl", rows(32, 3)),
+    }

@@ -101,10 +101,14 @@ def _rank_of(path: Path) -> int:
 
 
 def export_names(
-    tensors: dict[str, tuple[torch.Size, Producer]], lora_scaling: float
+    tensors: dict[str, tuple[torch.Size, Producer]],
+    lora_scaling: float,
+    transposed: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Size, Producer]]:
     """Map a (possibly LoRA-wrapped) state dict to plain transformers names, folding LoRA in:
-    W' = W + scaling * B @ A; the head saved by peft's modules_to_save replaces the original."""
+    W' = W + scaling * B @ A; the head saved by peft's modules_to_save replaces the original.
+    Modules named in `transposed` store their weight (in, out), like GPT-2's Conv1D, so there
+    the delta is (B @ A)^T (peft's fan_in_fan_out); shapes alone cannot tell for square weights."""
     for name, (shape, produce) in tensors.items():
         if ".lora_" in name or ".original_module." in name:
             continue
@@ -114,9 +118,31 @@ def export_names(
         lora_a = f"{prefix}.lora_A.default.weight" if prefix else None
         if lora_a in tensors and name.endswith(".weight"):
             a, b = tensors[lora_a][1], tensors[f"{prefix}.lora_B.default.weight"][1]
-            yield plain, shape, lambda w=produce, a=a, b=b: w() + lora_scaling * (b() @ a())
+            flip = plain.removesuffix(".weight") in transposed
+            yield (
+                plain,
+                shape,
+                lambda w=produce, a=a, b=b, t=flip: w() + lora_scaling * _delta(b, a, t),
+            )
         else:
             yield plain, shape, produce
+
+
+def _delta(b: Producer, a: Producer, transpose: bool) -> torch.Tensor:
+    delta = b() @ a()
+    return delta.T if transpose else delta
+
+
+def conv1d_modules(model_dir: str, causal: bool) -> frozenset[str]:
+    """Names of the modules that store weights (in, out) (transformers' Conv1D), found on an
+    empty meta-device copy of the architecture (no weights are read)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.pytorch_utils import Conv1D
+
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    with torch.device("meta"):
+        model = auto.from_config(AutoConfig.from_pretrained(model_dir))
+    return frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
 
 
 def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]]) -> int:
@@ -148,27 +174,41 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]
 
 def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
     """Verify, consolidate and write `checkpoint_dir` as a model directory; reload it to check."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     store = CheckpointStore(checkpoint_dir.parent)
     manifest = store.verify(checkpoint_dir.name)
     spec = RunSpec.model_validate(manifest["state"]["spec"])
     peft = spec.job.peft
     scaling = peft.alpha / peft.r if peft.method == "lora" else 0.0
-    entries = list(export_names(engine_tensors(checkpoint_dir), scaling))
+    transposed = (
+        conv1d_modules(spec.model_dir, spec.job.model.is_causal_lm()) if scaling else frozenset()
+    )
+    entries = list(export_names(engine_tensors(checkpoint_dir), scaling, transposed))
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir / "model.safetensors", entries)
     labels = spec.label_names
-    config = AutoConfig.from_pretrained(
-        spec.model_dir,
-        num_labels=len(labels),
-        id2label=dict(enumerate(labels)),
-        label2id={n: i for i, n in enumerate(labels)},
-    )
+    causal = spec.job.model.is_causal_lm()
+    if causal:
+        config = AutoConfig.from_pretrained(spec.model_dir)
+    else:
+        config = AutoConfig.from_pretrained(
+            spec.model_dir,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={n: i for i, n in enumerate(labels)},
+        )
     config.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
-    (out_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
-    _, info = AutoModelForSequenceClassification.from_pretrained(out_dir, output_loading_info=True)
+    if not causal:
+        (out_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    _, info = auto.from_pretrained(out_dir, output_loading_info=True)
     problems = {
         k: v
         for k, v in info.items()

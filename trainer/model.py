@@ -5,7 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    PreTrainedModel,
+)
 
 from trainer.config.schema import PeftConfig
 
@@ -30,11 +35,19 @@ def build_classifier(
     return apply_peft(model, peft) if peft.method != "none" else model
 
 
-def apply_peft(model: PreTrainedModel, peft: PeftConfig) -> torch.nn.Module:
+def build_causal_lm(model_dir: str | Path, peft: PeftConfig) -> torch.nn.Module:
+    """The pretrained decoder with its language-model head, optionally wrapped with LoRA."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    return apply_peft(model, peft, task_type="CAUSAL_LM") if peft.method != "none" else model
+
+
+def apply_peft(
+    model: PreTrainedModel, peft: PeftConfig, task_type: str = "SEQ_CLS"
+) -> torch.nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # also keeps the new classifier head trainable
+        task_type=TaskType[task_type],  # SEQ_CLS also keeps the new classifier head trainable
         r=peft.r,
         lora_alpha=peft.alpha,
         lora_dropout=peft.dropout,

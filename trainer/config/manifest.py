@@ -56,6 +56,17 @@ class ShardManifest(BaseModel):
     label_counts: list[int]  # rows per label id, for the majority baseline without a data pass
     shards: list[ShardInfo]
     schema_fields: dict[str, str]
+    # causal-lm splits (defaults describe classification shards, so older manifests still read)
+    task: str = "sequence-classification"
+    data_format: str | None = None
+    packing: bool = False
+    examples: int = 0  # input rows; with packing several share one stored row
+    loss_tokens: int = 0  # tokens whose label is not -100
+    slot_tokens: int = 0  # packed: rows x max_length, the positions a packed batch computes
+
+    def packing_efficiency(self) -> float | None:
+        """Useful tokens / token slots of the stored rows (None unless packed)."""
+        return self.total_tokens / self.slot_tokens if self.packing and self.slot_tokens else None
 
     @classmethod
     def read(cls, directory: str | Path) -> ShardManifest:

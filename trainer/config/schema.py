@@ -24,7 +24,10 @@ class ModelConfig(Section):
     path: str = Field(
         description="Local Hugging Face model directory, or a known alias (see `ftlaunch models`)."
     )
-    task: Literal["sequence-classification"] = "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+
+    def is_causal_lm(self) -> bool:
+        return self.task == "causal-lm"
 
 
 class DataConfig(Section):
@@ -34,6 +37,20 @@ class DataConfig(Section):
     text_column: str = "text"
     label_column: str = "label"
     max_length: Annotated[int, Field(gt=0, le=1_000_000)] = 128
+    # causal-lm only (see launcher/causal_prepare.py): how rows become tokens and loss masks
+    format: Literal["text", "prompt-completion", "chat"] = Field(
+        default="text",
+        description="causal-lm: text (loss on every token), prompt-completion (loss on the "
+        "completion only) or chat (loss on assistant turns only).",
+    )
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    messages_column: str = "messages"
+    packing: bool = Field(
+        default=False,
+        description="causal-lm: pack several examples into each max_length row (attention kept "
+        "inside each example); false pads each micro-batch dynamically.",
+    )
     cache_dir: str | None = Field(
         default=None,
         description="Where tokenized shards are cached; default ~/.cache/ftlaunch/shards.",
@@ -89,6 +106,12 @@ class TrainingConfig(Section):
     preemption_grace_s: Annotated[float, Field(gt=0)] = Field(
         default=60.0, description="After SIGTERM, how long to wait for the final checkpoint."
     )
+    generate_samples: NonNegativeInt = Field(
+        default=0,
+        description="causal-lm: greedy continuations of this many validation prompts written to "
+        "samples/step-N.jsonl at each evaluation; 0 disables.",
+    )
+    generate_max_new_tokens: PositiveInt = 32
     record_sample_ids: bool = Field(
         default=False,
         description="Report every step's sample ids to metrics.jsonl (audits, tests).",
@@ -238,6 +261,34 @@ class JobConfig(Section):
     engine: EngineConfig = EngineConfig()
     cluster: ClusterConfig = ClusterConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _causal_lm_stops_on_loss(cls, raw):
+        """causal-lm has no accuracy: its early-stopping metric defaults to (and must be) loss."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+            return raw
+        if raw["model"].get("task") != "causal-lm":
+            return raw
+        training = raw.get("training")
+        training = dict(training) if isinstance(training, dict) else {}
+        training.setdefault("early_stopping_metric", "loss")
+        return raw | {"training": training}
+
+    @model_validator(mode="after")
+    def _causal_lm_options_fit(self) -> JobConfig:
+        if self.model.is_causal_lm():
+            if self.training.early_stopping_metric != "loss":
+                raise ValueError(
+                    "training.early_stopping_metric: causal-lm stops on validation 'loss' "
+                    f"(got {self.training.early_stopping_metric!r})"
+                )
+        elif self.data.packing or self.data.format != "text":
+            raise ValueError(
+                "data.format/data.packing: only for model.task 'causal-lm' "
+                "(sequence-classification reads data.text_column and data.label_column)"
+            )
+        return self
 
     @field_validator("name")
     @classmethod
