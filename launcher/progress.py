@@ -42,6 +42,8 @@ class RunDisplay:
                 self._progress.update(
                     self._task, total=record["total_steps"], description="training"
                 )
+                if "trainable_params" in record:
+                    self._progress.console.print(trainable_line(record))
             elif event == "eval":
                 self._progress.console.print(
                     f"eval @ step {record['step']}: val_loss {record['val_loss']:.4f}  "
@@ -58,6 +60,14 @@ class RunDisplay:
         if evaluation:
             text += f"  val_acc {evaluation['val_accuracy']:.4f}"
         return text
+
+
+def trainable_line(facts: dict[str, Any]) -> str:
+    fraction = facts["trainable_params"] / max(facts["total_params"], 1)
+    return (
+        f"trainable parameters: {facts['trainable_params']:,} of {facts['total_params']:,} "
+        f"({100 * fraction:.3g}%, peft.method {facts.get('peft_method', 'none')})"
+    )
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

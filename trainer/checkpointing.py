@@ -5,6 +5,10 @@ Each rank writes, into the directory its CheckpointSink gives it:
   trainer_state_rank{R}.json     TrainProgress, including the data-stream position and RNG states
   best_rank{R}.pt                this rank's share of the best-so-far weights (plain tensors)
 and the sink delivers them to the head, where rank 0 commits them atomically.
+
+When some parameters are frozen (a PEFT method's base model), DeepSpeed is told to leave them out
+(`exclude_frozen_parameters`): they are the base model's weights, rebuilt from model.path on
+resume and export, so a LoRA checkpoint holds the adapter, the head and their optimizer state.
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def save_checkpoint(
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
-    engine.save_checkpoint(str(local), tag=DS_TAG)
+    engine.save_checkpoint(str(local), tag=DS_TAG, exclude_frozen_parameters=has_frozen(engine))
     (local / f"trainer_state_rank{rank}.json").write_text(
         json.dumps(progress | {"rng": rng_state()})
     )
@@ -90,7 +94,12 @@ def load_checkpoint(
     rank = dist.get_rank()
     local = sink.fetch(tag, lambda name: rank_needs(name, rank))
     path, _ = engine.load_checkpoint(
-        str(local), tag=DS_TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        str(local),
+        tag=DS_TAG,
+        load_optimizer_states=True,
+        load_lr_scheduler_states=True,
+        # Frozen weights are not in the checkpoint; they are already the base model's.
+        load_module_strict=not has_frozen(engine),
     )
     if path is None:
         raise RuntimeError(f"{tag}: DeepSpeed found no checkpoint in {local}")
@@ -104,6 +113,10 @@ def load_checkpoint(
             (flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)
         ]
     return progress, best
+
+
+def has_frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
 
 
 def checkpoint_due(checkpoint_every: int | str | None, step: int, end_of_epoch: bool) -> bool:

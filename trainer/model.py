@@ -1,4 +1,4 @@
-"""Build the task model from a local Hugging Face directory, optionally wrapped with LoRA."""
+"""Build the task model from a local Hugging Face directory, optionally wrapped by a PEFT method."""
 
 from __future__ import annotations
 
@@ -7,11 +7,17 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 
-from trainer.config.schema import PeftConfig
+from trainer.config.peft import NoPeft, PeftConfig
+from trainer.peft_setup import apply_peft
+
+TASK = "sequence-classification"
 
 
 def build_classifier(
-    model_dir: str | Path, label_names: list[str], peft: PeftConfig
+    model_dir: str | Path,
+    label_names: list[str],
+    peft: PeftConfig = NoPeft(),
+    gradient_checkpointing: bool = False,
 ) -> torch.nn.Module:
     """The pretrained encoder with a fresh classification head for `label_names`.
 
@@ -27,20 +33,11 @@ def build_classifier(
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, config=config, dtype=torch.float32
     )
-    return apply_peft(model, peft) if peft.method != "none" else model
-
-
-def apply_peft(model: PreTrainedModel, peft: PeftConfig) -> torch.nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
-
-    lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # also keeps the new classifier head trainable
-        r=peft.r,
-        lora_alpha=peft.alpha,
-        lora_dropout=peft.dropout,
-        target_modules=peft.target_modules,
-    )
-    return get_peft_model(model, lora)
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing needs no input that requires grad, so it also works when
+        # PEFT freezes the embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return apply_peft(model, peft, TASK, model_dir)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -53,8 +50,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def merged_for_export(model: torch.nn.Module) -> PreTrainedModel:
-    """A plain transformers model: LoRA weights folded into the base, wrappers removed."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
+def merged_for_export(model: torch.nn.Module, peft: PeftConfig) -> PreTrainedModel:
+    """A plain transformers model: the adapter folded into the base, wrappers removed.
+
+    Only for methods that can merge (see PeftConfig.can_merge); prompt learning keeps its wrapper.
+    """
+    return model.merge_and_unload() if peft.can_merge() else model
