@@ -68,7 +68,10 @@ def save_checkpoint(
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
-    engine.save_checkpoint(str(local), tag=DS_TAG, exclude_frozen_parameters=has_frozen(engine))
+    frozen = has_frozen(engine)
+    if frozen:
+        _drop_frozen_aliases(engine)
+    engine.save_checkpoint(str(local), tag=DS_TAG, exclude_frozen_parameters=frozen)
     (local / f"trainer_state_rank{rank}.json").write_text(
         json.dumps(progress | {"rng": rng_state()})
     )
@@ -117,6 +120,31 @@ def load_checkpoint(
 
 def has_frozen(engine) -> bool:
     return any(not p.requires_grad for p in engine.module.parameters())
+
+
+def _drop_frozen_aliases(engine) -> None:
+    """DeepSpeed drops frozen weights by the one name `named_parameters()` gives each; a module
+    reachable under two names keeps its second copy. peft's prompt learning does that (the base's
+    word embeddings are also `word_embeddings`), which would put the whole embedding matrix back
+    in every checkpoint. Wrap the engine's module_state_dict once to drop every frozen name."""
+    if getattr(engine, "_ftl_drops_frozen_aliases", False):
+        return
+    original = engine.module_state_dict
+    frozen = {
+        name
+        for name, param in engine.module.named_parameters(remove_duplicate=False)
+        if not param.requires_grad
+    }
+
+    def module_state_dict(*args: Any, exclude_frozen_parameters: bool = False, **kwargs: Any):
+        state = original(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters:
+            for name in frozen & set(state):
+                del state[name]
+        return state
+
+    engine.module_state_dict = module_state_dict
+    engine._ftl_drops_frozen_aliases = True
 
 
 def checkpoint_due(checkpoint_every: int | str | None, step: int, end_of_epoch: bool) -> bool:

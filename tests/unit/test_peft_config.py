@@ -186,3 +186,31 @@ def test_a_sharded_checkpoint_is_read_through_its_index(tmp_path: Path) -> None:
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
     assert read_weight_shapes(tmp_path) == BERT_LIKE
     assert read_weight_shapes(tmp_path / "missing") is None
+
+
+def test_the_cli_rejects_bad_peft_input_before_any_worker_starts(
+    tmp_path: Path, tiny_bert: Path
+) -> None:
+    from tests.fixtures import ftlaunch
+    from tests.unit.test_cli import assert_user_error
+
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"model: {{path: {tiny_bert}}}\n"
+        f"data: {{train: {tmp_path}/none.jsonl, validation: x, test: y}}\n"
+        "peft: {method: lora, target_modules: [query, qkv]}\n"
+    )
+    assert_user_error(
+        ftlaunch("run", str(job), timeout=120),
+        "peft.target_modules: 'qkv' matches no module of ",
+        "modules here include: ",
+        "query",
+    )
+    assert_user_error(
+        ftlaunch("validate", str(job), "--set", "peft.init_text=hi", timeout=60),
+        "peft.init_text: not an option of peft.method 'lora' (its options: r, alpha,",
+    )
+    assert_user_error(
+        ftlaunch("validate", str(job), "--set", "training.precision=fp16", timeout=60),
+        "training.precision: fp16 needs GPUs",
+    )
