@@ -40,6 +40,7 @@ bench: setup
 	$(BIN)/pip install --quiet datasets  # the data benchmark's comparison baseline only
 	$(BIN)/python benchmarks/data.py --gb 1.0
 	$(BIN)/python benchmarks/checkpoint.py
+	$(BIN)/python benchmarks/peft.py
 
 clean:
 	rm -rf $(VENV) runs data .pytest_cache

@@ -31,6 +31,7 @@ from cluster.ray_token import load_token, write_token_file
 from cluster.secret_env import sealed_env_vars
 from cluster.shard_server import shard_server_actor
 from cluster.worker_entry import train_worker
+from trainer.config.errors import UnsupportedConfigError
 from trainer.config.manifest import CorruptShardError
 from trainer.config.schema import ClusterConfig
 from trainer.config.spec import RunSpec
@@ -47,7 +48,9 @@ class ClusterError(Exception):
 class TrainingFailed(Exception):
     rank: int | None
     message: str
-    is_data_error: bool = False  # a worker refused corrupted input data: bad input, not a crash
+    # A worker refused corrupted input data or a config this model/machine cannot run: bad
+    # input (exit 2), not a crash.
+    is_data_error: bool = False
 
     def __str__(self) -> str:
         where = f"rank {self.rank}" if self.rank is not None else "the training controller"
@@ -262,7 +265,7 @@ def _as_training_failed(error: BaseException) -> TrainingFailed:
     if failures:
         rank = min(failures)
         cause = _root_cause(failures[rank])
-        if isinstance(cause, CorruptShardError):
+        if isinstance(cause, (CorruptShardError, UnsupportedConfigError)):
             return TrainingFailed(rank, str(cause), is_data_error=True)
         return TrainingFailed(rank, _last_line(failures[rank]))
     return TrainingFailed(None, _last_line(error))

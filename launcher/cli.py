@@ -185,12 +185,18 @@ def export(
     checkpoint: Annotated[
         str | None, typer.Option(help="Tag such as step-40; default: newest.")
     ] = None,
+    adapter_only: Annotated[
+        bool,
+        typer.Option(
+            "--adapter-only", help="Write the PEFT adapter (PeftModel format), not a merged model."
+        ),
+    ] = False,
 ) -> None:
-    """Consolidate a ZeRO checkpoint (LoRA merged) into a plain safetensors model directory."""
+    """Consolidate a ZeRO checkpoint (PEFT adapter merged) into a plain safetensors model directory."""
     from launcher.export_command import run_export
 
     try:
-        code, message = run_export(run_dir, checkpoint, out)
+        code, message = run_export(run_dir, checkpoint, out, adapter_only)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     if code:

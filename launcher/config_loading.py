@@ -16,7 +16,9 @@ from pydantic import BaseModel, ValidationError
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
+from trainer.config.peft import peft_error_line, peft_field_path
 
+DOTTED_FIELD = re.compile(r"[a-z_]+\.[a-z_.]+: ")
 EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
@@ -104,7 +106,10 @@ def merge_union_errors(lines: Iterable[str]) -> list[str]:
 
 def format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     """One line for one pydantic error: `optim.lr: must be > 0 (got -1)`."""
-    loc = [str(part) for part in err["loc"] if not _is_union_branch(part)]
+    peft_line = peft_error_line(err)
+    if peft_line:
+        return peft_line
+    loc = peft_field_path([str(part) for part in err["loc"] if not _is_union_branch(part)])
     field = ".".join(loc) or "config"
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -114,7 +119,7 @@ def format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
     message = _humanize(err)
     if message.startswith(f"{field}."):  # a section-level rule that already names its field
         return message
-    if not loc and re.match(r"[a-z_./]+: ", message):  # a job-level rule naming its fields
+    if not loc and DOTTED_FIELD.match(message):  # a cross-section rule that names its field
         return message
     if "input" in err and kind not in ("model_type", "dict_type"):
         return f"{field}: {message} (got {err['input']!r})"

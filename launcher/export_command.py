@@ -15,6 +15,8 @@ from launcher.errors import UserError
 from launcher.resume import CHECKPOINT_DIR
 from trainer.config.checkpoints import CheckpointStore
 
+ADAPTER_NOTE = "ADAPTER_ONLY.md"  # written by trainer.export next to an adapter
+
 
 def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
     store = CheckpointStore(run_dir / CHECKPOINT_DIR)
@@ -30,11 +32,14 @@ def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
     return store.root / tag
 
 
-def run_export(run_dir: Path, tag: str | None, out: Path) -> tuple[int, str]:
+def run_export(
+    run_dir: Path, tag: str | None, out: Path, adapter_only: bool = False
+) -> tuple[int, str]:
     """Returns (exit code, message)."""
     checkpoint = choose_checkpoint(run_dir, tag)
+    flags = ["--adapter-only"] if adapter_only else []
     result = subprocess.run(
-        [sys.executable, "-m", "trainer.consolidate", str(checkpoint), str(out)],
+        [sys.executable, "-m", "trainer.consolidate", str(checkpoint), str(out), *flags],
         capture_output=True,
         text=True,
     )
@@ -44,6 +49,11 @@ def run_export(run_dir: Path, tag: str | None, out: Path) -> tuple[int, str]:
             lines[-1].removeprefix("error: ") if lines else result.stderr.strip().splitlines()[-1]
         )
         return (2 if lines else 1), message
+    if (out / ADAPTER_NOTE).is_file():  # asked for, or a method that cannot merge
+        return 0, (
+            f"exported {checkpoint.name} to {out} as a peft adapter, not a merged model "
+            f"(load it on its base with PeftModel.from_pretrained; see {ADAPTER_NOTE}); reload verified"
+        )
     return (
         0,
         f"exported {checkpoint.name} to {out} (safetensors, config, tokenizer; reload verified)",

@@ -43,6 +43,8 @@ class RunDisplay:
                 self._progress.update(
                     self._task, total=record["total_steps"], description="training"
                 )
+                if "trainable_params" in record:
+                    self._progress.console.print(trainable_line(record))
             elif event == "eval":
                 values = "  ".join(
                     f"{k} {v:.4f}" for k, v in record.items() if k.startswith("val_")
@@ -77,6 +79,14 @@ class RunDisplay:
         elif evaluation:
             text += f"  val_ppl {evaluation['val_perplexity']:.2f}"
         return text
+
+
+def trainable_line(facts: dict[str, Any]) -> str:
+    fraction = facts["trainable_params"] / max(facts["total_params"], 1)
+    return (
+        f"trainable parameters: {facts['trainable_params']:,} of {facts['total_params']:,} "
+        f"({100 * fraction:.3g}%, peft.method {facts.get('peft_method', 'none')})"
+    )
 
 
 def summary_table(summary: dict[str, Any]) -> Table:

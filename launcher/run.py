@@ -13,6 +13,7 @@ from launcher.causal_prepare import CausalFormat
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
+from launcher.peft_targets import check_target_modules
 from launcher.prepare import default_cache_root, prepare_split
 from launcher.prepared import check_prepared, load_prepared
 from launcher.progress import RunDisplay, summary_table
@@ -48,6 +49,7 @@ def run_from_file(
         )
     model_dir = resolve_model_path(job.model.path)
     _check_max_length(job, model_dir)
+    check_target_modules(job.peft, model_dir)
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)

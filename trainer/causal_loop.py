@@ -22,7 +22,7 @@ from trainer.causal_eval import batch_loss, evaluate_causal, generate_samples
 from trainer.checkpointing import checkpoint_due, load_checkpoint
 from trainer.config.spec import RunSpec
 from trainer.data import TimedIterator
-from trainer.engine import build_engine
+from trainer.engine import build_engine, check_precision
 from trainer.export import save_causal_lm
 from trainer.loop import (
     TrainProgress,
@@ -72,7 +72,8 @@ def run_causal_lm(
             f"{job.global_batch_size()} samples (micro_batch_size x grad_accum x num_workers)"
         )
     total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
-    model = build_causal_lm(spec.model_dir, job.peft)
+    check_precision(t.precision)
+    model = build_causal_lm(spec.model_dir, job.peft, t.gradient_checkpointing)
     trainable, total = count_parameters(model)
     engine = build_engine(model, job, world, total_steps)
     eval_batch = t.effective_eval_batch_size()
@@ -87,6 +88,9 @@ def run_causal_lm(
         "peft_method": job.peft.method,
         "trainable_params": trainable,
         "total_params": total,
+        "trainable_fraction": trainable / total,
+        "precision": t.precision,
+        "gradient_checkpointing": t.gradient_checkpointing,
         "data_format": manifest.data_format,
         "packing": manifest.packing,
         "train_examples": manifest.examples,

@@ -7,6 +7,10 @@ Each rank writes, into the directory its CheckpointSink gives it:
   trainer_state_rank{R}.json     TrainProgress, including the data-stream position and RNG states
   best_rank{R}.pt                this rank's share of the best-so-far weights (plain tensors)
 and the sink delivers them to the head, where rank 0 commits them atomically.
+
+When some parameters are frozen (a PEFT method's base model), DeepSpeed is told to leave them out
+(`exclude_frozen_parameters`): they are the base model's weights, rebuilt from model.path on
+resume and export, so a LoRA checkpoint holds the adapter, the head and their optimizer state.
 """
 
 from __future__ import annotations

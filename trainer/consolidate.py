@@ -1,5 +1,6 @@
 """Consolidate a committed checkpoint into a plain Hugging Face model directory, one tensor at a
-time: `python -m trainer.consolidate CHECKPOINT_DIR OUT_DIR` (what `ftlaunch export` runs).
+time: `python -m trainer.consolidate CHECKPOINT_DIR OUT_DIR [--adapter-only]` (what `ftlaunch export`
+runs).
 
 Both engines' checkpoints are read (see trainer/checkpoint_formats.py for Accelerate's: DDP
 safetensors, FSDP sharded DCP, DeepSpeed through Accelerate).
@@ -24,6 +25,7 @@ import torch
 
 from trainer.checkpointing import ACC_TAG, DS_TAG, MODEL_STATES
 from trainer.config.checkpoints import CheckpointStore, CorruptCheckpointError
+from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
 
 Producer = Callable[[], torch.Tensor]
@@ -172,8 +174,33 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]
     return path.stat().st_size
 
 
-def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
-    """Verify, consolidate and write `checkpoint_dir` as a model directory; reload it to check."""
+def export_checkpoint(checkpoint_dir: Path, out_dir: Path, adapter_only: bool = False) -> Path:
+    """Verify, consolidate and write `checkpoint_dir` as a model directory; reload it to check.
+
+    Full fine-tuning streams tensor by tensor. A PEFT run's checkpoint holds only what trained, so
+    its export rebuilds the peft model on the base from model.path (one model in memory), loads the
+    trained tensors, and writes the merged model, or the adapter (`adapter_only`, or a method that
+    cannot merge).
+    """
+    store = CheckpointStore(checkpoint_dir.parent)
+    manifest = store.verify(checkpoint_dir.name)
+    spec = RunSpec.model_validate(manifest["state"]["spec"])
+    tensors = engine_tensors(checkpoint_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.job.peft.method == "none":
+        if adapter_only:
+            raise UnsupportedConfigError(
+                "--adapter-only: this run trained the full model (peft.method: none); there is no adapter"
+            )
+        return _export_full(tensors, spec, out_dir)
+    from trainer.peft_export import export_peft
+
+    return export_peft(tensors, spec, out_dir, adapter_only)
+
+
+def _export_full(
+    tensors: dict[str, tuple[torch.Size, Producer]], spec: RunSpec, out_dir: Path
+) -> Path:
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -181,17 +208,7 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
         AutoTokenizer,
     )
 
-    store = CheckpointStore(checkpoint_dir.parent)
-    manifest = store.verify(checkpoint_dir.name)
-    spec = RunSpec.model_validate(manifest["state"]["spec"])
-    peft = spec.job.peft
-    scaling = peft.alpha / peft.r if peft.method == "lora" else 0.0
-    transposed = (
-        conv1d_modules(spec.model_dir, spec.job.model.is_causal_lm()) if scaling else frozenset()
-    )
-    entries = list(export_names(engine_tensors(checkpoint_dir), scaling, transposed))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(out_dir / "model.safetensors", entries)
+    write_safetensors(out_dir / "model.safetensors", list(export_names(tensors, 0.0)))
     labels = spec.label_names
     causal = spec.job.model.is_causal_lm()
     if causal:
@@ -223,8 +240,13 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    adapter_only = "--adapter-only" in args
+    args = [a for a in args if a != "--adapter-only"]
     try:
-        export_checkpoint(Path(args[0]), Path(args[1]))
+        export_checkpoint(Path(args[0]), Path(args[1]), adapter_only)
+    except UnsupportedConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (CorruptCheckpointError, FileNotFoundError, KeyError) as exc:
         print(f"error: {args[0]}: cannot export ({exc})", file=sys.stderr)
         return 2

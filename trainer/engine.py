@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
+from trainer.config.errors import UnsupportedConfigError
 from trainer.config.schema import JobConfig
 
 NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
@@ -62,7 +63,7 @@ def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": e.zero_stage}
     if e.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return {
+    return precision_config(t.precision) | {
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.micro_batch_size * t.grad_accum * world_size,
@@ -74,6 +75,36 @@ def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def precision_config(precision: str) -> dict[str, Any]:
+    """DeepSpeed's mixed-precision sections: fp32 master weights and optimizer state either way."""
+    return {
+        "bf16": {"enabled": precision == "bf16"},
+        # loss_scale 0: dynamic loss scaling, which fp16 needs to keep small gradients.
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0},
+    }
+
+
+def check_precision(precision: str) -> None:
+    """Raise UnsupportedConfigError if this worker cannot compute in `precision`."""
+    if precision == "fp32":
+        return
+    if torch.cuda.is_available():
+        if precision == "bf16" and not torch.cuda.is_bf16_supported():
+            raise UnsupportedConfigError("training.precision: bf16 is not supported by this GPU")
+        return
+    if precision == "fp16":
+        raise UnsupportedConfigError(
+            "training.precision: fp16 needs a GPU and this worker has none; use bf16 or fp32"
+        )
+    try:
+        probe = torch.ones(2, 2, dtype=torch.bfloat16, requires_grad=True)
+        (probe @ probe).sum().backward()
+    except RuntimeError as exc:
+        raise UnsupportedConfigError(
+            f"training.precision: bf16 is not supported on this CPU by torch {torch.__version__} ({exc})"
+        ) from None
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):

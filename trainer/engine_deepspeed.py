@@ -50,8 +50,14 @@ class DeepSpeedEngine:
         return self.engine.get_lr()
 
     def save_state(self, directory: Path) -> None:
-        # DeepSpeed appends the tag: files land in <checkpoint>/ds/.
-        self.engine.save_checkpoint(str(directory.parent), tag=directory.name)
+        # DeepSpeed appends the tag: files land in <checkpoint>/ds/. Frozen weights (a PEFT
+        # method's base model) are left out: they are rebuilt from model.path on resume/export.
+        frozen = has_frozen(self.engine)
+        if frozen:
+            _drop_frozen_aliases(self.engine)
+        self.engine.save_checkpoint(
+            str(directory.parent), tag=directory.name, exclude_frozen_parameters=frozen
+        )
 
     def load_state(self, directory: Path) -> None:
         path, _ = self.engine.load_checkpoint(
@@ -59,6 +65,8 @@ class DeepSpeedEngine:
             tag=directory.name,
             load_optimizer_states=True,
             load_lr_scheduler_states=True,
+            # Frozen weights are not in the checkpoint; they are already the base model's.
+            load_module_strict=not has_frozen(self.engine),
         )
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
@@ -86,3 +94,32 @@ def zero_consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
     if torch.distributed.get_rank() == 0:
         return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
     return None
+
+
+def has_frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
+def _drop_frozen_aliases(engine) -> None:
+    """DeepSpeed drops frozen weights by the one name `named_parameters()` gives each; a module
+    reachable under two names keeps its second copy. peft's prompt learning does that (the base's
+    word embeddings are also `word_embeddings`), which would put the whole embedding matrix back
+    in every checkpoint. Wrap the engine's module_state_dict once to drop every frozen name."""
+    if getattr(engine, "_ftl_drops_frozen_aliases", False):
+        return
+    original = engine.module_state_dict
+    frozen = {
+        name
+        for name, param in engine.module.named_parameters(remove_duplicate=False)
+        if not param.requires_grad
+    }
+
+    def module_state_dict(*args: Any, exclude_frozen_parameters: bool = False, **kwargs: Any):
+        state = original(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters:
+            for name in frozen & set(state):
+                del state[name]
+        return state
+
+    engine.module_state_dict = module_state_dict
+    engine._ftl_drops_frozen_aliases = True

@@ -1,4 +1,9 @@
-"""Write the trained model as a plain Hugging Face directory (safetensors, tokenizer, label map)."""
+"""Write the trained model as a plain Hugging Face directory (safetensors, tokenizer, label map).
+
+Methods that merge (none, LoRA, adapter/LoHa, IA3) give a plain model. Prompt and prefix tuning
+cannot merge (their virtual tokens are an input, not a weight), so they give the peft adapter,
+loadable with `PeftModel.from_pretrained(base, dir)`, and a note saying so.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,63 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
+from trainer.config.peft import PeftConfig
 from trainer.config.spec import RunSpec
 from trainer.model import build_causal_lm, build_classifier, merged_for_export
 
+ADAPTER_NOTE = "ADAPTER_ONLY.md"
+
 
 def save_classifier(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path) -> Path:
-    """Rebuild the architecture, load the consolidated weights strictly, fold LoRA in, save.
+    """Rebuild the architecture, load the consolidated weights strictly, fold the adapter in, save.
 
     Loading strictly means a key mismatch fails here, on the worker, instead of producing a model
     that silently reloads with a random head.
     """
     model = build_classifier(spec.model_dir, spec.label_names, spec.job.peft)
     model.load_state_dict(state, strict=True)
-    plain = merged_for_export(model)
-    plain.save_pretrained(out_dir, safe_serialization=True)
+    if spec.job.peft.can_merge() or spec.job.peft.method == "none":
+        merged_for_export(model, spec.job.peft).save_pretrained(out_dir, safe_serialization=True)
+    else:
+        save_adapter(model, spec, out_dir)
+    write_tokenizer_and_labels(spec, out_dir)
+    return out_dir
+
+
+def save_adapter(model: torch.nn.Module, spec: RunSpec, out_dir: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors (adapter and classifier head) + a note."""
+    model.save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / ADAPTER_NOTE).write_text(
+        adapter_note(spec.job.peft, spec.model_dir, spec.label_names)
+    )
+
+
+def adapter_note(peft: PeftConfig, base_dir: str, labels: list[str]) -> str:
+    why = (
+        "it cannot be merged into the base weights (virtual tokens are an input)"
+        if peft.is_prompt_learning()
+        else "`--adapter-only` was asked for"
+    )
+    return (
+        f"# A peft adapter ({peft.method}), not a full model\n\n"
+        f"This directory holds only the trained adapter and classification head: {why}.\n"
+        "Load it on top of its base model:\n\n"
+        "```python\n"
+        "from peft import PeftModel\n"
+        "from transformers import AutoModelForSequenceClassification\n"
+        f"base = AutoModelForSequenceClassification.from_pretrained({base_dir!r}, num_labels={len(labels)})\n"
+        "model = PeftModel.from_pretrained(base, THIS_DIRECTORY)\n"
+        "```\n\nLabels (by id) are in label_map.json.\n"
+    )
+
+
+def write_tokenizer_and_labels(spec: RunSpec, out_dir: Path) -> None:
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     label_map = {
         "labels": spec.label_names,
         "label2id": {n: i for i, n in enumerate(spec.label_names)},
     }
     (out_dir / "label_map.json").write_text(json.dumps(label_map, indent=2) + "\n")
-    return out_dir
 
 
 def save_causal_lm(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path) -> Path:
@@ -41,7 +82,6 @@ def save_causal_lm(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path)
     untied = [k for k in missing if k not in params or id(params[k]) not in present]
     if untied:
         raise RuntimeError(f"consolidated state lacks {untied[:5]}")
-    plain = merged_for_export(model)
-    plain.save_pretrained(out_dir, safe_serialization=True)
+    merged_for_export(model, spec.job.peft).save_pretrained(out_dir, safe_serialization=True)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     return out_dir

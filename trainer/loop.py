@@ -25,7 +25,7 @@ from trainer.config.checkpoints import step_tag
 from trainer.config.schema import TrainingConfig
 from trainer.config.spec import RunSpec
 from trainer.data import Batch, ShardedSplit, TimedIterator
-from trainer.engine import build_engine
+from trainer.engine import build_engine, check_precision
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
 from trainer.model import build_classifier, count_parameters
@@ -91,7 +91,8 @@ def run_classification(
             f"{job.global_batch_size()} samples (micro_batch_size x grad_accum x num_workers)"
         )
     total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
-    model = build_classifier(spec.model_dir, spec.label_names, job.peft)
+    check_precision(t.precision)
+    model = build_classifier(spec.model_dir, spec.label_names, job.peft, t.gradient_checkpointing)
     trainable, total = count_parameters(model)
     engine = build_engine(model, job, world, total_steps)
     num_classes = len(spec.label_names)
@@ -104,6 +105,9 @@ def run_classification(
         "peft_method": job.peft.method,
         "trainable_params": trainable,
         "total_params": total,
+        "trainable_fraction": trainable / total,
+        "precision": t.precision,
+        "gradient_checkpointing": t.gradient_checkpointing,
         "train_samples_dropped_per_epoch": dropped,
     }
     if is_rank_zero:

@@ -1,4 +1,4 @@
-"""Build the task model from a local Hugging Face directory, optionally wrapped with LoRA."""
+"""Build the task model from a local Hugging Face directory, optionally wrapped by a PEFT method."""
 
 from __future__ import annotations
 
@@ -12,11 +12,15 @@ from transformers import (
     PreTrainedModel,
 )
 
-from trainer.config.schema import PeftConfig
+from trainer.config.peft import NoPeft, PeftConfig
+from trainer.peft_setup import apply_peft
 
 
 def build_classifier(
-    model_dir: str | Path, label_names: list[str], peft: PeftConfig
+    model_dir: str | Path,
+    label_names: list[str],
+    peft: PeftConfig = NoPeft(),
+    gradient_checkpointing: bool = False,
 ) -> torch.nn.Module:
     """The pretrained encoder with a fresh classification head for `label_names`.
 
@@ -32,28 +36,24 @@ def build_classifier(
     model = AutoModelForSequenceClassification.from_pretrained(
         model_dir, config=config, dtype=torch.float32
     )
-    return apply_peft(model, peft) if peft.method != "none" else model
+    _enable_gradient_checkpointing(model, gradient_checkpointing)
+    return apply_peft(model, peft, "sequence-classification", model_dir)
 
 
-def build_causal_lm(model_dir: str | Path, peft: PeftConfig) -> torch.nn.Module:
-    """The pretrained decoder with its language-model head, optionally wrapped with LoRA."""
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    return apply_peft(model, peft, task_type="CAUSAL_LM") if peft.method != "none" else model
-
-
-def apply_peft(
-    model: PreTrainedModel, peft: PeftConfig, task_type: str = "SEQ_CLS"
+def build_causal_lm(
+    model_dir: str | Path, peft: PeftConfig = NoPeft(), gradient_checkpointing: bool = False
 ) -> torch.nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
+    """The pretrained decoder with its language-model head, optionally wrapped by a PEFT method."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    _enable_gradient_checkpointing(model, gradient_checkpointing)
+    return apply_peft(model, peft, "causal-lm", model_dir)
 
-    lora = LoraConfig(
-        task_type=TaskType[task_type],  # SEQ_CLS also keeps the new classifier head trainable
-        r=peft.r,
-        lora_alpha=peft.alpha,
-        lora_dropout=peft.dropout,
-        target_modules=peft.target_modules,
-    )
-    return get_peft_model(model, lora)
+
+def _enable_gradient_checkpointing(model: PreTrainedModel, enabled: bool) -> None:
+    if enabled:
+        # Non-reentrant checkpointing needs no input that requires grad, so it also works when
+        # PEFT freezes the embeddings.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
@@ -66,8 +66,9 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def merged_for_export(model: torch.nn.Module) -> PreTrainedModel:
-    """A plain transformers model: LoRA weights folded into the base, wrappers removed."""
-    if hasattr(model, "merge_and_unload"):
-        return model.merge_and_unload()
-    return model
+def merged_for_export(model: torch.nn.Module, peft: PeftConfig) -> PreTrainedModel:
+    """A plain transformers model: the adapter folded into the base, wrappers removed.
+
+    Only for methods that can merge (see PeftConfig.can_merge); prompt learning keeps its wrapper.
+    """
+    return model.merge_and_unload() if peft.can_merge() else model

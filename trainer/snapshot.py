@@ -5,6 +5,9 @@ copies just that: the snapshot costs about 1/world of the model per rank. ZeRO-3
 parameters (below `stage3_param_persistence_threshold`, e.g. LoRA and LayerNorm weights) gathered
 in full between steps, and forward reads that full copy without re-gathering, so for those the
 full tensor is saved and restored too. Under ZeRO 0-2 parameters are whole on every rank.
+
+Only parameters that train are kept: frozen ones (a PEFT method's base model) never change, so
+the snapshot of a LoRA run is the size of the adapter, not of the model.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ Snapshot = list[tuple[torch.Tensor, torch.Tensor | None]]
 def capture_weights(module: torch.nn.Module) -> Snapshot:
     _reshard_fsdp(module)
     snapshot: Snapshot = []
-    for param in module.parameters():
+    for param in _trained(module):
         partition = getattr(param, "ds_tensor", None)
         if partition is None:
             snapshot.append((_local(param.data).detach().clone(), None))
@@ -31,11 +34,15 @@ def restore_weights(module: torch.nn.Module, snapshot: Snapshot) -> None:
     """Write a snapshot back. Only the module weights: enough to evaluate and save, not to train on."""
     _reshard_fsdp(module)
     with torch.no_grad():
-        for param, (saved, saved_full) in zip(module.parameters(), snapshot, strict=True):
+        for param, (saved, saved_full) in zip(_trained(module), snapshot, strict=True):
             partition = getattr(param, "ds_tensor", None)
             (_local(param.data) if partition is None else partition).copy_(saved)
             if saved_full is not None and _is_gathered(param):
                 param.data.copy_(saved_full)
+
+
+def _trained(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
 
 
 def _is_gathered(param: torch.nn.Parameter) -> bool:

@@ -52,7 +52,7 @@ def test_defaults_fill_every_section() -> None:
         ("optim", "lr", -1, "optim.lr: must be > 0"),
         ("engine", "zero_stage", 5, "engine.zero_stage: must be <= 3 (got 5)"),
         ("cluster", "num_workers", 0, "cluster.num_workers: must be > 0 (got 0)"),
-        ("peft", "method", "qlora", "peft.method: must be one of 'none' or 'lora'"),
+        ("peft", "method", "qlora", "peft.method: must be one of 'none', 'lora', 'adapter'"),
         (
             "training",
             "micro_batch_size",

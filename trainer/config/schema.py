@@ -10,6 +10,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
+from trainer.config.peft import NoPeft, PeftConfig
+
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 
@@ -54,17 +56,6 @@ class DataConfig(Section):
     cache_dir: str | None = Field(
         default=None,
         description="Where tokenized shards are cached; default ~/.cache/ftlaunch/shards.",
-    )
-
-
-class PeftConfig(Section):
-    method: Literal["none", "lora"] = "none"
-    r: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0)] = 16.0
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    target_modules: list[str] | None = Field(
-        default=None,
-        description="Module name suffixes to adapt; default: the attention query/value projections.",
     )
 
 
@@ -115,6 +106,12 @@ class TrainingConfig(Section):
     record_sample_ids: bool = Field(
         default=False,
         description="Report every step's sample ids to metrics.jsonl (audits, tests).",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32", description="bf16/fp16 mixed precision (fp16 needs GPUs)."
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward: less memory, more compute."
     )
 
     def effective_eval_batch_size(self) -> int:
@@ -255,7 +252,7 @@ class JobConfig(Section):
     name: str = "ftlaunch-job"
     model: ModelConfig
     data: DataConfig
-    peft: PeftConfig = PeftConfig()
+    peft: PeftConfig = NoPeft()
     optim: OptimConfig = OptimConfig()
     training: TrainingConfig = TrainingConfig()
     engine: EngineConfig = EngineConfig()
@@ -296,6 +293,23 @@ class JobConfig(Section):
         if not value or any(ch in value for ch in "/\\\n"):
             raise ValueError("must be a non-empty name without slashes")
         return value
+
+    @model_validator(mode="after")
+    def _precision_and_peft_fit(self) -> JobConfig:
+        if self.training.precision == "fp16" and not self.cluster.uses_gpu():
+            raise ValueError(
+                "training.precision: fp16 needs GPUs (cluster.gpus_per_worker > 0); "
+                "on CPU use bf16 or fp32"
+            )
+        if self.peft.method == "prefix_tuning" and self.model.task == "sequence-classification":
+            # peft's sequence-classification prefix path needs a `past_key_values` argument that
+            # transformers 5 encoders and classifiers no longer take (checked, peft 0.21).
+            raise ValueError(
+                "peft.method: prefix_tuning is not available for model.task "
+                "'sequence-classification' (the classifier takes no past_key_values); "
+                "use prompt_tuning, or prefix_tuning with a causal-lm task"
+            )
+        return self
 
     def global_batch_size(self) -> int:
         t = self.training
