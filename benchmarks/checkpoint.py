@@ -39,7 +39,7 @@ import torch, transformers, deepspeed
 from pathlib import Path
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 from trainer.consolidate import checkpoint_tensors, export_names, write_safetensors
-entries = list(export_names(checkpoint_tensors(Path(sys.argv[1]) / "ds"), 0.0))
+entries = list(export_names(checkpoint_tensors(Path(sys.argv[1]) / "ds")))
 size = write_safetensors(Path(sys.argv[2]), entries)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"base_mb": base, "peak_mb": peak, "weights_mb": size / 2**20}))

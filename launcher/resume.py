@@ -31,6 +31,8 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
         "seed": job.training.seed,
         "labels": label_names,
     }
+    if job.training.precision != "fp32":  # DeepSpeed's mixed-precision state differs in kind
+        relevant["precision"] = job.training.precision
     if job.engine.backend != "deepspeed":  # checkpoint layouts differ per engine and strategy
         relevant["engine"] = [job.engine.backend, job.engine.strategy]
     if job.model.is_causal_lm():  # what the stored rows are; added only here so classification

@@ -104,47 +104,11 @@ def _rank_of(path: Path) -> int:
 
 def export_names(
     tensors: dict[str, tuple[torch.Size, Producer]],
-    lora_scaling: float,
-    transposed: frozenset[str] = frozenset(),
 ) -> Iterator[tuple[str, torch.Size, Producer]]:
-    """Map a (possibly LoRA-wrapped) state dict to plain transformers names, folding LoRA in:
-    W' = W + scaling * B @ A; the head saved by peft's modules_to_save replaces the original.
-    Modules named in `transposed` store their weight (in, out), like GPT-2's Conv1D, so there
-    the delta is (B @ A)^T (peft's fan_in_fan_out); shapes alone cannot tell for square weights."""
+    """The full fine-tuning state under plain transformers names (PEFT runs are exported by
+    trainer/peft_export.py, which lets peft merge its own modules)."""
     for name, (shape, produce) in tensors.items():
-        if ".lora_" in name or ".original_module." in name:
-            continue
-        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
-        plain = plain.replace(".modules_to_save.default.", ".")
-        prefix = name.rsplit(".base_layer.", 1)[0] if ".base_layer." in name else None
-        lora_a = f"{prefix}.lora_A.default.weight" if prefix else None
-        if lora_a in tensors and name.endswith(".weight"):
-            a, b = tensors[lora_a][1], tensors[f"{prefix}.lora_B.default.weight"][1]
-            flip = plain.removesuffix(".weight") in transposed
-            yield (
-                plain,
-                shape,
-                lambda w=produce, a=a, b=b, t=flip: w() + lora_scaling * _delta(b, a, t),
-            )
-        else:
-            yield plain, shape, produce
-
-
-def _delta(b: Producer, a: Producer, transpose: bool) -> torch.Tensor:
-    delta = b() @ a()
-    return delta.T if transpose else delta
-
-
-def conv1d_modules(model_dir: str, causal: bool) -> frozenset[str]:
-    """Names of the modules that store weights (in, out) (transformers' Conv1D), found on an
-    empty meta-device copy of the architecture (no weights are read)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
-    from transformers.pytorch_utils import Conv1D
-
-    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    with torch.device("meta"):
-        model = auto.from_config(AutoConfig.from_pretrained(model_dir))
-    return frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
+        yield name.removeprefix("base_model.model."), shape, produce
 
 
 def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]]) -> int:
@@ -208,7 +172,7 @@ def _export_full(
         AutoTokenizer,
     )
 
-    write_safetensors(out_dir / "model.safetensors", list(export_names(tensors, 0.0)))
+    write_safetensors(out_dir / "model.safetensors", list(export_names(tensors)))
     labels = spec.label_names
     causal = spec.job.model.is_causal_lm()
     if causal:
