@@ -24,14 +24,16 @@ from trainer.config.spec import RunSpec
 from trainer.data import TimedIterator
 from trainer.engine import build_engine, check_precision
 from trainer.export import save_causal_lm
-from trainer.loop import (
+from trainer.loop_parts import (
     TrainProgress,
-    _all_agree,
-    _checkpoint,
-    _eval_due,
-    _is_finished,
-    _report_sample_ids,
+    all_agree,
+    checkpoint_now,
+    common_run_facts,
+    eval_due,
+    is_finished,
+    plan_steps,
     record_evaluation,
+    report_sample_ids,
     seed_everything,
 )
 from trainer.model import build_causal_lm, count_parameters
@@ -62,16 +64,11 @@ def run_causal_lm(
         CausalSplit(open_split_store(spec.split_dirs[name]))
         for name in ("train", "validation", "test")
     )
-    micro_per_epoch = len(
-        train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)
+    micro_per_epoch, steps_per_epoch, total_steps = plan_steps(
+        job,
+        len(train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)),
+        train_split.num_rows,
     )
-    steps_per_epoch = micro_per_epoch // t.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"data.train: {train_split.num_rows} rows cannot fill one optimizer step of "
-            f"{job.global_batch_size()} samples (micro_batch_size x grad_accum x num_workers)"
-        )
-    total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
     check_precision(t.precision)
     model = build_causal_lm(spec.model_dir, job.peft, t.gradient_checkpointing)
     trainable, total = count_parameters(model)
@@ -80,17 +77,8 @@ def run_causal_lm(
     prompts = val_split.prompts(t.generate_samples) if t.generate_samples else []
     eos_id = getattr(model.config, "eos_token_id", None)
     manifest = train_split.manifest
-    run_facts = {
+    run_facts = common_run_facts(job, world, engine, trainable, total) | {
         "task": "causal-lm",
-        "world_size": world,
-        "zero_stage": job.engine.zero_stage,
-        "engine": engine.describe(),
-        "peft_method": job.peft.method,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_fraction": trainable / total,
-        "precision": t.precision,
-        "gradient_checkpointing": t.gradient_checkpointing,
         "data_format": manifest.data_format,
         "packing": manifest.packing,
         "train_examples": manifest.examples,
@@ -114,7 +102,7 @@ def run_causal_lm(
     window = RankWindow(t.log_every)
     slots = torch.zeros(2, dtype=torch.float64)  # real tokens, computed positions (this process)
     micro_in_epoch = steps_per_epoch * t.grad_accum
-    while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
+    while progress.epoch < t.epochs and not is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
             progress.epoch,
             t.seed,
@@ -138,7 +126,7 @@ def run_causal_lm(
             stream.wait_s = 0.0
             slots += torch.tensor([batch.num_tokens(), batch.num_slots()], dtype=torch.float64)
             if t.record_sample_ids:
-                _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
+                report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
             progress.micro_steps_in_epoch += 1
             progress.samples_seen_in_epoch += world * t.micro_batch_size
             if progress.micro_steps_in_epoch % t.grad_accum:
@@ -153,7 +141,7 @@ def run_causal_lm(
                 if is_rank_zero:
                     reporter.report(record)
             end_of_epoch = progress.micro_steps_in_epoch == micro_in_epoch
-            if _eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
+            if eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
                 result = evaluate_causal(engine, val_split, eval_batch)
                 if record_evaluation(progress, result, t):
                     best_weights = capture_weights(engine.module)
@@ -168,17 +156,17 @@ def run_causal_lm(
                     if is_rank_zero:
                         _send_samples(sink, progress.step, prompts, samples, spec.model_dir)
             if checkpoints and checkpoint_due(t.checkpoint_every, progress.step, end_of_epoch):
-                _checkpoint(
+                checkpoint_now(
                     engine, progress, best_weights, checkpoints, spec, reporter, "checkpoint"
                 )
-            if stop is not None and _all_agree(stop.requested()):
-                tag = _checkpoint(
+            if stop is not None and all_agree(stop.requested()):
+                tag = checkpoint_now(
                     engine, progress, best_weights, checkpoints, spec, reporter, "preempted"
                 )
                 if checkpoints is not None:
                     checkpoints.cleanup()
                 return {"preempted": True, "step": progress.step, "tag": tag}
-            if progress.stopped_early or _is_finished(progress, total_steps):
+            if progress.stopped_early or is_finished(progress, total_steps):
                 break
             window.exclude_pause(paused_at)
         if progress.stopped_early:

@@ -8,56 +8,38 @@ whoever started the workers (Ray Train here, torchrun in the overhead benchmark)
 from __future__ import annotations
 
 import json
-import random
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
-from trainer.checkpointing import checkpoint_due, load_checkpoint, save_checkpoint
-from trainer.config.checkpoints import step_tag
-from trainer.config.schema import TrainingConfig
+from trainer.checkpointing import checkpoint_due, load_checkpoint
 from trainer.config.spec import RunSpec
-from trainer.data import Batch, ShardedSplit, TimedIterator
+from trainer.data import ShardedSplit, TimedIterator
 from trainer.engine import build_engine, check_precision
 from trainer.evaluation import EvalResult, evaluate, majority_baseline_accuracy
 from trainer.export import save_classifier
+from trainer.loop_parts import (
+    TrainProgress,
+    all_agree,
+    checkpoint_now,
+    common_run_facts,
+    eval_due,
+    is_finished,
+    plan_steps,
+    record_evaluation,
+    report_sample_ids,
+    seed_everything,
+)
 from trainer.model import build_classifier, count_parameters
 from trainer.protocols import ArtifactSink, CheckpointSink, Reporter, StopSignal
 from trainer.rank_window import RankWindow
 from trainer.shards import ShardStore, open_store
-from trainer.snapshot import Snapshot, capture_weights, restore_weights
-
-
-@dataclass
-class TrainProgress:
-    """Where training stands; `state_dict()` is what a checkpoint needs to resume exactly."""
-
-    epoch: int = 0
-    step: int = 0
-    micro_steps_in_epoch: int = 0
-    samples_seen_in_epoch: int = 0  # global position in this epoch's sample order
-    best_metric: float | None = None
-    best_step: int = 0
-    best_val_metrics: dict[str, float] | None = None
-    evals_without_improvement: int = 0
-    stopped_early: bool = False
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain JSON; checkpointing adds the RNG states next to it."""
-        return asdict(self)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+from trainer.snapshot import capture_weights, restore_weights
 
 
 def run_classification(
@@ -81,16 +63,11 @@ def run_classification(
         ShardedSplit(open_split_store(spec.split_dirs[name]))
         for name in ("train", "validation", "test")
     )
-    micro_per_epoch = len(
-        train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)
+    micro_per_epoch, steps_per_epoch, total_steps = plan_steps(
+        job,
+        len(train_split.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)),
+        train_split.num_rows,
     )
-    steps_per_epoch = micro_per_epoch // t.grad_accum
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"data.train: {train_split.num_rows} rows cannot fill one optimizer step of "
-            f"{job.global_batch_size()} samples (micro_batch_size x grad_accum x num_workers)"
-        )
-    total_steps = min(t.max_steps or 10**12, steps_per_epoch * t.epochs)
     check_precision(t.precision)
     model = build_classifier(spec.model_dir, spec.label_names, job.peft, t.gradient_checkpointing)
     trainable, total = count_parameters(model)
@@ -98,16 +75,7 @@ def run_classification(
     num_classes = len(spec.label_names)
     eval_batch = t.effective_eval_batch_size()
     dropped = train_split.num_rows - steps_per_epoch * t.grad_accum * t.micro_batch_size * world
-    run_facts = {
-        "world_size": world,
-        "zero_stage": job.engine.zero_stage,
-        "engine": engine.describe(),
-        "peft_method": job.peft.method,
-        "trainable_params": trainable,
-        "total_params": total,
-        "trainable_fraction": trainable / total,
-        "precision": t.precision,
-        "gradient_checkpointing": t.gradient_checkpointing,
+    run_facts = common_run_facts(job, world, engine, trainable, total) | {
         "train_samples_dropped_per_epoch": dropped,
     }
     if is_rank_zero:
@@ -126,7 +94,7 @@ def run_classification(
     # --- train with periodic validation, early stopping and checkpoints
     window = RankWindow(t.log_every)
     micro_in_epoch = steps_per_epoch * t.grad_accum
-    while progress.epoch < t.epochs and not _is_finished(progress, total_steps):
+    while progress.epoch < t.epochs and not is_finished(progress, total_steps):
         batches = train_split.epoch_batches(
             progress.epoch,
             t.seed,
@@ -150,7 +118,7 @@ def run_classification(
             window.add_micro(outputs.loss.item(), batch, stream.wait_s, forward_s)
             stream.wait_s = 0.0
             if t.record_sample_ids:
-                _report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
+                report_sample_ids(reporter, batch, progress.step + 1, is_rank_zero)
             progress.micro_steps_in_epoch += 1
             progress.samples_seen_in_epoch += world * t.micro_batch_size
             if progress.micro_steps_in_epoch % t.grad_accum:
@@ -165,7 +133,7 @@ def run_classification(
                 if is_rank_zero:
                     reporter.report(record)
             end_of_epoch = progress.micro_steps_in_epoch == steps_per_epoch * t.grad_accum
-            if _eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
+            if eval_due(t.eval_every, progress.step, end_of_epoch) or progress.step == total_steps:
                 result = evaluate(engine, val_split, eval_batch, num_classes)
                 if record_evaluation(progress, result, t):
                     best_weights = capture_weights(engine.module)
@@ -176,17 +144,17 @@ def run_classification(
                         | {"best_step": progress.best_step}
                     )
             if checkpoints and checkpoint_due(t.checkpoint_every, progress.step, end_of_epoch):
-                _checkpoint(
+                checkpoint_now(
                     engine, progress, best_weights, checkpoints, spec, reporter, "checkpoint"
                 )
-            if stop is not None and _all_agree(stop.requested()):
-                tag = _checkpoint(
+            if stop is not None and all_agree(stop.requested()):
+                tag = checkpoint_now(
                     engine, progress, best_weights, checkpoints, spec, reporter, "preempted"
                 )
                 if checkpoints is not None:
                     checkpoints.cleanup()
                 return {"preempted": True, "step": progress.step, "tag": tag}
-            if progress.stopped_early or _is_finished(progress, total_steps):
+            if progress.stopped_early or is_finished(progress, total_steps):
                 break
             window.exclude_pause(paused_at)
         if progress.stopped_early:
@@ -219,75 +187,6 @@ def run_classification(
         checkpoints.cleanup()
     engine.destroy()
     return summary
-
-
-def record_evaluation(progress: TrainProgress, result: EvalResult, t: TrainingConfig) -> bool:
-    """Update best-so-far and patience from one validation pass; True if it is the new best.
-
-    Identical on every rank (metrics come from all-gathered predictions), so all ranks stop together.
-    """
-    value = result.metric(t.early_stopping_metric)
-    if t.metric_is_better(value, progress.best_metric):
-        progress.best_metric, progress.best_step = value, progress.step
-        progress.best_val_metrics = result.metrics("val")
-        progress.evals_without_improvement = 0
-        return True
-    progress.evals_without_improvement += 1
-    patience = t.early_stopping_patience
-    progress.stopped_early = patience is not None and progress.evals_without_improvement > patience
-    return False
-
-
-def _checkpoint(
-    engine,
-    progress: TrainProgress,
-    best: Snapshot | None,
-    checkpoints: CheckpointSink | None,
-    spec: RunSpec,
-    reporter: Reporter,
-    event: str,
-) -> str | None:
-    """Save and commit a checkpoint of the current step (all ranks); rank 0 reports `event`."""
-    tag, blocked = None, 0.0
-    if checkpoints is not None:
-        tag = step_tag(progress.step)
-        state = {
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "world_size": dist.get_world_size(),
-            "samples_seen_in_epoch": progress.samples_seen_in_epoch,
-            "config_fingerprint": spec.config_fingerprint,
-            "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
-        }
-        blocked = save_checkpoint(engine, tag, progress.state_dict(), best, checkpoints, state)
-        if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
-            checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
-    if dist.get_rank() == 0:
-        reporter.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
-    return tag
-
-
-def _all_agree(flag: bool) -> bool:
-    """True on every rank as soon as one rank saw `flag` (ranks must stop at the same step)."""
-    value = torch.tensor([1.0 if flag else 0.0])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def _report_sample_ids(reporter: Reporter, batch: Batch, step: int, is_rank_zero: bool) -> None:
-    """Audit trail of which samples each step consumed, all ranks gathered (collective)."""
-    gathered: list[list[int]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, batch.sample_ids.tolist())
-    if is_rank_zero:
-        reporter.report({"event": "samples", "step": step, "sample_ids": gathered})
-
-
-def _eval_due(eval_every: int | str, step: int, end_of_epoch: bool) -> bool:
-    return end_of_epoch if eval_every == "epoch" else step % eval_every == 0
-
-
-def _is_finished(progress: TrainProgress, total_steps: int) -> bool:
-    return progress.step >= total_steps
 
 
 def _save_and_send(
