@@ -165,12 +165,7 @@ def export_checkpoint(checkpoint_dir: Path, out_dir: Path, adapter_only: bool = 
 def _export_full(
     tensors: dict[str, tuple[torch.Size, Producer]], spec: RunSpec, out_dir: Path
 ) -> Path:
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
+    from transformers import AutoConfig, AutoTokenizer
 
     write_safetensors(out_dir / "model.safetensors", list(export_names(tensors)))
     labels = spec.label_names
@@ -188,17 +183,9 @@ def _export_full(
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     if not causal:
         (out_dir / "label_map.json").write_text(json.dumps({"labels": labels}, indent=2) + "\n")
-    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    _, info = auto.from_pretrained(out_dir, output_loading_info=True)
-    problems = {
-        k: v
-        for k, v in info.items()
-        if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")
-    }
-    if problems:
-        raise CorruptCheckpointError(
-            f"{out_dir}: exported model does not reload cleanly: {problems}"
-        )
+    from trainer.peft_export import check_reloads
+
+    check_reloads(out_dir, causal)
     return out_dir
 
 

@@ -65,7 +65,7 @@ def export_peft(
     else:
         merged_for_export(model, peft).save_pretrained(out_dir, safe_serialization=True)
         write_tokenizer_and_labels(spec, out_dir)
-        _check_merged_reloads(out_dir)
+        check_reloads(out_dir, causal=False)
     return out_dir
 
 
@@ -76,7 +76,7 @@ def _export_causal_peft(
     adapter_only: bool,
 ) -> Path:
     """A decoder has no label map; the adapter or the merged model, then the tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     peft = spec.job.peft
     model = build_causal_lm(spec.model_dir, peft)
@@ -86,9 +86,7 @@ def _export_causal_peft(
         model.save_pretrained(out_dir, safe_serialization=True)
     else:
         merged_for_export(model, peft).save_pretrained(out_dir, safe_serialization=True)
-        _, info = AutoModelForCausalLM.from_pretrained(out_dir, output_loading_info=True)
-        if info.get("missing_keys") or info.get("unexpected_keys"):
-            raise CorruptCheckpointError(f"{out_dir}: exported model does not reload cleanly")
+        check_reloads(out_dir, causal=True)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     return out_dir
 
@@ -111,10 +109,13 @@ def _check_adapter_reloads(model: torch.nn.Module, spec: RunSpec, out_dir: Path)
             raise CorruptCheckpointError(f"{out_dir}: adapter tensor {name} does not reload equal")
 
 
-def _check_merged_reloads(out_dir: Path) -> None:
-    from transformers import AutoModelForSequenceClassification
+def check_reloads(out_dir: Path, causal: bool) -> None:
+    """Raise CorruptCheckpointError unless transformers reloads `out_dir` with no missing,
+    unexpected or mismatched weights (shared by full and PEFT exports)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    _, info = AutoModelForSequenceClassification.from_pretrained(out_dir, output_loading_info=True)
+    auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
+    _, info = auto.from_pretrained(out_dir, output_loading_info=True)
     problems = {
         k: v
         for k, v in info.items()
