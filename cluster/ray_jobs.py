@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from cluster.ray_backend import ClusterError
 
 FTLAUNCH_TAG = "ftlaunch"  # metadata key that marks the jobs `ftlaunch list` shows
 PROBE_TIMEOUT_S = 10
+AGENT_WAIT_S = 60  # how long a submit waits for a just-started cluster's job agent
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -131,15 +133,22 @@ class JobsClient:
         runtime_env: dict[str, Any],
         metadata: dict[str, str],
     ) -> str:
-        try:
-            return self._client.submit_job(
-                entrypoint=entrypoint,
-                submission_id=submission_id,
-                runtime_env=runtime_env,
-                metadata=metadata,
-            )
-        except Exception as exc:
-            raise ClusterError(f"submit to {self.url} failed: {_first_line(exc)}") from None
+        # A cluster that has just started answers "No available agent" until its job agent is
+        # up (seconds); that is worth waiting for, anything else is an error at once.
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return self._client.submit_job(
+                    entrypoint=entrypoint,
+                    submission_id=submission_id,
+                    runtime_env=runtime_env,
+                    metadata=metadata,
+                )
+            except Exception as exc:
+                if "No available agent" in str(exc) and time.monotonic() < deadline:
+                    time.sleep(1.0)
+                    continue
+                raise ClusterError(f"submit to {self.url} failed: {_first_line(exc)}") from None
 
     def info(self, job_id: str) -> Any:
         return self._call(job_id, self._client.get_job_info)

@@ -99,7 +99,10 @@ def test_submit_follow_then_status_logs_list_and_secrets_never_shown(
     assert summary["steps"] == 4 and summary["world_size"] == 2
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     received = {r["rank"]: r["names"] for r in records if r["event"] == "secret_env"}
-    assert received == {0: sorted(SECRET_ENV), 1: sorted(SECRET_ENV)}
+    # (other secret-looking variables of the test process, e.g. AWS_* from the S3 tests, travel
+    # sealed too, by design; the planted ones must be among them on both ranks)
+    assert set(received) == {0, 1}
+    assert all(set(SECRET_ENV) <= set(names) for names in received.values()), received
 
     status = ftlaunch("status", job_id, "--address", cluster["url"], env=env)
     assert status.returncode == 0 and status.stdout.splitlines()[0] == "SUCCEEDED", status
