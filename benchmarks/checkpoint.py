@@ -84,9 +84,8 @@ def blocked_per_save(checkpoint: Path) -> list[float]:
 
 def measure_transfer(checkpoint: Path, work: Path, chunk_mb: int) -> dict[str, float]:
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    import cluster  # noqa: F401, I001  (sets RAY_AUTH_MODE before ray is imported)
     import ray
-
-    import cluster  # noqa: F401  (sets RAY_AUTH_MODE before ray is imported)
     from cluster.collector import collector_actor
 
     files = [p for p in checkpoint.rglob("*") if p.is_file()]
