@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from trainer.data import PAD_ROW, ShardedSplit, _fill_padding
@@ -105,25 +106,15 @@ class CausalSplit(ShardedSplit):
             packed=self.packed,
         )
 
-    def _block(self, block_id: int) -> _CausalBlock:
-        block = self._cache.get(block_id)
-        if block is not None:
-            self._cache.move_to_end(block_id)
-            return block
-        shard_file, batch_index = self._block_key[block_id]
-        batch = self.store.read_block(shard_file, batch_index)
+    def _decode_block(self, batch: pa.RecordBatch) -> _CausalBlock:
         ids = batch.column("input_ids")
-        block = _CausalBlock(
+        return _CausalBlock(
             offsets=ids.offsets.to_numpy(),
             values=ids.values.to_numpy(),
             labels=batch.column("labels").values.to_numpy(),
             positions=batch.column("position_ids").values.to_numpy(),
             sample_ids=batch.column("sample_id").to_numpy(),
         )
-        self._cache[block_id] = block
-        if len(self._cache) > self._cache_blocks:
-            self._cache.popitem(last=False)
-        return block
 
     def prompts(self, count: int) -> list[list[int]]:
         """Up to `count` generation prompts from the first rows: each example's tokens before its

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from trainer.shards import ShardStore
@@ -200,18 +201,21 @@ class ShardedSplit:
             self._cache.move_to_end(block_id)
             return block
         shard_file, batch_index = self._block_key[block_id]
-        batch = self.store.read_block(shard_file, batch_index)
+        block = self._decode_block(self.store.read_block(shard_file, batch_index))
+        self._cache[block_id] = block
+        if len(self._cache) > self._cache_blocks:
+            self._cache.popitem(last=False)
+        return block
+
+    def _decode_block(self, batch: pa.RecordBatch) -> _Block:
+        """One record batch as numpy columns (subclasses decode their own row layout)."""
         ids = batch.column("input_ids")
-        block = _Block(
+        return _Block(
             offsets=ids.offsets.to_numpy(),
             values=ids.values.to_numpy(),
             labels=batch.column("label").to_numpy(),
             sample_ids=batch.column("sample_id").to_numpy(),
         )
-        self._cache[block_id] = block
-        if len(self._cache) > self._cache_blocks:
-            self._cache.popitem(last=False)
-        return block
 
 
 def _fill_padding(rows: np.ndarray) -> np.ndarray:
