@@ -36,7 +36,7 @@ from transformers import AutoModelForSequenceClassification  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from trainer.config.schema import JobConfig  # noqa: E402
-from trainer.engine import deepspeed_config  # noqa: E402
+from trainer.engines.base import deepspeed_config  # noqa: E402
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 

@@ -38,7 +38,7 @@ import json, resource, sys
 import torch, transformers, deepspeed
 from pathlib import Path
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from trainer.consolidate import checkpoint_tensors, export_names, write_safetensors
+from trainer.export.consolidate import checkpoint_tensors, export_names, write_safetensors
 entries = list(export_names(checkpoint_tensors(Path(sys.argv[1]) / "ds")))
 size = write_safetensors(Path(sys.argv[2]), entries)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -86,7 +86,7 @@ def measure_transfer(checkpoint: Path, work: Path, chunk_mb: int) -> dict[str, f
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import cluster  # noqa: F401, I001  (sets RAY_AUTH_MODE before ray is imported)
     import ray
-    from cluster.collector import collector_actor
+    from cluster.head.collector import collector_actor
 
     files = [p for p in checkpoint.rglob("*") if p.is_file()]
     total = sum(p.stat().st_size for p in files)
@@ -114,7 +114,7 @@ def measure_transfer(checkpoint: Path, work: Path, chunk_mb: int) -> dict[str, f
 def _stream_all(collector, paths: list[str], root: str, chunk_mb: int) -> None:
     import ray
 
-    from cluster.collector import CollectorSink
+    from cluster.worker.files import CollectorSink
 
     sink = CollectorSink(collector, chunk_bytes=chunk_mb << 20)
     for path in map(Path, paths):

@@ -55,10 +55,11 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from launcher.prepare import SHARD_SCHEMA, _ShardWriter  # noqa: E402
-from trainer.config.manifest import (  # noqa: E402
+from launcher.data.tokenize import _ShardWriter  # noqa: E402
+from trainer.formats.shards import (  # noqa: E402
     MANIFEST_FORMAT_VERSION,
     MANIFEST_NAME,
+    SHARD_SCHEMA,
     ShardManifest,
 )
 
@@ -222,8 +223,8 @@ def read_epoch(split_factory, batch_size: int, limit_rows: int | None, marks: li
 def child_reader(directory: Path, args: argparse.Namespace) -> dict:
     import torch  # noqa: F401  (counted in the import baseline, as in a real worker)
 
-    from trainer.data import ShardedSplit
-    from trainer.shards import LocalShardStore
+    from trainer.data.split import ShardedSplit
+    from trainer.formats.shard_stores import LocalShardStore
 
     base = rss_mb()
     marks = [int(m) for m in args.marks.split(",") if m]
@@ -277,7 +278,7 @@ def child_hf(directory: Path, args: argparse.Namespace) -> dict:
 
 
 def child_head(directory: Path, args: argparse.Namespace) -> dict:
-    from cluster.shard_server import shard_server_actor  # sets RAY_AUTH_MODE=token
+    from cluster.head.shard_server import shard_server_actor  # sets RAY_AUTH_MODE=token
 
     os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
     import ray
@@ -297,8 +298,8 @@ def child_head(directory: Path, args: argparse.Namespace) -> dict:
         def remote_worker(server, location: str, batch_size: int, rows: int) -> dict:
             import torch  # noqa: F401  (import outside the timed part)
 
-            from cluster.shard_server import HeadShardStore
-            from trainer.data import ShardedSplit
+            from cluster.worker.shards import HeadShardStore
+            from trainer.data.split import ShardedSplit
 
             return read_epoch(
                 lambda: ShardedSplit(HeadShardStore(server, location)), batch_size, rows, []

@@ -45,9 +45,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from launcher.commands.run import prepare_splits  # noqa: E402
 from launcher.config_loading import load_job_config  # noqa: E402
 from launcher.models import resolve_model_path  # noqa: E402
-from launcher.run import prepare_splits  # noqa: E402
 
 GOAL_RATIO = 1.05
 WARMUP_FRACTION = 0.2
@@ -63,7 +63,7 @@ def build_inputs(tiny: bool, work: Path) -> tuple[str, dict[str, Path], str]:
     """(model.path, split files, description): MiniLM + demo data, or the tiny test fixtures."""
     if not tiny:
         try:
-            from launcher.demo_data import write_demo_dataset
+            from launcher.data.demo import write_demo_dataset
 
             return "minilm-l6", write_demo_dataset(work / "data"), "MiniLM-L6 on demo data"
         except ImportError as exc:  # demo data generator not available: tiny fixtures instead

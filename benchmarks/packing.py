@@ -65,9 +65,9 @@ def build_model(directory: Path, width: int, layers: int, max_length: int) -> Pa
 
 
 def prepare(corpus: Path, model_dir: Path, max_length: int, packing: bool, cache: Path):
-    from launcher.causal_prepare import CausalFormat
-    from launcher.prepare import prepare_split
-    from launcher.sources import SplitSource
+    from launcher.data.causal import CausalFormat
+    from launcher.data.sources import SplitSource
+    from launcher.data.tokenize import prepare_split
 
     fmt = CausalFormat("text", packing)
     source = SplitSource("data.train", (corpus,), "text", "label", fmt.columns())
@@ -76,7 +76,7 @@ def prepare(corpus: Path, model_dir: Path, max_length: int, packing: bool, cache
 
 def timed_pass(model, optimizer, split, micro: int) -> tuple[float, float, int, int]:
     """One epoch: (wall seconds, CPU seconds of this process, useful tokens, token slots)."""
-    from trainer.causal_eval import token_nll
+    from trainer.eval.causal import token_nll
 
     batches = split.epoch_batches(0, 0, 1, 0, micro, train=True)
     useful = slots = 0
@@ -105,8 +105,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.causal_data import CausalSplit
-    from trainer.shards import open_store
+    from trainer.data.causal import CausalSplit
+    from trainer.formats.shard_stores import open_store
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="ftl-packing-") as tmp:

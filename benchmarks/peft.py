@@ -35,8 +35,8 @@ import torch, torch.distributed as dist
 from transformers import AutoTokenizer
 from launcher.models import resolve_model_path
 from trainer.config import JobConfig
-from trainer.engine import build_engine
-from trainer.model import build_classifier, count_parameters
+from trainer.engines.base import build_engine
+from trainer.model.build import build_classifier, count_parameters
 
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     options = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from launcher.demo_data import write_demo_dataset
+    from launcher.data.demo import write_demo_dataset
 
     with tempfile.TemporaryDirectory(prefix="ftl-bench-peft-") as tmp:
         train = write_demo_dataset(Path(tmp) / "data", seed=0)["train"]

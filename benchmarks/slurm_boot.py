@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.slurm_jobs import TERMINAL_STATES, job_state  # noqa: E402
-from cluster.slurm_layout import job_dir  # noqa: E402
+from cluster.slurm.jobs import TERMINAL_STATES, job_state  # noqa: E402
+from cluster.slurm.layout import job_dir  # noqa: E402
 from tests.fixtures import ftlaunch, make_keyword_dataset, make_tiny_bert  # noqa: E402
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cluster.ray_backend import RayBackend
+from cluster.ray.backend import RayBackend
 from trainer.config.schema import ClusterConfig
 
 BACKENDS = {"ray": RayBackend}

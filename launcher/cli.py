@@ -57,8 +57,8 @@ def run(
     ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
-    from cluster.ray_backend import ClusterError, Preempted, TrainingFailed
-    from launcher.run import run_from_file
+    from cluster.errors import ClusterError, Preempted, TrainingFailed
+    from launcher.commands.run import run_from_file
 
     console = Console(highlight=False, soft_wrap=True)
     try:
@@ -137,7 +137,7 @@ def prepare(
     messages_column: Annotated[str, typer.Option(help="Causal LM chat column.")] = "messages",
 ) -> None:
     """Tokenize inputs into Arrow IPC shards + manifest.json (streamed, deterministic, idempotent)."""
-    from launcher.prepare_command import causal_options, run_prepare
+    from launcher.commands.prepare import causal_options, run_prepare
 
     try:
         run_prepare(
@@ -170,7 +170,7 @@ def metrics(
     ] = None,
 ) -> None:
     """Show a run's metrics; --plot draws them with matplotlib."""
-    from launcher.metrics_command import run_metrics
+    from launcher.commands.metrics import run_metrics
 
     try:
         run_metrics(run_dir, plot, Console(highlight=False, soft_wrap=True))
@@ -193,7 +193,7 @@ def export(
     ] = False,
 ) -> None:
     """Consolidate a ZeRO checkpoint (PEFT adapter merged) into a plain safetensors model directory."""
-    from launcher.export_command import run_export
+    from launcher.commands.export import run_export
 
     try:
         code, message = run_export(run_dir, checkpoint, out, adapter_only)
@@ -234,8 +234,8 @@ def slurm(
     ] = False,
 ) -> None:
     """Run the job in a SLURM allocation: sbatch boots Ray on the nodes, then `ftlaunch run`."""
-    from launcher.slurm_options import SlurmOptions
-    from launcher.slurm_submit import submit_from_file
+    from launcher.commands.slurm import submit_from_file
+    from launcher.slurm.options import SlurmOptions
 
     options = SlurmOptions(
         nodes=nodes,
@@ -264,7 +264,7 @@ def demo_data(
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 0,
 ) -> None:
     """Write the demo's generated 3-class review dataset (deterministic)."""
-    from launcher.demo_data import write_demo_dataset
+    from launcher.data.demo import write_demo_dataset
 
     for split, path in write_demo_dataset(out, seed=seed).items():
         typer.echo(f"{split}: {path}")
@@ -289,7 +289,7 @@ AddressOption = Annotated[
 
 def _jobs_call(action: Callable[[], int]) -> None:
     """Run a Jobs API command: user and cluster errors are one line and exit code 2."""
-    from cluster.ray_backend import ClusterError
+    from cluster.errors import ClusterError
 
     try:
         code = action()
@@ -325,8 +325,9 @@ def submit(
     ] = None,
 ) -> None:
     """Submit the job to a Ray cluster through the Ray Jobs API; prints the job id."""
-    from launcher.submit import run_submit
-    from launcher.submit_plan import parse_size, read_requirements
+    from launcher.commands.submit import run_submit
+    from launcher.sizes import parse_size
+    from launcher.submit_plan import MAX_UPLOAD_LIMIT, read_requirements
 
     def action() -> int:
         reqs = read_requirements(requirements) if requirements else []
@@ -336,7 +337,7 @@ def submit(
             address,
             follow,
             insecure,
-            parse_size(max_upload),
+            parse_size(max_upload, "--max-upload", minimum=0, maximum=MAX_UPLOAD_LIMIT),
             reqs,
             typer.echo,
             _note,
@@ -351,7 +352,7 @@ def status(
     address: AddressOption = None,
 ) -> None:
     """Show a job's state."""
-    from launcher.jobs_command import show_status
+    from launcher.commands.jobs import show_status
 
     _jobs_call(lambda: show_status(job, address, typer.echo))
 
@@ -365,7 +366,7 @@ def logs(
     ] = False,
 ) -> None:
     """Print a job's logs (secret values masked)."""
-    from launcher.jobs_command import show_logs
+    from launcher.commands.jobs import show_logs
 
     _jobs_call(lambda: show_logs(job, address, follow, typer.echo, _note))
 
@@ -376,7 +377,7 @@ def stop(
     address: AddressOption = None,
 ) -> None:
     """Stop a job (SIGTERM: it commits a preemption checkpoint; continue with --resume)."""
-    from launcher.jobs_command import stop_job
+    from launcher.commands.jobs import stop_job
 
     _jobs_call(lambda: stop_job(job, address, typer.echo))
 
@@ -384,7 +385,7 @@ def stop(
 @app.command("list")
 def list_(address: AddressOption = None) -> None:
     """List the jobs ftlaunch submitted to the cluster: id, status, start, name."""
-    from launcher.jobs_command import list_jobs
+    from launcher.commands.jobs import list_jobs
 
     _jobs_call(lambda: list_jobs(address, typer.echo))
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
-from trainer.config.checkpoints import CheckpointStore, CorruptCheckpointError
-
-CHECKPOINT_DIR = "checkpoints"
+from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
+from trainer.formats.rundir import CHECKPOINT_DIR
 
 
 def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:

@@ -1,7 +1,8 @@
 """The run directory on the head: a private staging area while running, committed on success.
 
 Nothing in `output.dir` is touched until training has succeeded, so a failed or interrupted run
-leaves earlier results intact; each committed entry replaces its predecessor with renames.
+leaves earlier results intact; each committed entry replaces its predecessor with renames. The
+names are in trainer/formats/rundir.py.
 """
 
 from __future__ import annotations
@@ -11,17 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from trainer.config.durable import replace_atomically
-
-COMMITTED_ENTRIES = (
-    "config.yaml",
-    "metrics.jsonl",
-    "tensorboard",
-    "summary.json",
-    "model",
-    "predictions_test.jsonl",
-    "samples",  # causal-lm generation samples, one file per evaluation
-)
+from trainer.formats.durable import replace_atomically
+from trainer.formats.rundir import COMMITTED_ENTRIES, staging_name
 
 
 def new_run_id(name: str) -> str:
@@ -29,7 +21,7 @@ def new_run_id(name: str) -> str:
 
 
 def create_staging(output_dir: Path, run_id: str) -> Path:
-    staging = output_dir / f".run-{run_id}"
+    staging = output_dir / staging_name(run_id)
     staging.mkdir(parents=True, exist_ok=False)
     return staging
 

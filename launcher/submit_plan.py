@@ -18,11 +18,10 @@ from typing import Any
 from launcher.errors import UserError
 from launcher.models import MODEL_ALIASES
 from trainer.config import JobConfig
-from trainer.config.manifest import is_remote_uri
+from trainer.formats.shards import is_remote_uri
 
 BUNDLE_CONFIG = "job.yaml"
 BUNDLE_INPUTS = "inputs"
-DEFAULT_MAX_UPLOAD = 100 * 2**20
 # Ray's limit for one uploaded package is 500 MiB; bigger inputs belong on shared storage.
 MAX_UPLOAD_LIMIT = 400 * 2**20
 STOP_MARGIN_S = 30  # beyond training.preemption_grace_s before Ray SIGKILLs a stopped job
@@ -183,22 +182,3 @@ def read_requirements(path: Path) -> list[str]:
     except OSError as exc:
         raise UserError(f"--requirements: cannot read {path} ({exc.strerror or exc})") from None
     return [s for s in (line.split("#", 1)[0].strip() for line in lines) if s]
-
-
-def parse_size(text: str) -> int:
-    """'100MB' / '2GB' / '0' -> bytes.
-
-    Raises:
-        UserError: not a size, or above what Ray can upload.
-    """
-    units = {"": 1, "B": 1, "KB": 2**10, "MB": 2**20, "GB": 2**30}
-    stripped = text.strip().upper()
-    number = stripped.rstrip("KMGB")
-    unit = stripped[len(number) :]
-    try:
-        value = int(float(number) * units[unit])
-    except (KeyError, ValueError):
-        raise UserError(f"--max-upload: {text!r} is not a size like 100MB") from None
-    if value < 0 or value > MAX_UPLOAD_LIMIT:
-        raise UserError(f"--max-upload: must be between 0 and {MAX_UPLOAD_LIMIT // 2**20}MB")
-    return value

@@ -98,8 +98,8 @@ def write_synthetic_split(out_dir: Path, rows: int, seed: int = 0, max_tokens: i
     import numpy as np
     import pyarrow as pa
 
-    from launcher.prepare import SHARD_SCHEMA, _ShardWriter
-    from trainer.config.manifest import MANIFEST_FORMAT_VERSION, ShardManifest
+    from launcher.data.tokenize import _ShardWriter
+    from trainer.formats.shards import MANIFEST_FORMAT_VERSION, SHARD_SCHEMA, ShardManifest
 
     rng = np.random.default_rng(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,6 +155,41 @@ def ftlaunch(
         text=True,
         timeout=timeout,
     )
+
+
+HEAVY_MODULES = ("ray", "torch", "deepspeed", "transformers")
+_REPORT_MODULES = """
+import sys
+from launcher.cli import main
+sys.argv = ["ftlaunch", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+loaded = [m for m in {heavy!r} if m in sys.modules]
+print("FTL_HEAVY_MODULES=" + ",".join(loaded), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def ftlaunch_loading(
+    *args: str, cwd: Path = REPO_ROOT, env: dict[str, str] | None = None, timeout: float = 120
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Like `ftlaunch`, and which of HEAVY_MODULES the command imported (fresh interpreter)."""
+    code = _REPORT_MODULES.format(heavy=HEAVY_MODULES)
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=cwd,
+        env=dict(os.environ, **(env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    marker = [ln for ln in result.stderr.splitlines() if ln.startswith("FTL_HEAVY_MODULES=")]
+    loaded = set(filter(None, marker[-1].split("=", 1)[1].split(","))) if marker else {"?"}
+    return result, loaded
 
 
 # --- causal LM: tiny GPT-2 / Llama with a byte-level BPE tokenizer trained here on the corpus

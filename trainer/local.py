@@ -1,5 +1,5 @@
 """Plain-filesystem Reporter, ArtifactSink and CheckpointSink: run the loop without Ray (tests,
-benchmarks)."""
+benchmarks, the overhead baseline)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from trainer.config.checkpoints import COMPLETE_MARKER, CheckpointStore
-from trainer.config.step_metrics import StragglerDetector, summarize_window
+from trainer.formats.checkpoints import COMPLETE_MARKER, CheckpointStore
+from trainer.formats.metrics import StragglerDetector, summarize_window
+from trainer.formats.rundir import METRICS_FILE
+from trainer.formats.shard_stores import open_store
+from trainer.protocols import WorkerIO
 
 
 class JsonlReporter:
@@ -86,6 +89,16 @@ class LocalCheckpointSink:
 
     def cleanup(self) -> None:
         return None
+
+
+def local_io(run_dir: Path, checkpoints: LocalCheckpointSink | None = None) -> WorkerIO:
+    """Metrics and artifacts into `run_dir` on this disk, shards read where they lie."""
+    return WorkerIO(
+        reporter=JsonlReporter(run_dir / METRICS_FILE),
+        artifacts=DirectorySink(run_dir),
+        open_store=open_store,
+        checkpoints=checkpoints,
+    )
 
 
 def _wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -1,14 +1,21 @@
-"""The two things the training loop needs from whoever runs it.
+"""What the training loop needs from whoever runs it: where metrics, artifacts and checkpoints
+go, where shards come from, and whether to stop.
 
-`cluster/` hands in Ray-backed implementations; tests hand in local ones, so the loop runs
-without Ray and the Ray wiring is tested without a model.
+`cluster/worker/` hands in Ray-backed implementations; `trainer/local.py` and tests hand in
+plain-file ones, so the loop runs without Ray and the Ray wiring is tested without a model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from trainer.formats.shards import ShardManifest
 
 
 class Reporter(Protocol):
@@ -51,3 +58,24 @@ class CheckpointSink(Protocol):
 class StopSignal(Protocol):
     def requested(self) -> bool:
         """Whether the launcher asked to checkpoint and stop now (preemption)."""
+
+
+class ShardStore(Protocol):
+    """Where one prepared split's shards are read from (a local disk, a URI, the head node)."""
+
+    def read_manifest(self) -> ShardManifest: ...
+
+    def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
+        """One record batch of one shard, read into memory (not memory-mapped)."""
+        ...
+
+
+@dataclass(frozen=True)
+class WorkerIO:
+    """Everything a worker talks to outside itself, handed to the recipe in one piece."""
+
+    reporter: Reporter
+    artifacts: ArtifactSink
+    open_store: Callable[[str], ShardStore]
+    checkpoints: CheckpointSink | None = None
+    stop: StopSignal | None = None

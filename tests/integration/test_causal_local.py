@@ -24,9 +24,9 @@ def causal_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _prepare(data: Path, model: Path, fmt: str, packing: bool, cache: Path, max_length: int = 64):
-    from launcher.causal_prepare import CausalFormat
-    from launcher.prepare import prepare_split
-    from launcher.sources import SplitSource
+    from launcher.data.causal import CausalFormat
+    from launcher.data.sources import SplitSource
+    from launcher.data.tokenize import prepare_split
 
     causal = CausalFormat(fmt, packing)
     source = SplitSource("data.train", (data,), "text", "label", causal.columns())
@@ -34,8 +34,8 @@ def _prepare(data: Path, model: Path, fmt: str, packing: bool, cache: Path, max_
 
 
 def _split(directory: Path):
-    from trainer.causal_data import CausalSplit
-    from trainer.shards import open_store
+    from trainer.data.causal import CausalSplit
+    from trainer.formats.shard_stores import open_store
 
     return CausalSplit(open_store(str(directory)))
 
@@ -47,7 +47,7 @@ def _all_rows(split):
 
 def _nll_and_grads(model, batch):
     """Summed next-token NLL of a batch and the gradient it gives every parameter."""
-    from trainer.causal_eval import token_nll
+    from trainer.eval.causal import token_nll
 
     model.zero_grad()
     logits = model(**batch.model_inputs(model.device)).logits
@@ -84,7 +84,7 @@ def test_packed_and_unpacked_rows_give_the_same_loss_and_gradients(
     # Control: the same packed rows with attention allowed across examples score differently.
     batch = _all_rows(packed)
     crossing = batch.model_inputs(model.device) | {"position_ids": None}
-    from trainer.causal_eval import token_nll
+    from trainer.eval.causal import token_nll
 
     with torch.no_grad():
         leaked, _ = token_nll(model(**crossing).logits, batch.labels)
@@ -98,7 +98,7 @@ def test_masked_tokens_contribute_no_gradient(
     import torch
     from transformers import AutoModelForCausalLM
 
-    from trainer.causal_eval import token_nll
+    from trainer.eval.causal import token_nll
 
     def conversation(last_user_turn: str) -> dict:
         return {
@@ -138,9 +138,9 @@ def test_masked_tokens_contribute_no_gradient(
 def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> None:
     import torch.distributed as dist
 
-    from trainer.causal_loop import run_causal_lm
     from trainer.config.spec import RunSpec
-    from trainer.local import DirectorySink, JsonlReporter
+    from trainer.local import local_io
+    from trainer.main import run_job
 
     os.environ.update(
         RANK=str(rank),
@@ -153,7 +153,7 @@ def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> N
     try:
         spec = RunSpec.model_validate_json(spec_json)
         out = Path(run_dir)
-        run_causal_lm(spec, JsonlReporter(out / "metrics.jsonl"), DirectorySink(out))
+        run_job(spec, local_io(out))
     finally:
         dist.destroy_process_group()
 

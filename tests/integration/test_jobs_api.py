@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fixtures import ftlaunch, make_keyword_dataset
+from tests.fixtures import ftlaunch, ftlaunch_loading, make_keyword_dataset
 from tests.integration.conftest import free_port
 from tests.integration.jobs_cluster import jobs_head
 
@@ -118,6 +118,12 @@ def test_submit_follow_then_status_logs_list_and_secrets_never_shown(
     listed = ftlaunch("list", env=client_env(cluster, RAY_ADDRESS=cluster["url"], **SECRET_ENV))
     assert listed.returncode == 0, listed.stderr
     assert job_id in listed.stdout and other not in listed.stdout
+
+    # reading a job is plain HTTP: neither Ray nor torch is imported (fresh interpreters)
+    for args in (["status", job_id], ["logs", job_id], ["list"]):
+        result, loaded = ftlaunch_loading(*args, "--address", cluster["url"], env=env)
+        assert result.returncode == 0 and job_id in result.stdout + "".join(args), result.stderr
+        assert loaded == set(), (args, loaded)
 
     # the same job through `ftlaunch run --address` (GCS address) on the same cluster; this client
     # tokenizes into the shared cache, and the model must be where the head can see it

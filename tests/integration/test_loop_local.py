@@ -18,8 +18,8 @@ def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> N
     import torch.distributed as dist
 
     from trainer.config.spec import RunSpec
-    from trainer.local import DirectorySink, JsonlReporter
-    from trainer.loop import run_classification
+    from trainer.local import local_io
+    from trainer.main import run_job
 
     os.environ.update(
         RANK=str(rank),
@@ -32,7 +32,7 @@ def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> N
     try:
         spec = RunSpec.model_validate_json(spec_json)
         out = Path(run_dir)
-        run_classification(spec, JsonlReporter(out / "metrics.jsonl"), DirectorySink(out))
+        run_job(spec, local_io(out))
     finally:
         dist.destroy_process_group()
 
@@ -40,8 +40,8 @@ def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> N
 def _spec(
     tmp_path: Path, tiny_bert: Path, data: dict[str, Path], training: dict, optim: dict
 ) -> str:
-    from launcher.prepare import prepare_split
-    from launcher.sources import SplitSource, collect_label_names
+    from launcher.data.sources import SplitSource, collect_label_names
+    from launcher.data.tokenize import prepare_split
     from trainer.config import JobConfig
     from trainer.config.spec import RunSpec
 

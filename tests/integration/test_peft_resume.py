@@ -23,8 +23,8 @@ def _run(rank: int, port: int, spec_json: str, run_dir: str, ckpt: str, resume: 
     import torch.distributed as dist
 
     from trainer.config.spec import RunSpec
-    from trainer.local import DirectorySink, JsonlReporter, LocalCheckpointSink
-    from trainer.loop import run_classification
+    from trainer.local import LocalCheckpointSink, local_io
+    from trainer.main import run_job
 
     os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
@@ -33,9 +33,7 @@ def _run(rank: int, port: int, spec_json: str, run_dir: str, ckpt: str, resume: 
         out = Path(run_dir)
         sink = LocalCheckpointSink(Path(ckpt), resume_tag=resume or None)
         spec = RunSpec.model_validate_json(spec_json)
-        run_classification(
-            spec, JsonlReporter(out / "metrics.jsonl"), DirectorySink(out), checkpoints=sink
-        )
+        run_job(spec, local_io(out, sink))
     finally:
         dist.destroy_process_group()
 

@@ -26,7 +26,7 @@ def test_bf16_with_gradient_checkpointing_trains_lora_under_zero3(
     import torch.multiprocessing as mp
 
     if not torch.cuda.is_available():  # the worker's own check must agree that CPU bf16 works
-        from trainer.engine import check_precision
+        from trainer.engines.base import check_precision
 
         check_precision("bf16")
     training = {
@@ -55,7 +55,7 @@ def test_bf16_with_gradient_checkpointing_trains_lora_under_zero3(
 
 def test_precision_reaches_the_deepspeed_config() -> None:
     from launcher.config_loading import validate_job_dict
-    from trainer.engine import deepspeed_config
+    from trainer.engines.base import deepspeed_config
 
     raw = {"model": {"path": "m"}, "data": {"train": "a", "validation": "b", "test": "c"}}
     for precision, bf16, fp16 in [("fp32", False, False), ("bf16", True, False)]:

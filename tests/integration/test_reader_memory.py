@@ -16,8 +16,8 @@ from tests.fixtures import write_synthetic_split
 READ_EPOCH = """
 import json, resource, sys
 import torch  # baseline includes torch and numpy, which the worker has anyway
-from trainer.data import ShardedSplit
-from trainer.shards import LocalShardStore
+from trainer.data.split import ShardedSplit
+from trainer.formats.shard_stores import LocalShardStore
 def rss_mb():
     return int(open('/proc/self/statm').read().split()[1]) * 4096 / 2**20
 base = rss_mb()

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm_jobs import SlurmError, cancel, job_log_path, job_state
-from cluster.slurm_layout import job_dir
-from cluster.slurm_node import MARKER_ENV, reap
+from cluster.slurm.jobs import SlurmError, cancel, job_log_path, job_state
+from cluster.slurm.layout import job_dir
+from cluster.slurm.node import MARKER_ENV, reap
 from launcher.errors import UserError
-from launcher.slurm_command import slurm_logs, slurm_status, slurm_stop
+from launcher.slurm.jobs import slurm_logs, slurm_status, slurm_stop
 from tests.fixtures import REPO_ROOT, ftlaunch
 
 pytestmark = [pytest.mark.slurm, pytest.mark.ray, pytest.mark.dist]

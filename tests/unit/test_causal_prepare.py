@@ -27,9 +27,9 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _prepare(rows: list[dict], tmp_path: Path, model: Path, fmt: str, packing: bool = False):
-    from launcher.causal_prepare import CausalFormat
-    from launcher.prepare import prepare_split
-    from launcher.sources import SplitSource
+    from launcher.data.causal import CausalFormat
+    from launcher.data.sources import SplitSource
+    from launcher.data.tokenize import prepare_split
 
     causal = CausalFormat(fmt, packing)
     data = write_jsonl(tmp_path / f"{fmt}-{packing}.jsonl", rows)

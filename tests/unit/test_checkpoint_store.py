@@ -10,7 +10,7 @@ import pytest
 
 from launcher.errors import UserError
 from launcher.resume import choose_resume_tag
-from trainer.config.checkpoints import CheckpointStore, CorruptCheckpointError, step_tag
+from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError, step_tag
 
 
 def write_part(store: CheckpointStore, step: int, payload: bytes = b"weights") -> None:
@@ -110,8 +110,8 @@ def test_a_corrupted_newest_checkpoint_is_refused_unless_fallback_is_asked_for(
 CRASH_CHILD = """
 import os, shutil, sys
 from pathlib import Path
-import trainer.config.checkpoints as checkpoints
-from trainer.config.checkpoints import CheckpointStore, step_tag
+import trainer.formats.checkpoints as checkpoints
+from trainer.formats.checkpoints import CheckpointStore, step_tag
 
 root, point = Path(sys.argv[1]), sys.argv[2]
 store = CheckpointStore(root, keep_last=2)

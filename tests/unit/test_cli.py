@@ -10,21 +10,39 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.fixtures import ftlaunch, keyword_rows, write_jsonl
+from tests.fixtures import ftlaunch, ftlaunch_loading, keyword_rows, write_jsonl
+from tests.integration.conftest import free_port
 
 
-def test_help_does_not_import_torch() -> None:
-    code = "import sys; sys.argv=['ftlaunch','--help']\nfrom launcher.cli import main\ntry:\n main()\nexcept SystemExit:\n pass\nprint('TORCH', 'torch' in sys.modules)"
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
-    )
-    assert "run" in out.stdout and out.stdout.strip().endswith("TORCH False"), (
-        out.stdout + out.stderr
-    )
+def test_help_does_not_import_torch_or_ray() -> None:
+    result, loaded = ftlaunch_loading("--help")
+    assert result.returncode == 0 and "run" in result.stdout, result.stderr
+    assert loaded == set(), loaded
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "ftlaunch-x-1"],
+        ["logs", "ftlaunch-x-1"],
+        ["stop", "ftlaunch-x-1"],
+        ["list"],
+    ],
+)
+def test_job_commands_import_neither_ray_nor_torch(args: list[str]) -> None:
+    """Nothing answers at the address: each command fails with one line, having loaded neither
+    (tests/integration/test_jobs_api.py checks the same against a real Jobs API)."""
+    port = free_port()
+    result, loaded = ftlaunch_loading(*args, "--address", f"http://127.0.0.1:{port}")
+    assert result.returncode == 2 and "cannot reach the Ray Jobs API" in result.stderr
+    assert loaded == set(), loaded
 
 
 def test_launcher_and_cluster_import_without_torch() -> None:
-    code = "import sys, launcher.run, launcher.cli, cluster.registry, cluster.worker_entry; print('torch' in sys.modules)"
+    code = (
+        "import sys, launcher.commands.run, launcher.cli, cluster.registry, cluster.worker.entry;"
+        " print('torch' in sys.modules)"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO_ROOT
     )

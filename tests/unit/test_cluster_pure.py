@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster.collector import RunCollector
-from cluster.resources import max_placeable_workers, placement_problem
+from cluster.head.collector import RunCollector
+from cluster.placement.fit import max_placeable_workers, placement_problem
 from launcher.rundir import commit_run, create_staging
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.demo_data import LABELS, main, write_demo_dataset
+from launcher.data.demo import LABELS, main, write_demo_dataset
 
 SIZES = {"n_train": 600, "n_validation": 100, "n_test": 150}
 

@@ -75,7 +75,7 @@ def test_valid_engine_configs() -> None:
 
 
 def test_accelerate_plan_on_cpu_and_gpu() -> None:
-    from trainer.engine_accelerate import AcceleratePlan, accelerate_plan
+    from trainer.engines.accelerate import AcceleratePlan, accelerate_plan
 
     def plan(strategy: str, on_gpu: bool) -> AcceleratePlan:
         return accelerate_plan(_job({"backend": "accelerate", "strategy": strategy}).engine, on_gpu)
@@ -96,7 +96,7 @@ def test_accelerate_plan_on_cpu_and_gpu() -> None:
 def test_plugin_arguments_are_accepted_by_accelerate() -> None:
     from accelerate.utils import DeepSpeedPlugin, FullyShardedDataParallelPlugin
 
-    from trainer.engine_accelerate import (
+    from trainer.engines.accelerate import (
         deepspeed_plugin_config,
         fsdp_plugin_kwargs,
         hybrid_mesh,
@@ -124,7 +124,7 @@ def test_plugin_arguments_are_accepted_by_accelerate() -> None:
 def test_block_classes_skip_the_one_holding_the_input_embedding() -> None:
     from transformers import BertConfig, BertForSequenceClassification
 
-    from trainer.engine_accelerate import block_classes
+    from trainer.engines.accelerate import block_classes
 
     config = BertConfig(
         vocab_size=50,
@@ -139,7 +139,7 @@ def test_block_classes_skip_the_one_holding_the_input_embedding() -> None:
 
 
 def test_each_rank_fetches_only_what_it_needs() -> None:
-    from trainer.checkpointing import rank_needs
+    from trainer.loop.checkpoints import rank_needs
 
     names = [
         "trainer_state_rank1.json",
@@ -180,7 +180,7 @@ def test_export_reads_a_dcp_model_tensor_by_tensor_and_refuses_foreign_pickles(
     import torch
     import torch.distributed.checkpoint as dcp
 
-    from trainer.checkpoint_formats import accelerate_tensors
+    from trainer.export.readers import accelerate_tensors
 
     weights = {"bert.w": torch.randn(6, 4), "classifier.bias": torch.randn(3)}
     dcp_dir = tmp_path / "acc" / "pytorch_model_fsdp_0"

@@ -21,7 +21,7 @@ def test_prompt_learning_trains_only_its_virtual_tokens_on_a_decoder(
     from pydantic import TypeAdapter
 
     from trainer.config.peft import PeftConfig
-    from trainer.model import build_causal_lm
+    from trainer.model.build import build_causal_lm
 
     torch.manual_seed(0)
     peft = TypeAdapter(PeftConfig).validate_python({"method": method, "num_virtual_tokens": 4})

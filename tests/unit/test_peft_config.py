@@ -103,7 +103,7 @@ def test_every_method_maps_to_a_real_peft_config(tmp_path: Path) -> None:
     import peft
 
     from tests.fixtures import TOKENIZER_FILES, minilm_dir
-    from trainer.peft_setup import peft_config_for, task_type
+    from trainer.model.peft import peft_config_for, task_type
 
     for name in TOKENIZER_FILES:  # prompt-tuning init_text needs the tokenizer
         (tmp_path / name).write_bytes((minilm_dir() / name).read_bytes())

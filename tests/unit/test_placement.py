@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from cluster.placement import PlacementError, placement_plan, worker_resources
-from cluster.resources import Node, PlacementRequest, request_problem, worker_counts
+from cluster.placement.fit import Node, PlacementRequest, request_problem, worker_counts
+from cluster.placement.plan import PlacementError, placement_plan, worker_resources
 from launcher.config_loading import validate_job_dict
 from launcher.errors import UserError
 from trainer.config.schema import ClusterConfig

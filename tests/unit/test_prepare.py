@@ -10,11 +10,11 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 
+from launcher.data.sources import SplitSource, collect_label_names
+from launcher.data.tokenize import prepare_split
 from launcher.errors import UserError
-from launcher.prepare import prepare_split
-from launcher.sources import SplitSource, collect_label_names
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
-from trainer.config.manifest import ShardManifest, verify_shards
+from trainer.formats.shards import ShardManifest, verify_shards
 
 
 def _source(path: Path, field: str = "data.train") -> SplitSource:

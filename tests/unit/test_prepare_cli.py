@@ -16,7 +16,7 @@ import pytest
 
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
 from tests.unit.test_cli import assert_user_error, ftlaunch
-from trainer.config.manifest import ShardManifest, verify_shards
+from trainer.formats.shards import ShardManifest, verify_shards
 
 TOKENIZER = str(minilm_dir())
 

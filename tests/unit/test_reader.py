@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.prepare import prepare_split
-from launcher.sources import SplitSource
+from launcher.data.sources import SplitSource
+from launcher.data.tokenize import prepare_split
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
-from trainer.data import PAD_ROW, ShardedSplit
-from trainer.shards import LocalShardStore
+from trainer.data.order import PAD_ROW
+from trainer.data.split import ShardedSplit
+from trainer.formats.shard_stores import LocalShardStore
 
 ROWS, MICRO, SEED = 503, 4, 11
 

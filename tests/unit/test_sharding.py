@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.data import PAD_ROW, epoch_order, fit_order, rank_batches
+from trainer.data.order import PAD_ROW, epoch_order, fit_order, rank_batches
 
 
 def _blocks(num_rows: int) -> np.ndarray:

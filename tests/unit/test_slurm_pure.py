@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.slurm_layout import (
+from cluster.slurm.layout import (
     JOB_SLOTS,
     PORT_RANGE_END,
     PORT_RANGE_START,
@@ -19,9 +19,9 @@ from cluster.slurm_layout import (
     parse_job_id,
     parse_node_addr,
 )
-from cluster.slurm_script import render_sbatch
+from cluster.slurm.script import render_sbatch
 from launcher.errors import UserError
-from launcher.slurm_options import SlurmOptions, build_request, parse_time_limit
+from launcher.slurm.options import SlurmOptions, build_request, parse_time_limit
 from trainer.config import JobConfig
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.config.step_metrics import StragglerDetector, percentile, summarize_window
+from trainer.formats.metrics import StragglerDetector, percentile, summarize_window
 
 
 def window(step: int, busy: list[float], times: list[list[float]]) -> dict:
@@ -70,7 +70,7 @@ def test_other_records_pass_through_unchanged() -> None:
 
 
 def test_window_record_sums_throughput_and_keeps_each_ranks_numbers() -> None:
-    from trainer.rank_window import _FIXED, _window_record
+    from trainer.loop.window import _FIXED, _window_record
 
     def row(loss_sum, micro, samples, tokens, elapsed, wait, busy, steps):
         fixed = dict.fromkeys(_FIXED, 0.0) | {
@@ -104,8 +104,8 @@ def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> Non
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
 
-    from cluster.collector import RunCollector
-    from cluster.mlflow_logger import start_mlflow_run
+    from cluster.head.collector import RunCollector
+    from cluster.head.mlflow import start_mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {"optim": {"lr": 0.001}, "name": "job"}
@@ -133,7 +133,7 @@ def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> Non
 
 def test_unusable_mlflow_uri_is_one_clear_line() -> None:
     pytest.importorskip("mlflow")
-    from cluster.mlflow_logger import MlflowUnavailable, start_mlflow_run
+    from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 
     with pytest.raises(MlflowUnavailable) as caught:
         start_mlflow_run("http://127.0.0.1:9", "exp", "run", {})

@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ray_jobs import api_url
-from cluster.ray_token import load_token, write_token_file
-from cluster.secret_env import (
+from cluster.auth.secrets import (
     MASK,
     SEALED_ENV,
     redact,
@@ -22,13 +20,16 @@ from cluster.secret_env import (
     secret_values,
     unseal,
 )
+from cluster.auth.token import load_token, write_token_file
+from cluster.ray.jobs import api_url
 from launcher.config_loading import validate_job_dict
 from launcher.errors import UserError
-from launcher.slurm_command import is_slurm_job_id
+from launcher.sizes import parse_size
+from launcher.slurm.jobs import is_slurm_job_id
 from launcher.submit_plan import (
+    MAX_UPLOAD_LIMIT,
     build_runtime_env,
     new_submission_id,
-    parse_size,
     plan_submission,
     resolve_address,
 )
@@ -156,7 +157,12 @@ def test_ids_sizes_and_slurm_dispatch() -> None:
     job_id = new_submission_id("tiny")
     assert job_id.startswith("ftlaunch-tiny-") and not is_slurm_job_id(job_id)
     assert is_slurm_job_id("12345")
-    assert parse_size("100MB") == 100 * 2**20 and parse_size("0") == 0
+    upload = {"option": "--max-upload", "minimum": 0, "maximum": MAX_UPLOAD_LIMIT}
+    assert parse_size("100MB", **upload) == 100 * 10**6 and parse_size("0", **upload) == 0
+    assert parse_size("100MiB", **upload) == 100 * 2**20  # one meaning per unit, as ByteSize
     for bad in ("lots", "-1MB", "10GB"):
         with pytest.raises(UserError, match="--max-upload"):
-            parse_size(bad)
+            parse_size(bad, **upload)
+    assert parse_size("64MB", "--shard-size") == parse_size("64 mb", "--shard-size") == 64 * 10**6
+    with pytest.raises(UserError, match="--shard-size: must be at least 1 B"):
+        parse_size("0", "--shard-size")

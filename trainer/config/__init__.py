@@ -1,6 +1,6 @@
-"""Torch-free pieces of the trainer that the launcher may import: the job schema and shard manifest."""
+"""The job spec, torch-free: what the launcher validates in the user's shell and every worker
+re-validates from the same resolved dict."""
 
-from trainer.config.manifest import MANIFEST_FORMAT_VERSION, ShardInfo, ShardManifest
 from trainer.config.schema import JobConfig
 
-__all__ = ["MANIFEST_FORMAT_VERSION", "JobConfig", "ShardInfo", "ShardManifest"]
+__all__ = ["JobConfig"]

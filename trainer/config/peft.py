@@ -2,7 +2,7 @@
 
 Each method has only the options it really has (extra="forbid"), so `num_virtual_tokens` under
 `method: lora` is an error that names the method's valid options instead of being ignored.
-Torch-free: the launcher validates it; trainer/peft_setup.py turns it into a peft config.
+Torch-free: the launcher validates it; trainer/model/peft.py turns it into a peft config.
 
 "adapter" is peft's LoHa (low-rank Hadamard product, from LyCORIS): peft has no Houlsby-style
 bottleneck adapter, and LoHa is the adapter-style method it offers for any architecture with
@@ -15,7 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-PositiveInt = Annotated[int, Field(gt=0)]
+from trainer.config.base import PositiveInt
+
 Dropout = Annotated[float, Field(ge=0, lt=1)]
 TargetModules = Annotated[
     list[str] | None,
@@ -42,14 +43,20 @@ class _Method(BaseModel):
 
 
 class NoPeft(_Method):
-    method: Literal["none"] = "none"
+    method: Literal["none"] = Field(
+        default="none",
+        description="none | lora | adapter | prompt_tuning | prefix_tuning | ia3; each method "
+        "takes only its own options below.",
+    )
 
 
 class LoraPeft(_Method):
     method: Literal["lora"] = "lora"
-    r: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0)] = 16.0
-    dropout: Dropout = 0.05
+    r: PositiveInt = Field(default=8, description="lora/adapter: rank of the update.")
+    alpha: Annotated[float, Field(gt=0)] = Field(
+        default=16.0, description="lora/adapter: scale of the update (alpha / r)."
+    )
+    dropout: Dropout = Field(default=0.05, description="lora: dropout on the adapter's input.")
     target_modules: TargetModules = None
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
@@ -64,8 +71,10 @@ class AdapterPeft(_Method):
     method: Literal["adapter"] = "adapter"
     r: PositiveInt = 8
     alpha: Annotated[float, Field(gt=0)] = 8.0
-    rank_dropout: Dropout = 0.0
-    module_dropout: Dropout = 0.0
+    rank_dropout: Dropout = Field(default=0.0, description="adapter: dropout per rank.")
+    module_dropout: Dropout = Field(
+        default=0.0, description="adapter: probability of skipping a whole adapted module."
+    )
     target_modules: TargetModules = None
 
     def target_module_fields(self) -> dict[str, list[str]]:
@@ -86,7 +95,9 @@ class Ia3Peft(_Method):
 
 class PromptTuningPeft(_Method):
     method: Literal["prompt_tuning"] = "prompt_tuning"
-    num_virtual_tokens: PositiveInt = 20
+    num_virtual_tokens: PositiveInt = Field(
+        default=20, description="prompt/prefix tuning: virtual tokens in front of the input."
+    )
     init_text: str | None = Field(
         default=None,
         description="Initialise the virtual tokens from this text's embeddings; null: random.",

@@ -8,46 +8,53 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from trainer.config.base import NonNegativeInt, PositiveInt, Section
+from trainer.config.cluster import ClusterConfig
 from trainer.config.peft import NoPeft, PeftConfig
-
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-
-
-class Section(BaseModel):
-    """Base for every section: unknown keys are errors, values never change after validation."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ModelConfig(Section):
     path: str = Field(
         description="Local Hugging Face model directory, or a known alias (see `ftlaunch models`)."
     )
-    task: Literal["sequence-classification", "causal-lm"] = "sequence-classification"
+    task: Literal["sequence-classification", "causal-lm"] = Field(
+        default="sequence-classification",
+        description="sequence-classification (a new head over the labels) or causal-lm.",
+    )
 
     def is_causal_lm(self) -> bool:
         return self.task == "causal-lm"
 
 
 class DataConfig(Section):
-    train: str
-    validation: str
-    test: str
-    text_column: str = "text"
-    label_column: str = "label"
-    max_length: Annotated[int, Field(gt=0, le=1_000_000)] = 128
-    # causal-lm only (see launcher/causal_prepare.py): how rows become tokens and loss masks
+    train: str = Field(
+        description="Training split: a JSONL/CSV/TSV/Parquet file or datasets directory "
+        "(tokenized into the cache), a prepared directory, or a pyarrow.fs URI of one."
+    )
+    validation: str = Field(description="Validation split, in any form data.train accepts.")
+    test: str = Field(description="Test split, in any form data.train accepts.")
+    text_column: str = Field(default="text", description="Column holding the text.")
+    label_column: str = Field(
+        default="label", description="sequence-classification: column holding the label."
+    )
+    max_length: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=128, description="Tokens per example; longer examples are truncated."
+    )
+    # causal-lm only (see launcher/data/causal.py): how rows become tokens and loss masks
     format: Literal["text", "prompt-completion", "chat"] = Field(
         default="text",
         description="causal-lm: text (loss on every token), prompt-completion (loss on the "
         "completion only) or chat (loss on assistant turns only).",
     )
-    prompt_column: str = "prompt"
-    completion_column: str = "completion"
-    messages_column: str = "messages"
+    prompt_column: str = Field(default="prompt", description="prompt-completion: prompt column.")
+    completion_column: str = Field(
+        default="completion", description="prompt-completion: completion column."
+    )
+    messages_column: str = Field(
+        default="messages", description="chat: column with the list of {role, content} turns."
+    )
     packing: bool = Field(
         default=False,
         description="causal-lm: pack several examples into each max_length row (attention kept "
@@ -60,33 +67,52 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
-    lr: Annotated[float, Field(gt=0, le=1)] = 5e-5
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    beta1: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    beta2: Annotated[float, Field(ge=0, lt=1)] = 0.999
-    eps: Annotated[float, Field(gt=0)] = 1e-8
-    schedule: Literal["linear", "constant"] = "linear"
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    lr: Annotated[float, Field(gt=0, le=1)] = Field(default=5e-5, description="Peak learning rate.")
+    weight_decay: Annotated[float, Field(ge=0)] = Field(
+        default=0.01, description="AdamW weight decay (not applied to biases and norms)."
+    )
+    beta1: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.9, description="AdamW beta1.")
+    beta2: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.999, description="AdamW beta2.")
+    eps: Annotated[float, Field(gt=0)] = Field(default=1e-8, description="AdamW epsilon.")
+    schedule: Literal["linear", "constant"] = Field(
+        default="linear", description="After warmup: linear decay to 0, or constant."
+    )
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.1, description="Share of the optimizer steps spent warming up linearly."
+    )
     grad_clip: Annotated[float, Field(ge=0)] = Field(
         default=1.0, description="Max global grad norm; 0 disables."
     )
 
 
 class TrainingConfig(Section):
-    epochs: PositiveInt = 3
+    epochs: PositiveInt = Field(default=3, description="Passes over the training split.")
     max_steps: PositiveInt | None = Field(
         default=None, description="Stop after this many optimizer steps."
     )
-    micro_batch_size: PositiveInt = 16
-    eval_batch_size: PositiveInt | None = None
-    grad_accum: PositiveInt = 1
-    eval_every: PositiveInt | Literal["epoch"] = "epoch"
-    log_every: PositiveInt = 10
+    micro_batch_size: PositiveInt = Field(
+        default=16, description="Examples per worker per forward pass."
+    )
+    eval_batch_size: PositiveInt | None = Field(
+        default=None, description="Examples per worker per evaluation batch; default: 2 x micro."
+    )
+    grad_accum: PositiveInt = Field(
+        default=1, description="Micro-batches accumulated into one optimizer step."
+    )
+    eval_every: PositiveInt | Literal["epoch"] = Field(
+        default="epoch", description="Optimizer steps (or 'epoch') between validations."
+    )
+    log_every: PositiveInt = Field(
+        default=10, description="Optimizer steps per metrics window (one line in metrics.jsonl)."
+    )
     early_stopping_patience: NonNegativeInt | None = Field(
         default=None, description="Evaluations without improvement before stopping; null disables."
     )
-    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
-    seed: int = 42
+    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+        default="accuracy",
+        description="Validation metric that picks the best weights (causal-lm: loss only).",
+    )
+    seed: int = Field(default=42, description="Seeds the head init, the data order and dropout.")
     checkpoint_every: PositiveInt | Literal["epoch"] | None = Field(
         default=None, description="Optimizer steps (or 'epoch') between checkpoints; null: none."
     )
@@ -102,7 +128,9 @@ class TrainingConfig(Section):
         description="causal-lm: greedy continuations of this many validation prompts written to "
         "samples/step-N.jsonl at each evaluation; 0 disables.",
     )
-    generate_max_new_tokens: PositiveInt = 32
+    generate_max_new_tokens: PositiveInt = Field(
+        default=32, description="causal-lm: length of each generation sample."
+    )
     record_sample_ids: bool = Field(
         default=False,
         description="Report every step's sample ids to metrics.jsonl (audits, tests).",
@@ -123,6 +151,25 @@ class TrainingConfig(Section):
             return True
         return candidate < best if self.early_stopping_metric == "loss" else candidate > best
 
+    def eval_due(self, step: int, end_of_epoch: bool, total_steps: int) -> bool:
+        """Validate after optimizer step `step`? The last step always does: the best weights
+        are chosen among validated ones."""
+        if step == total_steps:
+            return True
+        return end_of_epoch if self.eval_every == "epoch" else step % self.eval_every == 0
+
+    def checkpoint_due(self, step: int, end_of_epoch: bool) -> bool:
+        """Checkpoint after optimizer step `step`?"""
+        if self.checkpoint_every is None:
+            return False
+        if self.checkpoint_every == "epoch":
+            return end_of_epoch
+        return step % self.checkpoint_every == 0
+
+    def log_due(self, step: int, total_steps: int) -> bool:
+        """Close a metrics window after optimizer step `step`?"""
+        return step % self.log_every == 0 or step == total_steps
+
 
 class FsdpConfig(Section):
     """FSDP options (engine.backend: accelerate with engine.strategy: fsdp)."""
@@ -137,13 +184,21 @@ class FsdpConfig(Section):
 
 
 class EngineConfig(Section):
-    backend: Literal["deepspeed", "accelerate"] = "deepspeed"
+    backend: Literal["deepspeed", "accelerate"] = Field(
+        default="deepspeed", description="deepspeed: DeepSpeed's engine; accelerate: Accelerate."
+    )
     strategy: Literal["deepspeed", "ddp", "fsdp"] = Field(
         default="deepspeed",
         description="With backend accelerate: ddp, fsdp, or deepspeed (through Accelerate's plugin).",
     )
-    zero_stage: Annotated[int, Field(ge=0, le=3)] = 2
-    offload: Literal["none", "cpu"] = "none"
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = Field(
+        default=2,
+        description="ZeRO stage: 0 plain data parallel; 1 shards optimizer state; 2 also "
+        "gradients; 3 also parameters.",
+    )
+    offload: Literal["none", "cpu"] = Field(
+        default="none", description="DeepSpeed: keep optimizer state in CPU memory (ZeRO >= 1)."
+    )
     fsdp: FsdpConfig | None = Field(
         default=None, description="FSDP options; only with backend accelerate, strategy fsdp."
     )
@@ -182,62 +237,11 @@ class EngineConfig(Section):
         return self.strategy == "deepspeed"
 
 
-class ClusterConfig(Section):
-    backend: Literal["ray"] = "ray"
-    address: str | None = Field(
-        default=None, description="Existing Ray cluster; null starts an embedded one."
-    )
-    num_workers: PositiveInt = 2
-    cpus_per_worker: Annotated[float, Field(gt=0)] = 1.0
-    gpus_per_worker: Annotated[float, Field(ge=0)] = 0.0
-    num_cpus: PositiveInt | None = Field(
-        default=None,
-        description="CPUs of the embedded cluster; default: this machine's core count.",
-    )
-    # Placement (README "Placement"); the pure fit check and Ray mapping live in cluster/.
-    placement: Literal["pack", "spread", "strict_spread"] = "pack"
-    num_nodes: PositiveInt | None = Field(
-        default=None, description="spread: exactly this many nodes; pack: at most this many."
-    )
-    memory_per_worker: Annotated[ByteSize, Field(gt=0)] | None = Field(
-        default=None, description="Memory each worker reserves: bytes or '4GB', '512MiB'."
-    )
-    custom_resources: dict[str, Annotated[float, Field(gt=0)]] = Field(
-        default_factory=dict,
-        description="Extra Ray resources per worker, e.g. {'accelerator_type:A100': 0.01}.",
-    )
-    placement_timeout_s: Annotated[float, Field(gt=0)] = Field(
-        default=600.0, description="How long to wait for the workers to be placed (autoscaling)."
-    )
-    secret_env: list[str] = Field(
-        default_factory=list,
-        description="Env var names passed to workers sealed, never printed or written; names "
-        "containing TOKEN, KEY, SECRET or PASSWORD are treated the same without being listed.",
-    )
-    dashboard: bool = Field(
-        default=False, description="Start the dashboard/Jobs API on the embedded cluster."
-    )
-    dashboard_host: str = Field(
-        default="127.0.0.1",
-        description="Interface the embedded dashboard binds to; anything but 127.0.0.1 is an "
-        "explicit opt-out of loopback-only access.",
-    )
-
-    def uses_gpu(self) -> bool:
-        return self.gpus_per_worker > 0
-
-    @model_validator(mode="after")
-    def _placement_is_possible(self) -> ClusterConfig:
-        from trainer.config.placement import placement_config_problems
-
-        problems = placement_config_problems(self)
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
 class OutputConfig(Section):
-    dir: str = "runs/default"
+    dir: str = Field(
+        default="runs/default",
+        description="Run directory on the head: model, metrics, checkpoints, summary.",
+    )
     keep_last: PositiveInt = Field(default=2, description="Complete checkpoints kept on the head.")
     mlflow_uri: str | None = Field(
         default=None,
@@ -249,15 +253,23 @@ class OutputConfig(Section):
 
 
 class JobConfig(Section):
-    name: str = "ftlaunch-job"
-    model: ModelConfig
-    data: DataConfig
-    peft: PeftConfig = NoPeft()
-    optim: OptimConfig = OptimConfig()
-    training: TrainingConfig = TrainingConfig()
-    engine: EngineConfig = EngineConfig()
-    cluster: ClusterConfig = ClusterConfig()
-    output: OutputConfig = OutputConfig()
+    name: str = Field(default="ftlaunch-job", description="Job name: prefixes run ids.")
+    model: ModelConfig = Field(description="The pretrained model and its task head.")
+    data: DataConfig = Field(description="Where the splits are and how they are tokenized.")
+    peft: PeftConfig = Field(
+        default=NoPeft(), description="Parameter-efficient tuning; method none trains all weights."
+    )
+    optim: OptimConfig = Field(default=OptimConfig(), description="AdamW and its schedule.")
+    training: TrainingConfig = Field(
+        default=TrainingConfig(), description="Batches, cadence, stopping, precision."
+    )
+    engine: EngineConfig = Field(default=EngineConfig(), description="DeepSpeed or Accelerate.")
+    cluster: ClusterConfig = Field(
+        default=ClusterConfig(), description="Ray cluster, workers, placement."
+    )
+    output: OutputConfig = Field(
+        default=OutputConfig(), description="Run directory and experiment tracking."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -25,7 +25,7 @@ set -uo pipefail
 log() { printf '[ftlaunch-slurm %s t=%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(date +%s.%3N)" "$*"; }
 log "job $SLURM_JOB_ID started (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"
 
-JOB_DIR=$("$PY" -m cluster.slurm_node prepare "$SLURM_JOB_ID") || exit 1
+JOB_DIR=$("$PY" -m cluster.slurm.node prepare "$SLURM_JOB_ID") || exit 1
 RAY_AUTH_TOKEN=$(<"$JOB_DIR/token")
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 unset RAY_ADDRESS
@@ -47,7 +47,7 @@ teardown() {
     sleep 0.1
   done
   for pid in "${STEPS[@]}" $DRIVER; do kill -KILL "$pid" 2>/dev/null; done
-  "$PY" -m cluster.slurm_node reap "$JOB_DIR"
+  "$PY" -m cluster.slurm.node reap "$JOB_DIR"
 }
 
 finish() {
@@ -79,7 +79,7 @@ WORKERS=()
 for host in "${HOSTS[@]}"; do [ "$host" != "$HEAD" ] && WORKERS+=("$host"); done
 
 srun --nodes=1 --ntasks=1 --nodelist="$HEAD" --overlap \
-  "$PY" -m cluster.slurm_node node "$SLURM_JOB_ID" 0 &
+  "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" 0 &
 STEPS+=($!)
 for i in $(seq 1 $((JOIN_TIMEOUT_S * 10))); do
   [ -s "$JOB_DIR/head-address" ] && break
@@ -95,10 +95,10 @@ log "Ray head up at $HEAD_ADDRESS"
 if [ "${#WORKERS[@]}" -gt 0 ]; then
   srun --nodes="${#WORKERS[@]}" --ntasks="${#WORKERS[@]}" --ntasks-per-node=1 \
     --nodelist="$(IFS=,; echo "${WORKERS[*]}")" --overlap \
-    "$PY" -m cluster.slurm_node node "$SLURM_JOB_ID" 1 --head-address "$HEAD_ADDRESS" &
+    "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" 1 --head-address "$HEAD_ADDRESS" &
   STEPS+=($!)
 fi
-"$PY" -m cluster.slurm_node wait "$HEAD_ADDRESS" "$NODES" --timeout "$JOIN_TIMEOUT_S" || exit 1
+"$PY" -m cluster.slurm.node wait "$HEAD_ADDRESS" "$NODES" --timeout "$JOIN_TIMEOUT_S" || exit 1
 
 ARGS=(run "$CONFIG" --address "$HEAD_ADDRESS")
 if [ "$RESUME" = 1 ] || { [ "${SLURM_RESTART_COUNT:-0}" -gt 0 ] &&

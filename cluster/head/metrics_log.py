@@ -1,0 +1,72 @@
+"""The run's metrics stream on the head: every record from every rank goes to `metrics.jsonl`,
+numeric train/eval fields are mirrored to TensorBoard (and MLflow when configured), and records
+wait in memory for the launcher's live display.
+
+Gathered "train" windows are summarized here (step-time percentiles, stragglers, see
+trainer/formats/metrics.py), so every reader of the stream sees the same figures.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cluster.head.mlflow import MlflowLogger
+from trainer.formats.metrics import StragglerDetector, summarize_window
+from trainer.formats.rundir import METRICS_FILE, TENSORBOARD_DIR
+
+
+class MetricsLog:
+    def __init__(self, run_dir: Path, mlflow_run: tuple[str, str] | None = None) -> None:
+        self.run_dir = run_dir
+        self._file = (run_dir / METRICS_FILE).open("a")
+        self._pending: list[dict[str, Any]] = []
+        self._tensorboard: Any = None
+        self._stragglers = StragglerDetector()
+        self._mlflow = MlflowLogger(*mlflow_run) if mlflow_run else None
+
+    def restart(self) -> None:
+        """A worker group (re)started: stragglers are judged afresh."""
+        self._stragglers.reset()
+
+    def write(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Store one record (summarized if it is a gathered window); returns what was stored."""
+        record = summarize_window(record, self._stragglers)
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        self._write_scalars(record)
+        if self._mlflow is not None:
+            self._mlflow.log(record)
+        self._pending.append(record)
+        return record
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Records stored since the last call, for the live display (its only consumer)."""
+        pending, self._pending = self._pending, []
+        return pending
+
+    def close(self, status: str) -> None:
+        """`status` is MLflow's: FINISHED, FAILED or KILLED (preempted)."""
+        if self._mlflow is not None:
+            self._mlflow.finish(status)
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+    def _write_scalars(self, record: dict[str, Any]) -> None:
+        """Mirror numeric train/eval fields into TensorBoard event files."""
+        if record.get("event") not in ("train", "eval") or "step" not in record:
+            return
+        if self._tensorboard is None:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
+        for key, value in record.items():
+            if (
+                key not in ("step", "event")
+                and isinstance(value, int | float)
+                and not isinstance(value, bool)
+            ):
+                self._tensorboard.add_scalar(f"{record['event']}/{key}", value, record["step"])
+        self._tensorboard.flush()

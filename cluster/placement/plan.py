@@ -1,0 +1,106 @@
+"""From `cluster.*` placement settings to Ray Train's ScalingConfig (pure, unit-tested).
+
+`placement_plan` maps pack/spread/strict_spread to Ray's placement strategies, the per-worker
+resources to `resources_per_worker`, and `num_nodes` to per-worker label selectors on Ray's
+built-in node-id label: Ray has no "exactly N nodes" strategy, so ftlaunch picks the nodes itself
+(see `cluster/placement/fit.py:choose_nodes`). `cluster/placement/reserve.py` is the thin shell
+that reserves the same bundles once, with a deadline, before Ray Train starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cluster.placement.fit import (
+    Node,
+    PlacementRequest,
+    assign_workers,
+    choose_nodes,
+    describe_resources,
+    request_problem,
+)
+from trainer.config.cluster import ClusterConfig
+
+RAY_STRATEGY = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
+NODE_ID_LABEL = "ray.io/node-id"  # ray._raylet.RAY_NODE_ID_KEY, set on every node by Ray
+
+
+class PlacementError(Exception):
+    """The request can never be placed, or was not placed in time; the message says why."""
+
+
+def worker_resources(cluster: ClusterConfig) -> dict[str, float]:
+    """What each worker reserves, in Ray's resource names."""
+    resources = {"CPU": cluster.cpus_per_worker}
+    if cluster.uses_gpu():
+        resources["GPU"] = cluster.gpus_per_worker
+    if cluster.memory_per_worker is not None:
+        resources["memory"] = float(cluster.memory_per_worker)
+    return resources | dict(cluster.custom_resources)
+
+
+def placement_request(cluster: ClusterConfig) -> PlacementRequest:
+    return PlacementRequest(
+        num_workers=cluster.num_workers,
+        per_worker=worker_resources(cluster),
+        strategy=cluster.placement,
+        num_nodes=cluster.num_nodes,
+    )
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    """Everything ScalingConfig needs about where workers go (`scaling_kwargs()`)."""
+
+    num_workers: int
+    resources_per_worker: dict[str, float]
+    strategy: str
+    label_selector: list[dict[str, str]] | None = None
+
+    def scaling_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "num_workers": self.num_workers,
+            "use_gpu": self.resources_per_worker.get("GPU", 0) > 0,
+            "resources_per_worker": dict(self.resources_per_worker),
+            "placement_strategy": self.strategy,
+        }
+        if self.label_selector is not None:  # only Ray Train v2's ScalingConfig knows it
+            kwargs["label_selector"] = self.label_selector
+        return kwargs
+
+    def bundles(self) -> list[dict[str, float]]:
+        return [dict(self.resources_per_worker) for _ in range(self.num_workers)]
+
+
+def placement_plan(cluster: ClusterConfig, nodes: Sequence[Node]) -> PlacementPlan:
+    """Check the request against the cluster's nodes and say how Ray should place the workers.
+
+    Raises:
+        PlacementError: the workers can never be placed on these nodes (says what is missing).
+    """
+    request = placement_request(cluster)
+    problem = request_problem(request, nodes)
+    if problem:
+        raise PlacementError(problem)
+    selectors = None
+    if request.num_nodes is not None and request.strategy == "spread":
+        selectors = [{NODE_ID_LABEL: node_id} for node_id in assign_workers(request, nodes)]
+    elif request.num_nodes is not None and request.strategy == "pack":
+        ids = sorted(node.node_id for node in choose_nodes(request, nodes))
+        selectors = [{NODE_ID_LABEL: f"in({','.join(ids)})"}] * request.num_workers
+    # strict_spread: num_nodes equals num_workers (schema rule), STRICT_SPREAD already means it.
+    return PlacementPlan(
+        num_workers=request.num_workers,
+        resources_per_worker=dict(request.per_worker),
+        strategy=RAY_STRATEGY[request.strategy],
+        label_selector=selectors,
+    )
+
+
+def describe_plan(plan: PlacementPlan) -> str:
+    """`3 workers x 1 CPU + 1 slot (SPREAD)`, for messages."""
+    wanted = describe_resources(plan.resources_per_worker)
+    pinned = ", pinned to chosen nodes" if plan.label_selector else ""
+    return f"{plan.num_workers} workers x {wanted} ({plan.strategy}{pinned})"

@@ -1,0 +1,59 @@
+"""The shell around the pure plan: read the live nodes of the connected Ray cluster, and reserve
+the workers' bundles once with a deadline (Ray Train itself would wait forever)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from cluster.placement.fit import Node, amount
+from cluster.placement.plan import PlacementError, PlacementPlan, describe_plan
+
+
+def live_nodes() -> list[Node]:
+    """The alive nodes of the connected Ray cluster, with their total resources."""
+    import ray
+
+    head = ray.get_runtime_context().get_node_id()
+    return [
+        Node(n["NodeID"], dict(n["Resources"]), is_head=n["NodeID"] == head)
+        for n in ray.nodes()
+        if n.get("Alive")
+    ]
+
+
+def reserve_or_fail(plan: PlacementPlan, timeout_s: float) -> float:
+    """Reserve the workers' bundles once, as Ray Train will, and release them; returns seconds
+    waited. A busy or autoscaling cluster gets `timeout_s` to make room.
+
+    Ray Train (v2) itself retries an unplaceable worker group forever, so this is where the wait is
+    bounded. The reservation is removed whatever happens, so a timeout leaves nothing behind; Ray
+    Train then reserves the same bundles right away (another job could take them in between, in
+    which case Ray Train waits for them as usual).
+
+    Raises:
+        PlacementError: not placed within `timeout_s` (cluster.placement_timeout_s).
+    """
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    started = time.monotonic()
+    group = placement_group(
+        plan.bundles(),
+        strategy=plan.strategy,
+        name=f"ftlaunch-probe-{socket.gethostname()}-{time.time_ns()}",
+        bundle_label_selector=plan.label_selector,
+    )
+    try:
+        ready = group.wait(timeout_seconds=timeout_s)
+    finally:
+        remove_placement_group(group)
+    waited = time.monotonic() - started
+    if not ready:
+        free = ray.available_resources()
+        have = ", ".join(amount(k, free.get(k, 0.0)) for k in plan.resources_per_worker)
+        raise PlacementError(
+            f"cluster.placement_timeout_s: {describe_plan(plan)} were not placed within "
+            f"{timeout_s:g} s; the cluster has {have} free now (other jobs may hold the rest)"
+        )
+    return waited

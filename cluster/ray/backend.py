@@ -1,0 +1,260 @@
+"""Run a job on Ray: an embedded local cluster by default, or an existing one by address.
+
+Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
+a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.auth.secrets import sealed_env_vars
+from cluster.auth.token import load_token, write_token_file
+from cluster.errors import ClusterError, Preempted, TrainingFailed
+from cluster.head.collector import collector_actor
+from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
+from cluster.head.shard_server import shard_server_actor
+from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
+from cluster.placement.reserve import live_nodes, reserve_or_fail
+from cluster.worker.entry import train_worker
+from trainer.config.cluster import ClusterConfig
+from trainer.config.errors import UnsupportedConfigError
+from trainer.config.spec import RunSpec
+from trainer.formats.rundir import TOKEN_FILE
+from trainer.formats.shards import CorruptShardError
+
+POLL_INTERVAL_S = 0.5
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class RayBackend:
+    """Context manager: `with RayBackend(cfg) as backend: backend.run(spec, run_dir, on_progress)`."""
+
+    name = "ray"
+
+    def __init__(self, cluster: ClusterConfig, token_dir: Path | None = None) -> None:
+        self.cluster = cluster
+        self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
+        self._started_here = False
+
+    def __enter__(self) -> RayBackend:
+        if self.cluster.address:
+            self._connect(self.cluster.address)
+        else:
+            self._start_embedded()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if ray.is_initialized():
+            ray.shutdown()
+
+    def _start_embedded(self) -> None:
+        # A fresh token per run unless the user brought one; every Ray process inherits it.
+        if "RAY_AUTH_TOKEN" not in os.environ:
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+            if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
+                write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
+        ray.init(
+            num_cpus=self.cluster.num_cpus or os.cpu_count(),
+            include_dashboard=self.cluster.dashboard,
+            dashboard_host=self.cluster.dashboard_host,
+            log_to_driver=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": self._worker_env()},
+        )
+        self._started_here = True
+
+    def _connect(self, address: str) -> None:
+        try:
+            ray.init(
+                address=address,
+                log_to_driver=False,
+                logging_level="ERROR",
+                runtime_env={"env_vars": self._worker_env()},
+            )
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ClusterError(
+                f"cluster.address: cannot connect to Ray at {address}: {first}"
+            ) from None
+
+    def check_placement(self) -> PlacementPlan:
+        """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
+        or if they are not placed within cluster.placement_timeout_s; else say how to place them."""
+        try:
+            plan = placement_plan(self.cluster, live_nodes())
+            reserve_or_fail(plan, self.cluster.placement_timeout_s)
+        except PlacementError as exc:
+            raise ClusterError(str(exc)) from None
+        return plan
+
+    def _worker_env(self) -> dict[str, str]:
+        """Offline flags plus this process's secrets, sealed (see cluster/secret_env.py)."""
+        sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
+        return WORKER_ENV | sealed
+
+    def run(
+        self,
+        spec: RunSpec,
+        run_dir: Path,
+        checkpoint_dir: Path,
+        on_progress: Callable[[list[dict[str, Any]]], None],
+    ) -> dict[str, Any]:
+        """Train on the cluster; results land in `run_dir` through the collector. Returns
+        head-side statistics (shards streamed from the head) for the summary.
+
+        Raises:
+            ClusterError: the request cannot be placed.
+            TrainingFailed: a worker raised; carries the failing rank and its error line.
+        """
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchConfig, TorchTrainer
+
+        plan = self.check_placement()
+        collector = collector_actor(
+            run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
+        )
+        shard_server = shard_server_actor(list(spec.split_dirs.values()))
+        c = self.cluster
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "spec": spec.model_dump(mode="json"),
+                "collector": collector,
+                "shard_server": shard_server,
+                "head_node_id": ray.get_runtime_context().get_node_id(),
+            },
+            torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            scaling_config=ScalingConfig(**plan.scaling_kwargs()),
+            run_config=RunConfig(
+                name=spec.run_id,
+                storage_path=str(run_dir / "ray_train"),
+                failure_config=FailureConfig(max_failures=spec.job.training.max_failures),
+            ),
+        )
+        outcome: dict[str, BaseException] = {}
+        thread = threading.Thread(target=_fit_into, args=(trainer, outcome), daemon=True)
+        thread.start()
+        stop = _StopOnSigterm(collector, spec.job.training.preemption_grace_s)
+        ranks: dict[int, dict[str, Any]] = {}  # where each rank runs (newest attempt)
+        with stop:
+            while thread.is_alive() and not stop.grace_exceeded():
+                thread.join(POLL_INTERVAL_S)
+                on_progress(_note_ranks(_poll(collector), ranks))
+        on_progress(_note_ranks(_poll(collector), ranks))
+        if stop.requested_at is not None:
+            ray.get(collector.close.remote("KILLED"), timeout=30)
+            raise Preempted(committed=ray.get(collector.preempted_tag.remote(), timeout=10))
+        ray.get(collector.close.remote("FAILED" if "error" in outcome else "FINISHED"))
+        if "error" in outcome:
+            raise _as_training_failed(outcome["error"])
+        restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
+        placement = [ranks[rank] for rank in sorted(ranks)]
+        return ray.get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
+
+
+class _StopOnSigterm:
+    """While active, SIGTERM asks the workers (through the collector) to checkpoint and stop,
+    and starts the grace period after which the launcher stops waiting for them."""
+
+    def __init__(self, collector: ray.actor.ActorHandle, grace_s: float) -> None:
+        self._collector = collector
+        self._grace_s = grace_s
+        self.requested_at: float | None = None
+        self._previous: Any = None
+
+    def __enter__(self) -> _StopOnSigterm:
+        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+            self._collector.request_stop.remote()
+
+    def grace_exceeded(self) -> bool:
+        return (
+            self.requested_at is not None and time.monotonic() - self.requested_at > self._grace_s
+        )
+
+
+def _mlflow_run(spec: RunSpec) -> tuple[str, str] | None:
+    """Start the MLflow run before any worker does, so a bad URI costs seconds, not a run."""
+    output = spec.job.output
+    if output.mlflow_uri is None:
+        return None
+    try:
+        run_id = start_mlflow_run(
+            output.mlflow_uri,
+            output.mlflow_experiment or spec.job.name,
+            spec.run_id,
+            spec.job.model_dump(mode="json"),
+        )
+    except MlflowUnavailable as exc:
+        raise ClusterError(str(exc)) from exc
+    return output.mlflow_uri, run_id
+
+
+def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:
+    try:
+        trainer.fit()
+    except BaseException as exc:  # handed to the main thread, which reports it
+        outcome["error"] = exc
+
+
+def _note_ranks(
+    records: list[dict[str, Any]], ranks: dict[int, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    for record in records:
+        if record.get("event") == "rank_start":
+            ranks[record["rank"]] = {
+                k: record[k] for k in ("rank", "node_id", "hostname") if k in record
+            }
+    return records
+
+
+def _poll(collector: ray.actor.ActorHandle) -> list[dict[str, Any]]:
+    try:
+        return ray.get(collector.drain.remote(), timeout=5)
+    except ray.exceptions.RayError:  # slow or gone: the fit thread reports what went wrong
+        return []
+
+
+def _as_training_failed(error: BaseException) -> TrainingFailed:
+    failures = getattr(error, "worker_failures", None)
+    if failures:
+        rank = min(failures)
+        cause = _root_cause(failures[rank])
+        if isinstance(cause, (CorruptShardError, UnsupportedConfigError)):
+            return TrainingFailed(rank, str(cause), is_data_error=True)
+        return TrainingFailed(rank, _last_line(failures[rank]))
+    return TrainingFailed(None, _last_line(error))
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """Unwrap Ray's task/actor error wrappers down to the exception the worker raised."""
+    seen = 0
+    while seen < 10:
+        inner = getattr(error, "cause", None) or error.__cause__
+        if inner is None or inner is error:
+            return error
+        error, seen = inner, seen + 1
+    return error
+
+
+def _last_line(error: BaseException) -> str:
+    """The user-facing line of a (possibly Ray-wrapped) exception: its final 'Type: message'."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__

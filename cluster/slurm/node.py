@@ -1,0 +1,288 @@
+"""The node side of a SLURM-booted Ray cluster, called by the rendered sbatch script.
+
+    python -m cluster.slurm.node prepare JOB_ID          # batch host: per-job dir + 0600 token
+    python -m cluster.slurm.node node JOB_ID INDEX [--head-address IP:PORT]   # under srun
+    python -m cluster.slurm.node wait ADDRESS NODES --timeout S   # until every node has joined
+    python -m cluster.slurm.node reap JOB_DIR            # kill what is left of this job's Ray
+
+`node` picks the node's derived port block (checked free), runs `ray start --block` in its own
+process group, and on SIGTERM (scancel, time limit, the script's teardown) stops that group and
+then every process that still carries this job's marker in its environment: proctrack/linuxproc
+does not follow processes that detach, and `ray stop` would kill other jobs' Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cluster.slurm.layout import (
+    PORT_RANGE_END,
+    NodePorts,
+    derive_ports,
+    job_dir,
+    node_temp_dir,
+    parse_node_addr,
+)
+
+# Every process of a job's Ray inherits this (workers from the raylet), so leftovers can be
+# found by PID without touching other jobs: see `reap`.
+MARKER_ENV = "FTLAUNCH_SLURM_JOB_DIR"
+HEAD_ADDRESS_FILE = "head-address"
+TOKEN_FILE = "token"
+STOP_GRACE_S = 2.0  # well below SLURM's KillWait (30 s by default, 5 s in the test cluster)
+MAX_PORT_ATTEMPTS = 32
+RAY_BIN = Path(sys.executable).with_name("ray")
+
+
+def log(message: str) -> None:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    print(f"[ftlaunch-slurm {stamp}Z t={time.time():.3f}] {message}", flush=True)
+
+
+def prepare(job_id: str) -> Path:
+    """Create the per-job directory (0700) with a fresh auth token (0600); return the directory.
+
+    A directory left by an earlier run of the same job id (a requeued job) is replaced.
+    """
+    directory = job_dir(job_id)
+    if directory.exists():
+        if directory.stat().st_uid != os.getuid():
+            raise SystemExit(f"{directory}: exists and belongs to another user")
+        shutil.rmtree(directory)
+    directory.mkdir(mode=0o700, parents=True)
+    fd = os.open(directory / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return directory
+
+
+def node_ip(node_name: str | None) -> str:
+    """The IP SLURM reaches this node at (its NodeAddr), resolved; else this host's name."""
+    address = None
+    if node_name:
+        out = subprocess.run(
+            ["scontrol", "show", "node", "-o", node_name], capture_output=True, text=True
+        )
+        address = parse_node_addr(out.stdout) if out.returncode == 0 else None
+    return socket.gethostbyname(address or socket.gethostname())
+
+
+def ports_are_free(ports: list[int]) -> bool:
+    for port in ports:
+        with socket.socket() as sock:
+            # As Ray's servers do: a port whose old connections linger in TIME_WAIT is free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                return False
+    return True
+
+
+def choose_ports(job_id: str, index: int) -> NodePorts:
+    for attempt in range(MAX_PORT_ATTEMPTS):
+        ports = derive_ports(job_id, index, attempt)
+        if ports_are_free(ports.all()):
+            return ports
+        log(
+            f"node {index}: ports {ports.gcs}-{ports.metrics_export} are busy, trying the next block"
+        )
+    raise SystemExit(
+        f"node {index}: no free port block below {PORT_RANGE_END} after {MAX_PORT_ATTEMPTS} tries"
+    )
+
+
+def ray_start_command(
+    ip: str, ports: NodePorts, temp_dir: Path, head_address: str | None
+) -> list[str]:
+    cpus = os.environ.get("SLURM_CPUS_ON_NODE") or str(os.cpu_count())
+    command = [
+        str(RAY_BIN),
+        "start",
+        "--block",
+        f"--node-ip-address={ip}",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={cpus}",
+        "--disable-usage-stats",
+        *ports.ray_start_args(head=head_address is None),
+    ]
+    gpus = os.environ.get("SLURM_GPUS_ON_NODE")
+    if gpus:
+        command.append(f"--num-gpus={gpus}")
+    if head_address is None:
+        return [*command, "--head", "--include-dashboard=false"]
+    return [*command, f"--address={head_address}"]
+
+
+def run_node(job_id: str, index: int, head_address: str | None) -> int:
+    """Run one Ray node of the job until Ray exits or we are told to stop; clean up after it."""
+    directory = job_dir(job_id)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # other hosts have no prepare
+    temp_dir = node_temp_dir(job_id, index)
+    temp_dir.mkdir(mode=0o700, exist_ok=True)
+    ip = node_ip(os.environ.get("SLURMD_NODENAME"))
+    ports = choose_ports(job_id, index)
+    command = ray_start_command(ip, ports, temp_dir, head_address)
+    env = dict(os.environ, **{MARKER_ENV: str(directory)})
+    role = "head" if head_address is None else "worker"
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+
+    # Before Popen: a TERM in between would orphan `ray start` outside the job's process tree.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
+    if stopping:
+        return 0
+    log(f"node {index} ({role}) on {ip}: starting Ray, ports {ports.gcs}-{ports.metrics_export}")
+    ray = subprocess.Popen(command, env=env, start_new_session=True)
+    published = False
+    while ray.poll() is None and not stopping:
+        if head_address is None and not published and _listening(ip, ports.gcs):
+            _publish(directory / HEAD_ADDRESS_FILE, f"{ip}:{ports.gcs}")
+            published = True
+        time.sleep(0.2)
+    code = ray.returncode
+    stop_group(ray)
+    killed = reap(directory)
+    log(
+        f"node {index}: Ray stopped ({'signal' if stopping else f'exit {code}'}), {killed} leftovers killed"
+    )
+    return 0 if stopping else (code or 0)
+
+
+def _listening(ip: str, port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((ip, port)) == 0
+
+
+def _publish(path: Path, text: str) -> None:
+    partial = path.with_name(path.name + ".tmp")
+    partial.write_text(text + "\n")
+    partial.replace(path)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """TERM the process group (`ray start --block` stops its children), KILL after the grace."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
+
+
+def marked_pids(directory: Path) -> list[int]:
+    """PIDs (of this user) whose environment carries this job's marker, except us and our parents."""
+    needle = f"{MARKER_ENV}={directory}".encode() + b"\0"
+    spared = _ancestors(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            if entry.stat().st_uid != os.getuid():
+                continue
+            if needle in (entry / "environ").read_bytes() + b"\0":
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def _ancestors(pid: int) -> set[int]:
+    chain = {pid}
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat.rsplit(")", 1)[1].split()[1])
+        chain.add(pid)
+    return chain
+
+
+def reap(directory: Path) -> int:
+    """KILL every leftover process of this job on this host; returns how many there were."""
+    pids = marked_pids(directory)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def wait_for_nodes(address: str, nodes: int, timeout_s: float) -> int:
+    """Block until `nodes` Ray nodes are alive; 0 when they are, 1 (with one line) on timeout."""
+    import ray
+
+    started = time.monotonic()
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        alive = 0
+        while time.monotonic() - started < timeout_s:
+            alive = sum(1 for node in ray.nodes() if node.get("Alive"))
+            if alive >= nodes:
+                log(f"all {nodes} Ray nodes joined ({time.monotonic() - started:.1f} s of waiting)")
+                return 0
+            time.sleep(0.5)
+    finally:
+        ray.shutdown()
+    print(
+        f"error: only {alive} of {nodes} Ray nodes joined within {timeout_s:.0f} s; "
+        "see the node lines above and the Ray logs under the job's temp dirs",
+        file=sys.stderr,
+        flush=True,
+    )
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cluster.slurm.node")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("prepare").add_argument("job_id")
+    node = sub.add_parser("node")
+    node.add_argument("job_id")
+    node.add_argument("index", type=int)
+    node.add_argument("--head-address")
+    wait = sub.add_parser("wait")
+    wait.add_argument("address")
+    wait.add_argument("nodes", type=int)
+    wait.add_argument("--timeout", type=float, required=True)
+    sub.add_parser("reap").add_argument("job_dir", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "prepare":
+        print(prepare(args.job_id))
+        return 0
+    if args.command == "node":
+        index = args.index + int(os.environ.get("SLURM_PROCID", "0"))  # workers: 1 + task rank
+        return run_node(args.job_id, index, args.head_address)
+    if args.command == "wait":
+        return wait_for_nodes(args.address, args.nodes, args.timeout)
+    killed = reap(args.job_dir)
+    if killed:
+        log(f"killed {killed} leftover processes of {args.job_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

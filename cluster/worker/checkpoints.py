@@ -1,0 +1,126 @@
+"""Worker side of checkpoints-to-head: ranks on the head node write straight into the head's
+staging directory; ranks elsewhere write to node-local scratch and stream their files to the
+collector in bounded chunks, then delete the scratch. On resume each remote rank downloads
+only the files it needs, each checked against the committed manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from cluster.worker.files import CHUNK_BYTES, CollectorSink
+from trainer.formats.checkpoints import CorruptCheckpointError
+
+
+class RayCheckpointSink:
+    def __init__(
+        self,
+        collector: ray.actor.ActorHandle,
+        on_head: bool,
+        run_id: str,
+        resume_tag: str | None,
+        rank: int,
+    ) -> None:
+        self._collector = collector
+        self._files = CollectorSink(collector)
+        self.on_head = on_head
+        self._run_id = run_id
+        self._resume_tag = resume_tag
+        self._rank = rank
+        self._scratch: list[Path] = []
+        self._delivery: threading.Thread | None = None
+        self._delivery_error: BaseException | None = None
+
+    def local_dir(self, tag: str) -> Path:
+        if self.on_head:
+            return Path(ray.get(self._collector.checkpoint_staging.remote(tag)))
+        scratch = Path(tempfile.mkdtemp(prefix=f"ftlaunch-{tag}-"))
+        self._scratch.append(scratch)
+        return scratch
+
+    def submit(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        """Ranks on the head wrote straight into the head's staging: just say so. Ranks elsewhere
+        stream their files in a background thread, one checkpoint at a time, so training goes on
+        while the bytes travel (the previous delivery is finished first: bounded disk use)."""
+        self._finish_delivery()
+        if state is not None:
+            state = state | {"run_id": self._run_id}
+        if self.on_head:
+            self._collector.checkpoint_submitted.remote(tag, self._rank, state)
+            return
+        self._delivery = threading.Thread(
+            target=self._deliver, args=(tag, local_dir, state), name="ftlaunch-ckpt", daemon=True
+        )
+        self._delivery.start()
+
+    def wait_committed(self, tag: str, timeout_s: float) -> None:
+        self._finish_delivery()
+        deadline = time.monotonic() + timeout_s
+        while not ray.get(self._collector.checkpoint_is_committed.remote(tag)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{tag}: not committed on the head within {timeout_s:.0f}s")
+            time.sleep(0.05)
+
+    def _deliver(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        try:
+            for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+                name = path.relative_to(local_dir).as_posix()
+                handle = ray.get(self._collector.begin_checkpoint_file.remote(tag, name))
+                self._files.stream_file(path, handle)
+            ray.get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+        except BaseException as exc:  # re-raised in the training thread at the next save
+            self._delivery_error = exc
+        finally:
+            shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _finish_delivery(self) -> None:
+        if self._delivery is not None:
+            self._delivery.join()
+            self._delivery = None
+        if self._delivery_error is not None:
+            error, self._delivery_error = self._delivery_error, None
+            raise RuntimeError(f"checkpoint delivery to the head failed: {error}") from error
+
+    def latest(self) -> str | None:
+        """After a restart, this run's newest checkpoint; otherwise the one `--resume` chose."""
+        return ray.get(self._collector.checkpoint_latest.remote(self._run_id)) or self._resume_tag
+
+    def fetch(self, tag: str, wanted: Callable[[str], bool]) -> Path:
+        manifest = ray.get(self._collector.checkpoint_verified.remote(tag))
+        if self.on_head:
+            return Path(ray.get(self._collector.checkpoint_path.remote(tag)))
+        scratch = Path(tempfile.mkdtemp(prefix=f"ftlaunch-resume-{tag}-"))
+        self._scratch.append(scratch)
+        for name, entry in manifest["files"].items():
+            if wanted(name):
+                self._download(tag, name, entry, scratch / name)
+        return scratch
+
+    def cleanup(self) -> None:
+        self._finish_delivery()
+        for scratch in self._scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+        self._scratch.clear()
+
+    def _download(self, tag: str, name: str, entry: dict[str, Any], target: Path) -> None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        with target.open("wb") as fh:
+            for offset in range(0, entry["bytes"], CHUNK_BYTES):
+                chunk = ray.get(
+                    self._collector.checkpoint_read.remote(tag, name, offset, CHUNK_BYTES)
+                )
+                digest.update(chunk)
+                fh.write(chunk)
+        if digest.hexdigest() != entry["sha256"]:
+            raise CorruptCheckpointError(
+                f"{tag}/{name}: download does not match the checkpoint manifest"
+            )

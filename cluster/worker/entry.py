@@ -1,0 +1,84 @@
+"""What Ray Train runs in each worker: wire Ray-backed reporter, sinks, shard access and stop
+signal into one WorkerIO and hand it, with the spec, to the trainer's entry point.
+
+The trainer is named by a dotted string and imported inside the worker process, so `cluster`
+never imports torch or the training code (import-linter checks it) and the head stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import ray
+
+from cluster.auth.secrets import unseal_into_environ
+from cluster.auth.token import load_token
+from cluster.worker.checkpoints import RayCheckpointSink
+from cluster.worker.files import CollectorSink
+from cluster.worker.reporting import CollectorReporter, CollectorStopSignal
+from cluster.worker.shards import HeadShardStore
+from trainer.config.spec import RunSpec
+from trainer.formats.shard_stores import open_store
+from trainer.protocols import ShardStore, WorkerIO
+
+TRAINER_ENTRY = "trainer.main:run_job"
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    spec = RunSpec.model_validate(loop_config["spec"])
+    collector = loop_config["collector"]
+    start = rank_start_record()
+    collector.report.remote(start)
+    # Secrets arrive sealed (cluster/auth/secrets.py); names only are reported, for audits.
+    names = unseal_into_environ(load_token())
+    if names:
+        collector.report.remote({"event": "secret_env", "rank": start["rank"], "names": names})
+    on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
+    io = WorkerIO(
+        reporter=CollectorReporter(collector),
+        artifacts=CollectorSink(collector),
+        open_store=store_opener(loop_config["shard_server"]),
+        checkpoints=RayCheckpointSink(
+            collector, on_head, spec.run_id, spec.resume_tag, start["rank"]
+        ),
+        stop=CollectorStopSignal(collector),
+    )
+    load_entry(TRAINER_ENTRY)(spec, io)
+
+
+def load_entry(dotted: str) -> Callable[[RunSpec, WorkerIO], Any]:
+    """`package.module:function` -> the function (imported now, in the worker)."""
+    module, _, name = dotted.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def rank_start_record() -> dict[str, Any]:
+    """Where this rank runs (every rank, every attempt), so users and tests can see placement."""
+    import ray.train  # worker-side only: keeps `import cluster` light for the launcher
+
+    context = ray.train.get_context()
+    return {
+        "event": "rank_start",
+        "rank": context.get_world_rank(),
+        "local_rank": context.get_local_rank(),
+        "world_size": context.get_world_size(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "hostname": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+def store_opener(shard_server: Any) -> Callable[[str], ShardStore]:
+    """Read a split from where this node can see it; stream it from the head otherwise."""
+
+    def open_split_store(location: str) -> ShardStore:
+        try:
+            return open_store(location)
+        except FileNotFoundError:  # not on this node's disk: only the head has it
+            return HeadShardStore(shard_server, location)
+
+    return open_split_store

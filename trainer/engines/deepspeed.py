@@ -1,0 +1,125 @@
+"""`engine.backend: deepspeed`: DeepSpeed's own engine (ZeRO 0-3, gloo on CPU, NCCL on GPU)."""
+
+from __future__ import annotations
+
+import contextlib
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import deepspeed
+import torch
+
+from trainer.config.schema import JobConfig
+from trainer.engines.base import build_optimizer, deepspeed_config
+from trainer.formats.checkpoints import DS_TAG
+
+
+class DeepSpeedEngine:
+    """A thin adapter: every call goes straight to `deepspeed.DeepSpeedEngine`."""
+
+    checkpoint_subdir = DS_TAG
+
+    def __init__(
+        self, model: torch.nn.Module, job: JobConfig, world_size: int, total_steps: int
+    ) -> None:
+        optimizer, scheduler = build_optimizer(model, job, total_steps)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(job, world_size),
+        )
+        self.module = self.engine.module
+        self.device = self.engine.device
+        self._world_size = world_size
+
+    def __call__(self, **inputs: Any) -> Any:
+        return self.engine(**inputs)
+
+    def accumulate(self) -> AbstractContextManager[None]:
+        return contextlib.nullcontext()  # DeepSpeed tracks the accumulation boundary itself
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def get_lr(self) -> list[float]:
+        return self.engine.get_lr()
+
+    def save_state(self, directory: Path) -> None:
+        # DeepSpeed appends the tag: files land in <checkpoint>/ds/. Frozen weights (a PEFT
+        # method's base model) are left out: they are rebuilt from model.path on resume/export.
+        frozen = has_frozen(self.engine)
+        if frozen:
+            _drop_frozen_aliases(self.engine)
+        self.engine.save_checkpoint(
+            str(directory.parent), tag=directory.name, exclude_frozen_parameters=frozen
+        )
+
+    def load_state(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(
+            str(directory.parent),
+            tag=directory.name,
+            load_optimizer_states=True,
+            load_lr_scheduler_states=True,
+            # Frozen weights are not in the checkpoint; they are already the base model's.
+            load_module_strict=not has_frozen(self.engine),
+        )
+        if path is None:
+            raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
+
+    def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
+        return zero_consolidated_state_dict(self.engine)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": "deepspeed",
+            "strategy": "deepspeed",
+            "distributed_type": "DEEPSPEED",
+            "num_processes": self._world_size,
+        }
+
+    def destroy(self) -> None:
+        self.engine.destroy()
+
+
+def zero_consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The full model state of a DeepSpeed engine on rank 0 (None elsewhere). Collective under
+    ZeRO-3: call on all ranks."""
+    if engine.zero_optimization_partition_weights():
+        return engine._zero3_consolidated_16bit_state_dict()
+    if torch.distributed.get_rank() == 0:
+        return {k: v.detach().cpu().clone() for k, v in engine.module.state_dict().items()}
+    return None
+
+
+def has_frozen(engine) -> bool:
+    return any(not p.requires_grad for p in engine.module.parameters())
+
+
+def _drop_frozen_aliases(engine) -> None:
+    """DeepSpeed drops frozen weights by the one name `named_parameters()` gives each; a module
+    reachable under two names keeps its second copy. peft's prompt learning does that (the base's
+    word embeddings are also `word_embeddings`), which would put the whole embedding matrix back
+    in every checkpoint. Wrap the engine's module_state_dict once to drop every frozen name."""
+    if getattr(engine, "_ftl_drops_frozen_aliases", False):
+        return
+    original = engine.module_state_dict
+    frozen = {
+        name
+        for name, param in engine.module.named_parameters(remove_duplicate=False)
+        if not param.requires_grad
+    }
+
+    def module_state_dict(*args: Any, exclude_frozen_parameters: bool = False, **kwargs: Any):
+        state = original(*args, exclude_frozen_parameters=exclude_frozen_parameters, **kwargs)
+        if exclude_frozen_parameters:
+            for name in frozen & set(state):
+                del state[name]
+        return state
+
+    engine.module_state_dict = module_state_dict
+    engine._ftl_drops_frozen_aliases = True

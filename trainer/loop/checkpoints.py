@@ -1,0 +1,119 @@
+"""Save and restore a training checkpoint: the engine's per-rank state plus ours.
+
+Each rank writes, into the directory its CheckpointSink gives it, the engine's files (under
+`engine.checkpoint_subdir`), its training progress with RNG states, and its share of the
+best-so-far weights (the layout is in trainer/formats/checkpoints.py); the sink delivers them to
+the head, where rank 0's state makes the commit atomic.
+
+When some parameters are frozen (a PEFT method's base model), the engine leaves them out: they
+are the base model's weights, rebuilt from model.path on resume and export, so a LoRA checkpoint
+holds the adapter, the head and their optimizer state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from trainer.engines.base import Engine
+from trainer.engines.snapshot import Snapshot
+from trainer.formats.checkpoints import best_weights_file, rank_needs, step_tag, trainer_state_file
+from trainer.loop.context import Run
+from trainer.loop.progress import TrainProgress
+from trainer.protocols import CheckpointSink
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+
+
+def save_checkpoint(
+    engine: Engine,
+    tag: str,
+    progress: dict[str, Any],
+    best: Snapshot | None,
+    sink: CheckpointSink,
+    state: dict[str, Any],
+) -> float:
+    """Every rank saves its part locally and submits it; returns the seconds training was blocked.
+
+    The transfer to the head and the atomic commit happen off the critical path (the head commits
+    when all ranks' files have arrived); callers that need the checkpoint committed before going
+    on (preemption, the end of training) call `sink.wait_committed(tag, ...)`.
+    """
+    started = time.perf_counter()
+    rank = dist.get_rank()
+    local = sink.local_dir(tag)
+    engine.save_state(local / engine.checkpoint_subdir)
+    (local / trainer_state_file(rank)).write_text(json.dumps(progress | {"rng": rng_state()}))
+    if best is not None:
+        flat = [
+            t
+            for pair in best
+            for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
+        ]
+        torch.save(flat, local / best_weights_file(rank))
+    sink.submit(tag, local, state if rank == 0 else None)
+    return time.perf_counter() - started
+
+
+def load_checkpoint(
+    engine: Engine, tag: str, sink: CheckpointSink
+) -> tuple[TrainProgress, Snapshot | None]:
+    """Restore engine, RNG and progress from `tag`; returns (progress, best snapshot)."""
+    rank = dist.get_rank()
+    local = sink.fetch(tag, lambda name: rank_needs(name, rank))
+    engine.load_state(local / engine.checkpoint_subdir)
+    fields = json.loads((local / trainer_state_file(rank)).read_text())
+    set_rng_state(fields.pop("rng"))
+    best_file = local / best_weights_file(rank)
+    best = None
+    if best_file.is_file():
+        flat = torch.load(best_file, weights_only=True)  # plain tensors only: nothing to unpickle
+        best = [
+            (flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)
+        ]
+    return TrainProgress(**fields), best
+
+
+def checkpoint_now(
+    run: Run, progress: TrainProgress, best: Snapshot | None, event: str
+) -> str | None:
+    """Save and commit a checkpoint of the current step (all ranks); rank 0 reports `event`.
+    Without a checkpoint sink (a plain local run) only the event is reported."""
+    tag, blocked = None, 0.0
+    spec, checkpoints = run.spec, run.io.checkpoints
+    if checkpoints is not None:
+        tag = step_tag(progress.step)
+        state = {
+            "step": progress.step,
+            "epoch": progress.epoch,
+            "world_size": dist.get_world_size(),
+            "samples_seen_in_epoch": progress.samples_seen_in_epoch,
+            "config_fingerprint": spec.config_fingerprint,
+            "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
+        }
+        blocked = save_checkpoint(run.engine, tag, progress.state_dict(), best, checkpoints, state)
+        if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
+            checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
+    run.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
+    return tag
