@@ -104,7 +104,7 @@ def main() -> None:
         {"params": [p for n, p in params if any(m in n for m in NO_DECAY)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
-    warmup = int(round(o.warmup_ratio * args.steps))
+    warmup = round(o.warmup_ratio * args.steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (

@@ -1,4 +1,4 @@
-"""How fast, how lean and how quick to start is ftlaunch's shard reader (trainer/data.py)?
+"""How fast, how lean and how quick to start is ftlaunch's shard reader (trainer/data/split.py)?
 
 On one generated tokenized split of `--gb` GiB (default 1.0) in ftlaunch's exact shard format
 (written by `launcher.prepare._ShardWriter` + `ShardManifest`: random int32 token ids, lengths

@@ -29,6 +29,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
@@ -123,7 +124,8 @@ def run_bare(job_path: Path, model_dir: Path, train_dir: Path, steps: int, work:
     out.unlink(missing_ok=True)
     log = work / "bare.log"
     launch = time.time()
-    cmd = bin_or_module("torchrun", "torch.distributed.run") + [
+    cmd = [
+        *bin_or_module("torchrun", "torch.distributed.run"),
         "--standalone",
         f"--nproc-per-node={NUM_WORKERS}",
         str(BARE_SCRIPT),
@@ -142,7 +144,7 @@ def run_bare(job_path: Path, model_dir: Path, train_dir: Path, steps: int, work:
     record = json.loads(out.read_text())
     stamps = record["step_times"]
     step_seconds = [stamps[0] - record["engine_ready"]] + [
-        b - a for a, b in zip(stamps, stamps[1:], strict=False)
+        b - a for a, b in itertools.pairwise(stamps)
     ]
     return {
         "s_per_step": steady_state(step_seconds),
@@ -155,7 +157,7 @@ def run_bare(job_path: Path, model_dir: Path, train_dir: Path, steps: int, work:
 def run_ftlaunch(job_path: Path, output_dir: Path, global_batch: int, work: Path) -> dict:
     shutil.rmtree(output_dir, ignore_errors=True)
     log = work / "ftlaunch.log"
-    cmd = bin_or_module("ftlaunch", "launcher.cli") + ["run", str(job_path)]
+    cmd = [*bin_or_module("ftlaunch", "launcher.cli"), "run", str(job_path)]
     first_step_at = None
     with log.open("w") as fh:
         launch = time.time()
@@ -182,7 +184,7 @@ def run_ftlaunch(job_path: Path, output_dir: Path, global_batch: int, work: Path
 
 def _has_first_step(output_dir: Path) -> bool:
     """Whether a metrics.jsonl (staging area while running, committed at the end) has step 1."""
-    candidates = list(output_dir.glob(".run-*/metrics.jsonl")) + [output_dir / "metrics.jsonl"]
+    candidates = [*list(output_dir.glob(".run-*/metrics.jsonl")), output_dir / "metrics.jsonl"]
     for path in candidates:
         try:
             lines = path.read_text().splitlines()

@@ -29,7 +29,24 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-WORDS = "the a red green blue cat dog bird sees runs over under and then quickly slowly".split()
+WORDS = [
+    "the",
+    "a",
+    "red",
+    "green",
+    "blue",
+    "cat",
+    "dog",
+    "bird",
+    "sees",
+    "runs",
+    "over",
+    "under",
+    "and",
+    "then",
+    "quickly",
+    "slowly",
+]
 
 
 def uneven_corpus(path: Path, examples: int, max_length: int, seed: int = 0) -> Path:
@@ -67,11 +84,12 @@ def build_model(directory: Path, width: int, layers: int, max_length: int) -> Pa
 def prepare(corpus: Path, model_dir: Path, max_length: int, packing: bool, cache: Path):
     from launcher.data.causal import CausalFormat
     from launcher.data.sources import SplitSource
-    from launcher.data.tokenize import prepare_split
+    from launcher.data.tokenize import TokenizeOptions, prepare_split
 
     fmt = CausalFormat("text", packing)
     source = SplitSource("data.train", (corpus,), "text", "label", fmt.columns())
-    return prepare_split(source, "train", model_dir, max_length, [], cache, causal=fmt).directory
+    options = TokenizeOptions(model_dir, max_length, [], causal=fmt)
+    return prepare_split(source, "train", options, cache).directory
 
 
 def timed_pass(model, optimizer, split, micro: int) -> tuple[float, float, int, int]:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.slurm.jobs import TERMINAL_STATES, job_state  # noqa: E402
-from cluster.slurm.layout import job_dir  # noqa: E402
-from tests.fixtures import ftlaunch, make_keyword_dataset, make_tiny_bert  # noqa: E402
+from cluster.slurm.jobs import TERMINAL_STATES, job_state
+from cluster.slurm.layout import job_dir
+from tests.fixtures import ftlaunch, make_keyword_dataset, make_tiny_bert
 
 
 def event_time(log: str, event: str) -> float | None:

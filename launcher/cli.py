@@ -137,25 +137,25 @@ def prepare(
     messages_column: Annotated[str, typer.Option(help="Causal LM chat column.")] = "messages",
 ) -> None:
     """Tokenize inputs into Arrow IPC shards + manifest.json (streamed, deterministic, idempotent)."""
-    from launcher.commands.prepare import causal_options, run_prepare
+    from launcher.commands.prepare import PrepareRequest, causal_options, run_prepare
 
     try:
-        run_prepare(
-            inputs,
-            tokenizer,
-            out,
-            text_column,
-            label_column,
-            max_length,
-            shard_size,
-            num_proc,
-            labels_from,
-            split,
-            Console(highlight=False, soft_wrap=True),
+        request = PrepareRequest(
+            inputs=inputs,
+            tokenizer=tokenizer,
+            out=out,
+            text_column=text_column,
+            label_column=label_column,
+            max_length=max_length,
+            shard_size=shard_size,
+            num_proc=num_proc,
+            labels_from=labels_from,
+            split=split,
             causal=causal_options(
                 format_, packing, text_column, prompt_column, completion_column, messages_column
             ),
         )
+        run_prepare(request, Console(highlight=False, soft_wrap=True))
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
 
@@ -325,23 +325,21 @@ def submit(
     ] = None,
 ) -> None:
     """Submit the job to a Ray cluster through the Ray Jobs API; prints the job id."""
-    from launcher.commands.submit import run_submit
+    from launcher.commands.submit import SubmitRequest, run_submit
     from launcher.sizes import parse_size
     from launcher.submit_plan import MAX_UPLOAD_LIMIT, read_requirements
 
     def action() -> int:
-        reqs = read_requirements(requirements) if requirements else []
-        return run_submit(
-            config,
-            set_ or [],
-            address,
-            follow,
-            insecure,
-            parse_size(max_upload, "--max-upload", minimum=0, maximum=MAX_UPLOAD_LIMIT),
-            reqs,
-            typer.echo,
-            _note,
+        request = SubmitRequest(
+            config=config,
+            overrides=set_ or [],
+            address=address,
+            follow=follow,
+            insecure=insecure,
+            max_upload=parse_size(max_upload, "--max-upload", minimum=0, maximum=MAX_UPLOAD_LIMIT),
+            requirements=read_requirements(requirements) if requirements else [],
         )
+        return run_submit(request, typer.echo, _note)
 
     _jobs_call(action)
 

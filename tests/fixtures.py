@@ -157,6 +157,16 @@ def ftlaunch(
     )
 
 
+def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    """Exit code 2, no traceback, and exactly one `error: ` line holding every fragment."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 HEAVY_MODULES = ("ray", "torch", "deepspeed", "transformers")
 _REPORT_MODULES = """
 import sys

@@ -42,7 +42,7 @@ def missing_listed(environ: Mapping[str, str], listed: Iterable[str]) -> list[st
     return [name for name in listed if name not in environ]
 
 
-def _fernet(token: str):  # noqa: ANN202 - cryptography's type, imported lazily
+def _fernet(token: str):
     from cryptography.fernet import Fernet
 
     digest = hashlib.sha256(b"ftlaunch-secret-env\0" + token.encode()).digest()

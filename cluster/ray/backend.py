@@ -98,7 +98,7 @@ class RayBackend:
         return plan
 
     def _worker_env(self) -> dict[str, str]:
-        """Offline flags plus this process's secrets, sealed (see cluster/secret_env.py)."""
+        """Offline flags plus this process's secrets, sealed (see cluster/auth/secrets.py)."""
         sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
         return WORKER_ENV | sealed
 

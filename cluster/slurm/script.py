@@ -1,7 +1,7 @@
 """Render the sbatch script that boots Ray inside a SLURM allocation and runs `ftlaunch run`.
 
 `render_sbatch` is pure (a value in, text out) so it has a golden-text test; everything the
-script does at run time that needs logic lives in `cluster.slurm_node`, which it calls.
+script does at run time that needs logic lives in `cluster.slurm.node`, which it calls.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ LOG_NAME = "slurm-%j.out"
 
 @dataclass(frozen=True)
 class SbatchRequest:
-    """Everything the script needs; values are already validated (see launcher.slurm_options)."""
+    """Everything the script needs; values are already validated (see launcher/slurm/options.py)."""
 
     job_name: str
     nodes: int

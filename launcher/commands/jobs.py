@@ -1,5 +1,5 @@
 """`ftlaunch status|logs|stop|list`: Ray jobs through the Jobs API; all-digit ids are SLURM
-jobs, handled by launcher/slurm_command.py."""
+jobs, handled by launcher/slurm/jobs.py."""
 
 from __future__ import annotations
 

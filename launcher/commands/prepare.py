@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,20 +19,31 @@ if TYPE_CHECKING:
 CAUSAL_FORMATS = ("text", "prompt-completion", "chat")
 
 
-def run_prepare(
-    inputs: list[Path],
-    tokenizer: str,
-    out: Path,
-    text_column: str,
-    label_column: str,
-    max_length: int,
-    shard_size: str,
-    num_proc: int | None,
-    labels_from: Path | None,
-    split: str,
-    console: Console,
-    causal: CausalFormat | None = None,
-) -> None:
+@dataclass(frozen=True)
+class PrepareRequest:
+    """What `ftlaunch prepare` was asked, option by option."""
+
+    inputs: list[Path]
+    tokenizer: str
+    out: Path
+    text_column: str = "text"
+    label_column: str = "label"
+    max_length: int = 128
+    shard_size: str = "64MB"
+    num_proc: int | None = None
+    labels_from: Path | None = None
+    split: str = "train"
+    causal: CausalFormat | None = None  # None: sequence-classification
+
+
+def run_prepare(request: PrepareRequest, console: Console) -> None:
+    """Tokenize the inputs into `request.out`, unless it already holds this exact result.
+
+    Raises:
+        UserError: a bad option, model or input (one line each, naming it).
+    """
+    r = request
+    num_proc, max_length, causal, out = r.num_proc, r.max_length, r.causal, r.out
     if num_proc is not None:
         if num_proc < 1:
             raise UserError(f"--num-proc: must be >= 1 (got {num_proc})")
@@ -43,26 +55,30 @@ def run_prepare(
     from launcher.data.tokenize import TokenizeOptions, prepare_into
     from launcher.models import read_max_positions, resolve_model_path
 
-    model_dir = resolve_model_path(tokenizer, field="--tokenizer")
+    model_dir = resolve_model_path(r.tokenizer, field="--tokenizer")
     limit = read_max_positions(model_dir)
     if limit and max_length > limit:
         raise UserError(f"--max-length: {max_length} exceeds the model's position limit {limit}")
     source = SplitSource(
-        "inputs", tuple(inputs), text_column, label_column, causal.columns() if causal else ()
+        "inputs",
+        tuple(r.inputs),
+        r.text_column,
+        r.label_column,
+        causal.columns() if causal else (),
     )
     if causal is not None:
         label_names: list[str] = []  # token labels are computed per row
-    elif labels_from is not None:
-        manifest = load_prepared("--labels-from", str(labels_from))
+    elif r.labels_from is not None:
+        manifest = load_prepared("--labels-from", str(r.labels_from))
         if manifest is None:
             raise UserError(
-                f"--labels-from: {labels_from} is not a prepared split (no manifest.json)"
+                f"--labels-from: {r.labels_from} is not a prepared split (no manifest.json)"
             )
         label_names = manifest.label_names
     else:
         label_names = collect_label_names(source)
     options = TokenizeOptions(
-        model_dir, max_length, label_names, parse_size(shard_size, "--shard-size"), causal=causal
+        model_dir, max_length, label_names, parse_size(r.shard_size, "--shard-size"), causal=causal
     )
     with Progress(
         TextColumn("[bold]tokenizing"),
@@ -73,7 +89,7 @@ def run_prepare(
         transient=True,
     ) as progress:
         task = progress.add_task("rows", total=None)
-        prepared = prepare_into(source, split, options, out, lambda n: progress.advance(task, n))
+        prepared = prepare_into(source, r.split, options, out, lambda n: progress.advance(task, n))
     m = prepared.manifest
     state = "up to date, nothing to do" if prepared.reused else "written"
     what = f"labels {m.label_names}"

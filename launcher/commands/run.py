@@ -13,7 +13,7 @@ from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.causal import CausalFormat
 from launcher.data.prepared import check_prepared, load_prepared
 from launcher.data.sources import SplitSource, collect_label_names
-from launcher.data.tokenize import default_cache_root, prepare_split
+from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
@@ -47,8 +47,8 @@ def run_from_file(
 
     Raises:
         UserError: bad config, data or model (exit 2).
-        cluster.ray_backend.ClusterError: unreachable cluster or impossible placement (exit 2).
-        cluster.ray_backend.TrainingFailed: a worker failed (exit 1).
+        cluster.errors.ClusterError: unreachable cluster or impossible placement (exit 2).
+        cluster.errors.TrainingFailed: a worker failed (exit 1).
     """
     job = load_job_config(config_path, overrides)
     if address:
@@ -110,15 +110,8 @@ def prepare_splits(
     for name in SPLITS:
         location, manifest = getattr(d, name), prepared[name]
         if manifest is None:
-            split = prepare_split(
-                _raw_source(job, name),
-                name,
-                model_dir,
-                d.max_length,
-                label_names,
-                cache_root,
-                causal=causal,
-            )
+            options = TokenizeOptions(model_dir, d.max_length, label_names, causal=causal)
+            split = prepare_split(_raw_source(job, name), name, options, cache_root)
             location, manifest = str(split.directory), split.manifest
             state = "cached" if split.reused else "tokenized"
         else:

@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -47,30 +48,34 @@ CODE_PACKAGES = ("launcher", "cluster", "trainer")
 Echo = Callable[[str], None]
 
 
-def run_submit(
-    config: Path,
-    overrides: list[str],
-    address: str | None,
-    follow: bool,
-    insecure: bool,
-    max_upload: int,
-    requirements: list[str],
-    echo: Echo,
-    note: Echo,
-) -> int:
+@dataclass(frozen=True)
+class SubmitRequest:
+    """What `ftlaunch submit` was asked, option by option."""
+
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    address: str | None = None
+    follow: bool = False
+    insecure: bool = False
+    max_upload: int = 100 * 10**6
+    requirements: list[str] = field(default_factory=list)
+
+
+def run_submit(request: SubmitRequest, echo: Echo, note: Echo) -> int:
     """Submit; returns the exit code (0, or with --follow the job's: see `follow_job`).
 
     Raises:
         UserError: bad config, secrets not set, paths the cluster cannot see.
-        cluster.ray_backend.ClusterError: unreachable cluster, open cluster, token problems.
+        cluster.errors.ClusterError: unreachable cluster, open cluster, token problems.
     """
-    job = load_job_config(config, overrides)
+    config, address, max_upload = request.config, request.address, request.max_upload
+    job = load_job_config(config, request.overrides)
     missing = missing_listed(os.environ, job.cluster.secret_env)
     if missing:
         raise UserError(*(f"cluster.secret_env: {name} is not set here" for name in missing))
     target, source = resolve_address(address, job.cluster.address, os.environ)
     url, token = api_url(target), load_token()
-    check_access(url, token, source, allow_insecure=insecure)
+    check_access(url, token, source, allow_insecure=request.insecure)
     client = JobsClient(url, token, source)
     plan = plan_submission(job, Path.cwd(), max_upload, tree_size)
     if plan.cluster_paths:
@@ -80,7 +85,7 @@ def run_submit(
     with tempfile.TemporaryDirectory(prefix="ftlaunch-submit-") as bundle:
         write_bundle(Path(bundle), plan)
         runtime_env = build_runtime_env(
-            Path(bundle), code_dirs(), requirements, sealed, job.training.preemption_grace_s
+            Path(bundle), code_dirs(), request.requirements, sealed, job.training.preemption_grace_s
         )
         metadata = {
             FTLAUNCH_TAG: "1",
@@ -91,7 +96,7 @@ def run_submit(
         client.submit(entrypoint(), job_id, runtime_env, metadata)  # uploads the bundle
     echo(job_id)
     note(f"submitted to {url}; output.dir on the head: {plan.config['output']['dir']}")
-    if not follow:
+    if not request.follow:
         note(f"follow it with: ftlaunch logs {job_id} --follow --address {url}")
         return 0
     return follow_job(client, job_id, note, secret_values(os.environ, job.cluster.secret_env))
@@ -146,7 +151,7 @@ def code_dirs() -> list[Path]:
     for name in CODE_PACKAGES:
         spec = importlib.util.find_spec(name)
         assert spec is not None and spec.submodule_search_locations  # our own packages
-        dirs.append(Path(list(spec.submodule_search_locations)[0]))
+        dirs.append(Path(next(iter(spec.submodule_search_locations))))
     return dirs
 
 
@@ -174,16 +179,16 @@ def check_visible_on_cluster(client: JobsClient, plan: SubmissionPlan, max_uploa
         )
     missing = set(json.loads(marker[-1].split("=", 1)[1]))
     problems = []
-    for field, path in plan.cluster_paths.items():
+    for name, path in plan.cluster_paths.items():
         if path in missing:
-            size = plan.oversized.get(field)
+            size = plan.oversized.get(name)
             why = (
                 f"too big to upload ({format_size(size)} > --max-upload {format_size(max_upload)})"
                 if size is not None
                 else "not found here either"
             )
             problems.append(
-                f"{field}: {path} is not visible on the cluster's head node and is {why}; "
+                f"{name}: {path} is not visible on the cluster's head node and is {why}; "
                 "put it on storage the cluster can read (a shared path or an s3:// URI)"
             )
     if problems:

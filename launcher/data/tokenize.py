@@ -83,31 +83,23 @@ def tokenizer_fingerprint(model_dir: Path, max_length: int) -> str:
 
 
 def prepare_split(
-    source: SplitSource,
-    split: str,
-    model_dir: Path,
-    max_length: int,
-    label_names: list[str],
-    cache_root: Path,
-    shard_bytes: int = DEFAULT_SHARD_BYTES,
-    batch_rows: int = TOKENIZE_BATCH_ROWS,
-    causal: CausalFormat | None = None,
+    source: SplitSource, split: str, options: TokenizeOptions, cache_root: Path
 ) -> PreparedSplit:
     """Tokenize a split into the content-keyed cache, or reuse an identical earlier result.
 
     Raises:
         UserError: unreadable input, missing column, empty split, or a label outside `label_names`.
     """
-    options = TokenizeOptions(model_dir, max_length, label_names, shard_bytes, batch_rows, causal)
+    model_dir, causal = options.model_dir, options.causal
     source_sha = source_fingerprint(source)
-    fingerprint = tokenizer_fingerprint(model_dir, max_length)
+    fingerprint = tokenizer_fingerprint(model_dir, options.max_length)
     parts = [
         MANIFEST_FORMAT_VERSION,
         source_sha,
         fingerprint,
         source.text_column,
         source.label_column,
-        label_names,
+        options.label_names,
     ]
     if causal is not None:  # only then, so classification cache keys stay what they were
         parts.append(causal.cache_key(model_dir))

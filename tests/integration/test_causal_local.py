@@ -26,11 +26,12 @@ def causal_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def _prepare(data: Path, model: Path, fmt: str, packing: bool, cache: Path, max_length: int = 64):
     from launcher.data.causal import CausalFormat
     from launcher.data.sources import SplitSource
-    from launcher.data.tokenize import prepare_split
+    from launcher.data.tokenize import TokenizeOptions, prepare_split
 
     causal = CausalFormat(fmt, packing)
     source = SplitSource("data.train", (data,), "text", "label", causal.columns())
-    return prepare_split(source, "train", model, max_length, [], cache, causal=causal).directory
+    options = TokenizeOptions(model, max_length, [], causal=causal)
+    return prepare_split(source, "train", options, cache).directory
 
 
 def _split(directory: Path):

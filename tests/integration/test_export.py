@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import ftlaunch
+from tests.fixtures import assert_user_error, ftlaunch
 from tests.integration.test_train_ray import reload_and_predict
-from tests.unit.test_cli import assert_user_error
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 

@@ -151,7 +151,7 @@ def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
     out = tmp_path / "out"
-    args = job_args(keyword_data, out, 2) + ["--set", "training.epochs=4"]
+    args = [*job_args(keyword_data, out, 2), "--set", "training.epochs=4"]
     first = launch(job, args)
     assert first.wait(timeout=400) == 0, first.stderr.read()[-2000:]
     newest = max((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -159,7 +159,7 @@ def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    again = launch(job, args + ["--resume"])
+    again = launch(job, [*args, "--resume"])
     _, stderr = again.communicate(timeout=120)
     assert again.returncode == 2, stderr[-2000:]
     (line,) = stderr.strip().splitlines()
@@ -169,7 +169,7 @@ def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
     assert "does not match the checkpoint manifest" in line and "--resume-fallback" in line
 
     older = min((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    fallback = launch(job, args + ["--resume-fallback"])
+    fallback = launch(job, [*args, "--resume-fallback"])
     _, stderr = fallback.communicate(timeout=400)
     assert fallback.returncode == 0, stderr[-3000:]
     assert f"skipping {newest.name}" in stderr and "zero_pp_rank_1" in stderr
@@ -219,7 +219,8 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
     out = tmp_path / "out"
-    args = job_args(keyword_data, out, 2) + [
+    args = [
+        *job_args(keyword_data, out, 2),
         "--set",
         "training.checkpoint_every=1000",
         "--set",
@@ -243,8 +244,8 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
     assert all_gone(workers)  # no stray worker processes
     assert not (out / "summary.json").exists()  # nothing was committed as a finished run
 
-    resumed = launch(job, args + ["--resume"])
-    stdout, stderr = resumed.communicate(timeout=300)
+    resumed = launch(job, [*args, "--resume"])
+    _stdout, stderr = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, stderr[-3000:]
     recs = records(out)
     assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(tag.split("-")[1])]

@@ -221,7 +221,7 @@ def test_bad_input_and_unauthenticated_requests(cluster: dict, tmp_path: Path) -
             "0",
             cwd=cluster["hidden"],
             env=client_env(cluster),
-        )  # fmt: skip
+        )
     )
     for field in ("model.path", "data.train", "data.validation", "data.test"):
         assert f"error: {field}: " in err and "not visible on the cluster" in err
@@ -252,6 +252,6 @@ def test_a_cluster_without_token_auth_is_refused_unless_insecure(
                 "cluster.secret_env=[]",
                 cwd=cluster["hidden"],
                 env=env,
-            )  # fmt: skip
+            )
         )
         assert "error: data.train: " in err

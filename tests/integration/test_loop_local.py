@@ -41,14 +41,16 @@ def _spec(
     tmp_path: Path, tiny_bert: Path, data: dict[str, Path], training: dict, optim: dict
 ) -> str:
     from launcher.data.sources import SplitSource, collect_label_names
-    from launcher.data.tokenize import prepare_split
+    from launcher.data.tokenize import TokenizeOptions, prepare_split
     from trainer.config import JobConfig
     from trainer.config.spec import RunSpec
 
     sources = {k: SplitSource.single(f"data.{k}", p, "text", "label") for k, p in data.items()}
     labels = collect_label_names(sources["train"])
     dirs = {
-        k: str(prepare_split(s, k, tiny_bert, 32, labels, tmp_path / "cache").directory)
+        k: str(
+            prepare_split(s, k, TokenizeOptions(tiny_bert, 32, labels), tmp_path / "c").directory
+        )
         for k, s in sources.items()
     }
     job = JobConfig.model_validate(

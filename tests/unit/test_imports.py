@@ -22,7 +22,7 @@ def test_the_allow_list_contract_names_every_other_part_of_trainer() -> None:
         if c["type"] == "forbidden" and set(c["source_modules"]) == {"launcher", "cluster"}
     )
     children = {f"trainer.{m.name}" for m in pkgutil.iter_modules([str(REPO_ROOT / "trainer")])}
-    assert ALLOWED_TO_LAUNCHER_AND_CLUSTER <= children
+    assert children >= ALLOWED_TO_LAUNCHER_AND_CLUSTER
     forbidden_trainer = {m for m in contract["forbidden_modules"] if m.startswith("trainer.")}
     assert forbidden_trainer == children - ALLOWED_TO_LAUNCHER_AND_CLUSTER
     assert contract["allow_indirect_imports"] is False

@@ -136,7 +136,7 @@ def build_optimizer(
     optimizer = torch.optim.AdamW(
         [g for g in groups if g["params"]], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps
     )
-    warmup = int(round(o.warmup_ratio * total_steps))
+    warmup = round(o.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup, o.schedule)
     )

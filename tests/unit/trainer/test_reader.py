@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from launcher.data.sources import SplitSource
-from launcher.data.tokenize import prepare_split
+from launcher.data.tokenize import TokenizeOptions, prepare_split
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
 from trainer.data.order import PAD_ROW
 from trainer.data.split import ShardedSplit
@@ -27,12 +27,8 @@ def split_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     prepared = prepare_split(
         source,
         "train",
-        minilm_dir(),
-        32,
-        ["neg", "pos"],
+        TokenizeOptions(minilm_dir(), 32, ["neg", "pos"], shard_bytes=3000, batch_rows=37),
         tmp / "cache",
-        shard_bytes=3000,
-        batch_rows=37,
     )
     assert len(prepared.manifest.shards) >= 3
     return prepared.directory

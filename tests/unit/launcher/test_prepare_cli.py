@@ -14,8 +14,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
-from tests.unit.test_cli import assert_user_error, ftlaunch
+from tests.fixtures import assert_user_error, ftlaunch, keyword_rows, minilm_dir, write_jsonl
 from trainer.formats.shards import ShardManifest, verify_shards
 
 TOKENIZER = str(minilm_dir())

@@ -5,6 +5,7 @@ prefix there); this is where it is shown to work."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,6 @@ def test_prompt_learning_trains_only_its_virtual_tokens_on_a_decoder(
         optimizer.step()
         losses.append(loss.item())
     # A random tiny model learns slowly, but steadily: every step lowers the loss.
-    assert (
-        all(b < a for a, b in zip(losses, losses[1:], strict=False))
-        and losses[-1] < losses[0] - 0.01
-    ), losses
+    assert all(b < a for a, b in itertools.pairwise(losses)) and losses[-1] < losses[0] - 0.01, (
+        losses
+    )

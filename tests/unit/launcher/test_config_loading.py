@@ -33,7 +33,7 @@ def test_every_shipped_config_validates_and_says_how_to_run_it(path: Path) -> No
     job = load_job_config(path)
     assert job.cluster.num_workers >= 1
     first_line = path.read_text().splitlines()[0]
-    assert first_line.startswith("# Run:") and "ftlaunch" in first_line or "make" in first_line
+    assert (first_line.startswith("# Run:") and "ftlaunch" in first_line) or "make" in first_line
 
 
 def test_defaults_fill_every_section() -> None:
@@ -138,7 +138,7 @@ def test_set_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
     with pytest.raises(UserError) as info:
         load_job_config(config, ["engine.zero_stage=7"])
     assert info.value.messages == ["engine.zero_stage: must be <= 3 (got 7)"]
-    with pytest.raises(UserError, match="did you mean 'optim.lr'"):
+    with pytest.raises(UserError, match=r"did you mean 'optim\.lr'"):
         load_job_config(config, ["optim.lrr=0.1"])
 
 

@@ -11,8 +11,7 @@ import pytest
 
 from launcher.config_loading import validate_job_dict
 from launcher.errors import UserError
-from tests.fixtures import ftlaunch
-from tests.unit.test_cli import assert_user_error
+from tests.fixtures import assert_user_error, ftlaunch
 
 MINIMAL = {"model": {"path": "m"}, "data": {"train": "a", "validation": "b", "test": "c"}}
 
@@ -112,7 +111,7 @@ def test_plugin_arguments_are_accepted_by_accelerate() -> None:
 
     assert hybrid_mesh(8, 4) == {"dp_replicate_size": 2, "dp_shard_size": 4}
     for world, per_node in ((6, 4), (4, 1)):
-        with pytest.raises(ValueError, match="engine.fsdp.sharding: hybrid needs"):
+        with pytest.raises(ValueError, match=r"engine\.fsdp\.sharding: hybrid needs"):
             hybrid_mesh(world, per_node)
 
     ds = _job({"backend": "accelerate", "strategy": "deepspeed", "zero_stage": 3})
@@ -198,7 +197,7 @@ def test_export_reads_a_dcp_model_tensor_by_tensor_and_refuses_foreign_pickles(
             return (print, ("pwned",))
 
     (dcp_dir / ".metadata").write_bytes(pickle.dumps(Evil(), protocol=4))
-    with pytest.raises(pickle.UnpicklingError, match="builtins.print: not allowed"):
+    with pytest.raises(pickle.UnpicklingError, match=r"builtins\.print: not allowed"):
         accelerate_tensors(tmp_path / "acc")
 
 

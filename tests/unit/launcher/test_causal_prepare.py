@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -9,13 +10,13 @@ import pyarrow as pa
 import pytest
 
 from tests.fixtures import (
+    assert_user_error,
     causal_chat_rows,
     causal_prompt_rows,
     ftlaunch,
     make_causal_tokenizer,
     write_jsonl,
 )
-from tests.unit.test_cli import assert_user_error
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,13 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _prepare(rows: list[dict], tmp_path: Path, model: Path, fmt: str, packing: bool = False):
     from launcher.data.causal import CausalFormat
     from launcher.data.sources import SplitSource
-    from launcher.data.tokenize import prepare_split
+    from launcher.data.tokenize import TokenizeOptions, prepare_split
 
     causal = CausalFormat(fmt, packing)
     data = write_jsonl(tmp_path / f"{fmt}-{packing}.jsonl", rows)
     source = SplitSource("data.train", (data,), "text", "label", causal.columns())
-    split = prepare_split(source, "train", model, 64, [], tmp_path / "cache", causal=causal)
+    options = TokenizeOptions(model, 64, [], causal=causal)
+    split = prepare_split(source, "train", options, tmp_path / "cache")
     table = pa.concat_tables(
         pa.ipc.open_file(str(split.directory / s.file)).read_all() for s in split.manifest.shards
     )
@@ -84,7 +86,7 @@ def test_packing_keeps_every_example_and_restarts_positions(
         packed["input_ids"].to_pylist(), packed["position_ids"].to_pylist(), strict=True
     ):
         starts = [i for i, p in enumerate(positions) if p == 0] + [len(ids)]
-        examples += [tuple(ids[a:b]) for a, b in zip(starts, starts[1:], strict=False)]
+        examples += [tuple(ids[a:b]) for a, b in itertools.pairwise(starts)]
     assert sorted(examples) == sorted(tuple(x) for x in unpacked["input_ids"].to_pylist())
     assert 0.8 < split.manifest.packing_efficiency() <= 1.0
 

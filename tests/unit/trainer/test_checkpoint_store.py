@@ -101,7 +101,7 @@ def test_a_corrupted_newest_checkpoint_is_refused_unless_fallback_is_asked_for(
     assert len(warnings) == 1 and "skipping step-8" in warnings[0] and "ds/model.pt" in warnings[0]
     assert bad.is_file()  # kept for the user to inspect, never deleted by us
     corrupt(tmp_path / "checkpoints" / "step-4" / "trainer_state_rank0.json")
-    with pytest.raises(UserError, match="no checkpoint .* passes verification"):
+    with pytest.raises(UserError, match=r"no checkpoint .* passes verification"):
         choose_resume_tag(tmp_path, resume=True, fingerprint="f", keep_last=3, fallback=True)
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.fixtures import ftlaunch, ftlaunch_loading, keyword_rows, write_jsonl
+from tests.fixtures import (
+    assert_user_error,
+    ftlaunch,
+    ftlaunch_loading,
+    keyword_rows,
+    write_jsonl,
+)
 from tests.integration.conftest import free_port
 
 
@@ -61,15 +67,6 @@ def job_dir(tmp_path: Path, tiny_bert: Path) -> Path:
         "output: {dir: out}\n"
     )
     return tmp_path
-
-
-def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

@@ -1,10 +1,8 @@
-"""Per-rank window aggregation, step-time percentiles, straggler detection and the MLflow mirror."""
+"""Per-rank window aggregation, step-time percentiles and straggler detection (pure)."""
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -98,45 +96,3 @@ def test_window_record_sums_throughput_and_keeps_each_ranks_numbers() -> None:
     assert record["rank_data_wait_s"] == [0.1, 0.3]
     assert record["rank_step_times_s"] == [[1.0, 1.0], [0.5, 0.5]]
     assert "rank_peak_gpu_mb" not in record
-
-
-def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> None:
-    pytest.importorskip("mlflow")
-    from mlflow.tracking import MlflowClient
-
-    from cluster.head.collector import RunCollector
-    from cluster.head.mlflow import start_mlflow_run
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    config = {"optim": {"lr": 0.001}, "name": "job"}
-    run_id = start_mlflow_run(uri, "exp", "run-1", config)
-    collector = RunCollector(str(tmp_path / "run"), mlflow_run=(uri, run_id))
-    times = [[1.0, 1.0], [1.0, 1.0]]
-    collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
-    collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
-    collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
-    collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
-    collector.close()
-
-    client = MlflowClient(uri)
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.params["optim.lr"] == "0.001"
-    losses = client.get_metric_history(run_id, "train/loss")
-    assert [(m.step, m.value) for m in sorted(losses, key=lambda m: m.step)] == [(2, 0.9), (4, 0.4)]
-    assert client.get_metric_history(run_id, "train/step_time_p99_s")
-    assert client.get_metric_history(run_id, "eval/val_accuracy")[0].value == 0.75
-    assert client.get_metric_history(run_id, "summary/test_accuracy")[0].value == 0.8
-    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["step_time_mean_s"] == 1.0
-
-
-def test_unusable_mlflow_uri_is_one_clear_line() -> None:
-    pytest.importorskip("mlflow")
-    from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
-
-    with pytest.raises(MlflowUnavailable) as caught:
-        start_mlflow_run("http://127.0.0.1:9", "exp", "run", {})
-    message = str(caught.value)
-    assert message.startswith("output.mlflow_uri: cannot use 'http://127.0.0.1:9'")
-    assert "\n" not in message

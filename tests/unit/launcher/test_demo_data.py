@@ -89,7 +89,7 @@ def test_classes_are_roughly_balanced(splits: dict[str, list[dict[str, str]]]) -
 
 def test_texts_have_demo_friendly_lengths(splits: dict[str, list[dict[str, str]]]) -> None:
     lengths = [len(row["text"].split()) for rows in splits.values() for row in rows]
-    assert 8 <= min(lengths) and max(lengths) <= 40
+    assert min(lengths) >= 8 and max(lengths) <= 40
 
 
 def test_cli_prints_one_line_per_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

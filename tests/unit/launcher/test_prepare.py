@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from launcher.data.sources import SplitSource, collect_label_names
-from launcher.data.tokenize import prepare_split
+from launcher.data.tokenize import TokenizeOptions, prepare_split
 from launcher.errors import UserError
 from tests.fixtures import keyword_rows, minilm_dir, write_jsonl
 from trainer.formats.shards import ShardManifest, verify_shards
@@ -24,7 +24,7 @@ def _source(path: Path, field: str = "data.train") -> SplitSource:
 def _prepare(path: Path, cache: Path, labels: list[str] | None = None, **kw):
     source = _source(path)
     labels = labels or collect_label_names(source)
-    return prepare_split(source, "train", minilm_dir(), 32, labels, cache, **kw)
+    return prepare_split(source, "train", TokenizeOptions(minilm_dir(), 32, labels, **kw), cache)
 
 
 def test_shards_hold_every_row_and_a_manifest(tmp_path: Path, cache_dir: Path) -> None:
@@ -87,7 +87,7 @@ def test_missing_file(tmp_path: Path, cache_dir: Path) -> None:
 
 def test_empty_file(tmp_path: Path) -> None:
     (tmp_path / "train.jsonl").write_text("")
-    with pytest.raises(UserError, match="data.train: file is empty"):
+    with pytest.raises(UserError, match=r"data\.train: file is empty"):
         collect_label_names(_source(tmp_path / "train.jsonl"))
 
 
@@ -102,15 +102,13 @@ def test_missing_column_names_the_option_and_lists_columns(tmp_path: Path) -> No
 
 
 def test_label_unseen_in_train_is_refused(tmp_path: Path, cache_dir: Path) -> None:
-    rows = keyword_rows(20, 0) + [{"text": "what is this", "label": "maybe"}]
+    rows = [*keyword_rows(20, 0), {"text": "what is this", "label": "maybe"}]
     path = write_jsonl(tmp_path / "validation.jsonl", rows)
     with pytest.raises(UserError) as info:
         prepare_split(
             _source(path, "data.validation"),
             "validation",
-            minilm_dir(),
-            32,
-            ["neg", "pos"],
+            TokenizeOptions(minilm_dir(), 32, ["neg", "pos"]),
             cache_dir,
         )
     (message,) = info.value.messages

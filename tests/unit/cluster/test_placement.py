@@ -6,7 +6,14 @@ from collections import Counter
 
 import pytest
 
-from cluster.placement.fit import Node, PlacementRequest, request_problem, worker_counts
+from cluster.placement.fit import (
+    Node,
+    PlacementRequest,
+    max_placeable_workers,
+    placement_problem,
+    request_problem,
+    worker_counts,
+)
 from cluster.placement.plan import PlacementError, placement_plan, worker_resources
 from launcher.config_loading import validate_job_dict
 from launcher.errors import UserError
@@ -195,3 +202,28 @@ def test_strict_spread_maps_to_ray_without_pins() -> None:
     kwargs = placement_plan(cluster, three_gpu_nodes()).scaling_kwargs()
     assert kwargs["placement_strategy"] == "STRICT_SPREAD" and "label_selector" not in kwargs
     assert kwargs["use_gpu"] and kwargs["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_workers_fit_per_node_not_just_in_total() -> None:
+    nodes = [{"CPU": 3.0}, {"CPU": 3.0}]
+    assert max_placeable_workers({"CPU": 2.0}, nodes) == 2  # 6 CPUs in total, but 1 worker per node
+    assert placement_problem(2, {"CPU": 2.0}, nodes) is None
+    problem = placement_problem(3, {"CPU": 2.0}, nodes)
+    assert problem == (
+        "cluster.num_workers: needs 3 workers x 2 CPU; the cluster has 2 node(s) with 6 CPU in total "
+        "and can place at most 2"
+    )
+
+
+def test_gpu_requests_count_gpus() -> None:
+    nodes = [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0}]
+    problem = placement_problem(4, {"CPU": 1.0, "GPU": 1.0}, nodes)
+    assert (
+        problem is not None
+        and "needs 4 workers x 1 CPU + 1 GPU" in problem
+        and "1 GPU in total" in problem
+    )
+
+
+def test_zero_resources_are_ignored_and_fractions_work() -> None:
+    assert max_placeable_workers({"CPU": 0.5, "GPU": 0.0}, [{"CPU": 2.0}]) == 4

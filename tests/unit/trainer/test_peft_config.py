@@ -191,8 +191,7 @@ def test_a_sharded_checkpoint_is_read_through_its_index(tmp_path: Path) -> None:
 def test_the_cli_rejects_bad_peft_input_before_any_worker_starts(
     tmp_path: Path, tiny_bert: Path
 ) -> None:
-    from tests.fixtures import ftlaunch
-    from tests.unit.test_cli import assert_user_error
+    from tests.fixtures import assert_user_error, ftlaunch
 
     job = tmp_path / "job.yaml"
     job.write_text(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.fixtures import ftlaunch
-from tests.unit.test_cli import assert_user_error
+from tests.fixtures import assert_user_error, ftlaunch
 
 
 def write_metrics(path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Pure head-side pieces: placement fit, the collector's file reassembly, run-dir commits."""
+"""The head's services without Ray: the collector's file reassembly and name confinement, the
+metrics stream, checkpoint commits once every rank delivered, restarts, and the MLflow mirror."""
 
 from __future__ import annotations
 
@@ -9,33 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.head.collector import RunCollector
-from cluster.placement.fit import max_placeable_workers, placement_problem
-from launcher.rundir import commit_run, create_staging
-
-
-def test_workers_fit_per_node_not_just_in_total() -> None:
-    nodes = [{"CPU": 3.0}, {"CPU": 3.0}]
-    assert max_placeable_workers({"CPU": 2.0}, nodes) == 2  # 6 CPUs in total, but 1 worker per node
-    assert placement_problem(2, {"CPU": 2.0}, nodes) is None
-    problem = placement_problem(3, {"CPU": 2.0}, nodes)
-    assert problem == (
-        "cluster.num_workers: needs 3 workers x 2 CPU; the cluster has 2 node(s) with 6 CPU in total "
-        "and can place at most 2"
-    )
-
-
-def test_gpu_requests_count_gpus() -> None:
-    nodes = [{"CPU": 16.0, "GPU": 1.0}, {"CPU": 16.0}]
-    problem = placement_problem(4, {"CPU": 1.0, "GPU": 1.0}, nodes)
-    assert (
-        problem is not None
-        and "needs 4 workers x 1 CPU + 1 GPU" in problem
-        and "1 GPU in total" in problem
-    )
-
-
-def test_zero_resources_are_ignored_and_fractions_work() -> None:
-    assert max_placeable_workers({"CPU": 0.5, "GPU": 0.0}, [{"CPU": 2.0}]) == 4
+from tests.unit.trainer.test_metrics import window
 
 
 def test_collector_reassembles_chunked_files_and_verifies_them(tmp_path: Path) -> None:
@@ -71,24 +46,6 @@ def test_collector_appends_metrics_and_drains_each_record_once(tmp_path: Path) -
     assert [json.loads(line)["event"] for line in lines] == ["train", "eval"]
 
 
-def test_commit_replaces_earlier_results_only_at_the_end(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    (out / "model").mkdir(parents=True)
-    (out / "model" / "old.bin").write_text("old")
-    (out / "summary.json").write_text("{}")
-    (out / "notes.txt").write_text("user file")
-    staging = create_staging(out, "r1")
-    (staging / "model").mkdir()
-    (staging / "model" / "new.bin").write_text("new")
-    (staging / "summary.json").write_text('{"ok": 1}')
-    assert (out / "model" / "old.bin").exists()  # untouched while the run is in progress
-    commit_run(staging, out)
-    assert sorted(p.name for p in (out / "model").iterdir()) == ["new.bin"]
-    assert json.loads((out / "summary.json").read_text()) == {"ok": 1}
-    assert (out / "notes.txt").read_text() == "user file"
-    assert not staging.exists() and not list(out.glob(".*.old-*"))
-
-
 def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Path) -> None:
     collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
     staging = Path(collector.checkpoint_staging("step-4"))  # rank 0 is on the head
@@ -120,3 +77,45 @@ def test_a_restarted_worker_group_drops_what_a_crashed_save_left(tmp_path: Path)
     assert restart["attempt"] == 2 and restart["discarded_partial"] == [".tmp-step-8"]
     collector.checkpoint_submitted("step-8", 0, {"step": 8, "world_size": 2})
     assert not collector.checkpoint_is_committed("step-8")  # rank 1's old delivery does not count
+
+
+def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> None:
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    from cluster.head.collector import RunCollector
+    from cluster.head.mlflow import start_mlflow_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = {"optim": {"lr": 0.001}, "name": "job"}
+    run_id = start_mlflow_run(uri, "exp", "run-1", config)
+    collector = RunCollector(str(tmp_path / "run"), mlflow_run=(uri, run_id))
+    times = [[1.0, 1.0], [1.0, 1.0]]
+    collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
+    collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
+    collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
+    collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
+    collector.close()
+
+    client = MlflowClient(uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.001"
+    losses = client.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in sorted(losses, key=lambda m: m.step)] == [(2, 0.9), (4, 0.4)]
+    assert client.get_metric_history(run_id, "train/step_time_p99_s")
+    assert client.get_metric_history(run_id, "eval/val_accuracy")[0].value == 0.75
+    assert client.get_metric_history(run_id, "summary/test_accuracy")[0].value == 0.8
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["step_time_mean_s"] == 1.0
+
+
+def test_unusable_mlflow_uri_is_one_clear_line() -> None:
+    pytest.importorskip("mlflow")
+    from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
+
+    with pytest.raises(MlflowUnavailable) as caught:
+        start_mlflow_run("http://127.0.0.1:9", "exp", "run", {})
+    message = str(caught.value)
+    assert message.startswith("output.mlflow_uri: cannot use 'http://127.0.0.1:9'")
+    assert "\n" not in message
