@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def merge_union_errors(lines: Iterable[str]) -> list[str]:
     return [f"{field}: {' or '.join(reasons)}" for field, reasons in merged.items()]
 
 
-def format_error(err: dict[str, Any], raw: dict[str, Any]) -> str:
+def format_error(err: Mapping[str, Any], raw: dict[str, Any]) -> str:
     """One line for one pydantic error: `optim.lr: must be > 0 (got -1)`."""
     peft_line = peft_error_line(err)
     if peft_line:
@@ -133,7 +133,7 @@ def _is_union_branch(part: Any) -> bool:
     )
 
 
-def _humanize(err: dict[str, Any]) -> str:
+def _humanize(err: Mapping[str, Any]) -> str:
     ctx = err.get("ctx") or {}
     simple = {
         "greater_than": "must be > {gt}",

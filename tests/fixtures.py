@@ -167,6 +167,42 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str)
         assert fragment in lines[0], lines[0]
 
 
+def run_job_rank(
+    rank: int,
+    world: int,
+    port: int,
+    spec_json: str,
+    run_dir: str,
+    checkpoint_dir: str = "",
+    resume_tag: str = "",
+) -> None:
+    """One rank of a job without Ray (target of torch.multiprocessing.spawn): a gloo process
+    group, the local sinks, and the trainer's entry point, as a Ray worker would run it."""
+    import torch.distributed as dist
+
+    from trainer.config.spec import RunSpec
+    from trainer.local import LocalCheckpointSink, local_io
+    from trainer.main import run_job
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        checkpoints = (
+            LocalCheckpointSink(Path(checkpoint_dir), resume_tag=resume_tag or None)
+            if checkpoint_dir
+            else None
+        )
+        run_job(RunSpec.model_validate_json(spec_json), local_io(Path(run_dir), checkpoints))
+    finally:
+        dist.destroy_process_group()
+
+
 HEAVY_MODULES = ("ray", "torch", "deepspeed", "transformers")
 _REPORT_MODULES = """
 import sys

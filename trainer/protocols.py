@@ -21,14 +21,17 @@ if TYPE_CHECKING:
 class Reporter(Protocol):
     def report(self, record: dict[str, Any]) -> None:
         """Send one metrics record (a step, an evaluation, or the final summary) to the head."""
+        ...
 
 
 class ArtifactSink(Protocol):
     def put_dir(self, local_dir: Path, name: str) -> None:
         """Copy a finished local directory to `<run dir>/<name>` on the head node."""
+        ...
 
     def put_file(self, local_file: Path, name: str) -> None:
         """Copy one local file to `<run dir>/<name>` on the head node."""
+        ...
 
 
 class CheckpointSink(Protocol):
@@ -36,28 +39,35 @@ class CheckpointSink(Protocol):
 
     def local_dir(self, tag: str) -> Path:
         """A directory on this node where this rank writes its part of checkpoint `tag`."""
+        ...
 
     def submit(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
         """Hand this rank's files of `tag` to the head and return at once; the delivery may go
         on in the background. Rank 0 passes the training state. The head commits `tag`
         atomically once every rank's files have arrived."""
+        ...
 
     def wait_committed(self, tag: str, timeout_s: float) -> None:
         """Block until this rank's deliveries are done and `tag` is committed on the head."""
+        ...
 
     def latest(self) -> str | None:
         """The checkpoint to resume from, if any."""
+        ...
 
     def fetch(self, tag: str, wanted: Callable[[str], bool]) -> Path:
         """A local directory holding the verified files of `tag` for which `wanted(name)` is true."""
+        ...
 
     def cleanup(self) -> None:
         """Remove node-local scratch copies."""
+        ...
 
 
 class StopSignal(Protocol):
     def requested(self) -> bool:
         """Whether the launcher asked to checkpoint and stop now (preemption)."""
+        ...
 
 
 class ShardStore(Protocol):

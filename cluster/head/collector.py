@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 
+from cluster.actors import ActorHandle
 from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog
@@ -126,12 +127,14 @@ class RunCollector:
 
 def collector_actor(
     run_dir: Path, checkpoint_dir: Path, keep_last: int, mlflow_run: tuple[str, str] | None
-) -> ray.actor.ActorHandle:
+) -> ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    actor_cls = ray.remote(num_cpus=0, max_concurrency=1)(RunCollector)
+    actor_cls: ActorHandle = ray.remote(RunCollector)
     return actor_cls.options(
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False)
+        num_cpus=0,
+        max_concurrency=1,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run)

@@ -12,6 +12,7 @@ import threading
 
 import ray
 
+from cluster.actors import ActorHandle
 from trainer.formats.shard_stores import LocalShardStore, serialize_block
 from trainer.formats.shards import is_remote_uri
 
@@ -48,12 +49,14 @@ class ShardServer:
         return store
 
 
-def shard_server_actor(locations: list[str]) -> ray.actor.ActorHandle:
+def shard_server_actor(locations: list[str]) -> ActorHandle:
     """Start the server on this (the driver's, i.e. head's) node for the local split locations."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     local = [loc for loc in locations if not is_remote_uri(loc)]
     here = ray.get_runtime_context().get_node_id()
-    actor_cls = ray.remote(num_cpus=0, max_concurrency=8)(ShardServer)
+    actor_cls: ActorHandle = ray.remote(ShardServer)
     strategy = NodeAffinitySchedulingStrategy(node_id=here, soft=False)
-    return actor_cls.options(scheduling_strategy=strategy).remote(local)
+    return actor_cls.options(num_cpus=0, max_concurrency=8, scheduling_strategy=strategy).remote(
+        local
+    )

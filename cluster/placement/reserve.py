@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from cluster.placement.fit import Node, amount
 from cluster.placement.plan import PlacementError, PlacementPlan, describe_plan
@@ -38,11 +39,14 @@ def reserve_or_fail(plan: PlacementPlan, timeout_s: float) -> float:
     from ray.util.placement_group import placement_group, remove_placement_group
 
     started = time.monotonic()
+    selectors: dict[str, Any] = (
+        {"bundle_label_selector": plan.label_selector} if plan.label_selector else {}
+    )
     group = placement_group(
         plan.bundles(),
         strategy=plan.strategy,
         name=f"ftlaunch-probe-{socket.gethostname()}-{time.time_ns()}",
-        bundle_label_selector=plan.label_selector,
+        **selectors,
     )
     try:
         ready = group.wait(timeout_seconds=timeout_s)

@@ -6,6 +6,7 @@ a fail-fast placement check, the head-side collector, and a progress feed for th
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayError
 
+from cluster.actors import ActorHandle, get
 from cluster.auth.secrets import sealed_env_vars
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
@@ -68,7 +71,7 @@ class RayBackend:
             include_dashboard=self.cluster.dashboard,
             dashboard_host=self.cluster.dashboard_host,
             log_to_driver=False,
-            logging_level="ERROR",
+            logging_level=logging.ERROR,
             runtime_env={"env_vars": self._worker_env()},
         )
         self._started_here = True
@@ -78,7 +81,7 @@ class RayBackend:
             ray.init(
                 address=address,
                 log_to_driver=False,
-                logging_level="ERROR",
+                logging_level=logging.ERROR,
                 runtime_env={"env_vars": self._worker_env()},
             )
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own types here
@@ -152,21 +155,21 @@ class RayBackend:
                 on_progress(_note_ranks(_poll(collector), ranks))
         on_progress(_note_ranks(_poll(collector), ranks))
         if stop.requested_at is not None:
-            ray.get(collector.close.remote("KILLED"), timeout=30)
-            raise Preempted(committed=ray.get(collector.preempted_tag.remote(), timeout=10))
-        ray.get(collector.close.remote("FAILED" if "error" in outcome else "FINISHED"))
+            get(collector.close.remote("KILLED"), timeout=30)
+            raise Preempted(committed=get(collector.preempted_tag.remote(), timeout=10))
+        get(collector.close.remote("FAILED" if "error" in outcome else "FINISHED"))
         if "error" in outcome:
             raise _as_training_failed(outcome["error"])
-        restarts = max(ray.get(collector.starts_seen.remote()) - 1, 0)
+        restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
-        return ray.get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
+        return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
 
 
 class _StopOnSigterm:
     """While active, SIGTERM asks the workers (through the collector) to checkpoint and stop,
     and starts the grace period after which the launcher stops waiting for them."""
 
-    def __init__(self, collector: ray.actor.ActorHandle, grace_s: float) -> None:
+    def __init__(self, collector: ActorHandle, grace_s: float) -> None:
         self._collector = collector
         self._grace_s = grace_s
         self.requested_at: float | None = None
@@ -225,10 +228,10 @@ def _note_ranks(
     return records
 
 
-def _poll(collector: ray.actor.ActorHandle) -> list[dict[str, Any]]:
+def _poll(collector: ActorHandle) -> list[dict[str, Any]]:
     try:
-        return ray.get(collector.drain.remote(), timeout=5)
-    except ray.exceptions.RayError:  # slow or gone: the fit thread reports what went wrong
+        return get(collector.drain.remote(), timeout=5)
+    except RayError:  # slow or gone: the fit thread reports what went wrong
         return []
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -231,7 +232,7 @@ def wait_for_nodes(address: str, nodes: int, timeout_s: float) -> int:
     import ray
 
     started = time.monotonic()
-    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
     try:
         alive = 0
         while time.monotonic() - started < timeout_s:

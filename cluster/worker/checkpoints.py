@@ -14,8 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import ray
-
+from cluster.actors import ActorHandle, get
 from cluster.worker.files import CHUNK_BYTES, CollectorSink
 from trainer.formats.checkpoints import CorruptCheckpointError
 
@@ -23,7 +22,7 @@ from trainer.formats.checkpoints import CorruptCheckpointError
 class RayCheckpointSink:
     def __init__(
         self,
-        collector: ray.actor.ActorHandle,
+        collector: ActorHandle,
         on_head: bool,
         run_id: str,
         resume_tag: str | None,
@@ -41,7 +40,7 @@ class RayCheckpointSink:
 
     def local_dir(self, tag: str) -> Path:
         if self.on_head:
-            return Path(ray.get(self._collector.checkpoint_staging.remote(tag)))
+            return Path(get(self._collector.checkpoint_staging.remote(tag)))
         scratch = Path(tempfile.mkdtemp(prefix=f"ftlaunch-{tag}-"))
         self._scratch.append(scratch)
         return scratch
@@ -64,7 +63,7 @@ class RayCheckpointSink:
     def wait_committed(self, tag: str, timeout_s: float) -> None:
         self._finish_delivery()
         deadline = time.monotonic() + timeout_s
-        while not ray.get(self._collector.checkpoint_is_committed.remote(tag)):
+        while not get(self._collector.checkpoint_is_committed.remote(tag)):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{tag}: not committed on the head within {timeout_s:.0f}s")
             time.sleep(0.05)
@@ -73,9 +72,9 @@ class RayCheckpointSink:
         try:
             for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
                 name = path.relative_to(local_dir).as_posix()
-                handle = ray.get(self._collector.begin_checkpoint_file.remote(tag, name))
+                handle = get(self._collector.begin_checkpoint_file.remote(tag, name))
                 self._files.stream_file(path, handle)
-            ray.get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+            get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
         except BaseException as exc:  # re-raised in the training thread at the next save
             self._delivery_error = exc
         finally:
@@ -91,12 +90,12 @@ class RayCheckpointSink:
 
     def latest(self) -> str | None:
         """After a restart, this run's newest checkpoint; otherwise the one `--resume` chose."""
-        return ray.get(self._collector.checkpoint_latest.remote(self._run_id)) or self._resume_tag
+        return get(self._collector.checkpoint_latest.remote(self._run_id)) or self._resume_tag
 
     def fetch(self, tag: str, wanted: Callable[[str], bool]) -> Path:
-        manifest = ray.get(self._collector.checkpoint_verified.remote(tag))
+        manifest = get(self._collector.checkpoint_verified.remote(tag))
         if self.on_head:
-            return Path(ray.get(self._collector.checkpoint_path.remote(tag)))
+            return Path(get(self._collector.checkpoint_path.remote(tag)))
         scratch = Path(tempfile.mkdtemp(prefix=f"ftlaunch-resume-{tag}-"))
         self._scratch.append(scratch)
         for name, entry in manifest["files"].items():
@@ -115,9 +114,7 @@ class RayCheckpointSink:
         digest = hashlib.sha256()
         with target.open("wb") as fh:
             for offset in range(0, entry["bytes"], CHUNK_BYTES):
-                chunk = ray.get(
-                    self._collector.checkpoint_read.remote(tag, name, offset, CHUNK_BYTES)
-                )
+                chunk = get(self._collector.checkpoint_read.remote(tag, name, offset, CHUNK_BYTES))
                 digest.update(chunk)
                 fh.write(chunk)
         if digest.hexdigest() != entry["sha256"]:

@@ -7,13 +7,13 @@ import threading
 import time
 from typing import Any
 
-import ray
+from cluster.actors import ActorHandle, get
 
 
 class CollectorReporter:
     """Worker-side Reporter: fire-and-forget calls, ordered by Ray's per-caller actor ordering."""
 
-    def __init__(self, collector: ray.actor.ActorHandle) -> None:
+    def __init__(self, collector: ActorHandle) -> None:
         self._collector = collector
 
     def report(self, record: dict[str, Any]) -> None:
@@ -23,7 +23,7 @@ class CollectorReporter:
 class CollectorStopSignal:
     """Worker-side StopSignal: a daemon thread polls the collector, so steps never wait on it."""
 
-    def __init__(self, collector: ray.actor.ActorHandle, interval_s: float = 0.5) -> None:
+    def __init__(self, collector: ActorHandle, interval_s: float = 0.5) -> None:
         self._collector = collector
         self._requested = threading.Event()
         threading.Thread(
@@ -36,7 +36,7 @@ class CollectorStopSignal:
     def _poll(self, interval_s: float) -> None:
         while not self._requested.is_set():
             try:
-                if ray.get(self._collector.stop_requested.remote(), timeout=10):
+                if get(self._collector.stop_requested.remote(), timeout=10):
                     self._requested.set()
             except Exception:  # the head went away: the run is ending anyway
                 return

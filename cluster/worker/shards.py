@@ -4,8 +4,8 @@ fetched from the head's shard server (cluster/head/shard_server.py) when the rea
 from __future__ import annotations
 
 import pyarrow as pa
-import ray
 
+from cluster.actors import ActorHandle, get
 from trainer.formats.shard_stores import deserialize_block
 from trainer.formats.shards import MANIFEST_NAME, ShardManifest
 
@@ -13,10 +13,10 @@ from trainer.formats.shards import MANIFEST_NAME, ShardManifest
 class HeadShardStore:
     """Worker-side ShardStore that reads through the head's ShardServer."""
 
-    def __init__(self, server: ray.actor.ActorHandle, location: str) -> None:
+    def __init__(self, server: ActorHandle, location: str) -> None:
         self._server = server
         self._location = location
-        text = ray.get(server.manifest_json.remote(location))
+        text = get(server.manifest_json.remote(location))
         self._manifest = ShardManifest.from_json(text, where=f"head:{location}/{MANIFEST_NAME}")
 
     def read_manifest(self) -> ShardManifest:
@@ -24,5 +24,5 @@ class HeadShardStore:
 
     def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
         return deserialize_block(
-            ray.get(self._server.block.remote(self._location, shard_file, batch_index))
+            get(self._server.block.remote(self._location, shard_file, batch_index))
         )

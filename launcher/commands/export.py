@@ -22,7 +22,7 @@ def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
     if not complete:
         raise UserError(f"RUN_DIR: no complete checkpoint in {store.root}")
     if tag is None:
-        return store.root / store.latest()[0]
+        return store.root / list(complete)[-1]  # oldest commit first
     if tag not in complete:
         raise UserError(
             f"--checkpoint: {tag!r} is not a complete checkpoint in {store.root} (have: {', '.join(complete)})"

@@ -168,6 +168,8 @@ class CausalEncoder:
     def _render(self, messages: list[dict[str, Any]], generation_prompt: bool, where: str) -> str:
         from jinja2 import TemplateError
 
+        if self.template is None:  # only chat rows are rendered, and chat needs a template
+            raise UserError(f"{where}: data.format: 'chat' rows need a chat template")
         try:
             return self.template.render(
                 messages=messages, add_generation_prompt=generation_prompt, **self.special

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from tokenizers import Tokenizer
 
 from launcher.data.causal import CausalEncoder, CausalFormat
@@ -294,18 +293,19 @@ class _ShardWriter:
         self._shard_first_id = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
-        if self._writer is None:
-            self._open()
-        self._writer.write_batch(batch)
+        writer, sink = self._writer, self._sink
+        if writer is None or sink is None:
+            writer, sink = self._open()
+        writer.write_batch(batch)
         self._batch_rows.append(batch.num_rows)
         self.rows += batch.num_rows
-        self.tokens += int(pc.sum(batch.column("length")).as_py() or 0)
+        self.tokens += int(batch.column("length").to_numpy().sum())
         if "label" in self.schema.names:  # causal-lm shards have token labels instead
-            for entry in pc.value_counts(batch.column("label")).to_pylist():
+            for entry in batch.column("label").value_counts().to_pylist():
                 self._label_counts[entry["values"]] = (
                     self._label_counts.get(entry["values"], 0) + entry["counts"]
                 )
-        if self._sink.tell() >= self.shard_bytes:
+        if sink.tell() >= self.shard_bytes:
             self._finish_shard()
 
     def label_counts(self, num_labels: int) -> list[int]:
@@ -316,14 +316,17 @@ class _ShardWriter:
             self._finish_shard()
         return self._shards
 
-    def _open(self) -> None:
+    def _open(self) -> tuple[pa.ipc.RecordBatchFileWriter, pa.OSFile]:
         self._path = self.directory / f"shard-{len(self._shards):05d}.arrow"
         self._sink = pa.OSFile(str(self._path), "wb")
         self._writer = pa.ipc.new_file(self._sink, self.schema)
         self._batch_rows = []
         self._shard_first_id = self.rows
+        return self._writer, self._sink
 
     def _finish_shard(self) -> None:
+        if self._writer is None or self._sink is None:
+            return
         self._writer.close()
         self._sink.close()
         fsync_path(self._path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Protocol
 
 from cluster.slurm.jobs import TERMINAL_STATES, SlurmError, cancel, job_log_path, job_state
 from launcher.errors import UserError
@@ -33,7 +33,15 @@ def slurm_status(job_id: str) -> str:
     return f"SLURM job {job_id}: {state} (log: {log})"
 
 
-def slurm_logs(job_id: str, follow: bool, out: TextIO = sys.stdout) -> None:
+class TextSink(Protocol):
+    """Where log text goes: a terminal, or a writer that masks secrets first."""
+
+    def write(self, text: str, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
+def slurm_logs(job_id: str, follow: bool, out: TextSink = sys.stdout) -> None:
     """Print the job's log; with `follow`, keep printing until the job has ended.
 
     Raises:

@@ -5,13 +5,12 @@ training loop on 2 gloo ranks (loss goes down, samples are written, the saved mo
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.fixtures import make_causal_dataset, make_tiny_causal_lm, write_jsonl
+from tests.fixtures import make_causal_dataset, make_tiny_causal_lm, run_job_rank, write_jsonl
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.dist]
@@ -136,29 +135,6 @@ def test_masked_tokens_contribute_no_gradient(
     assert logits.grad[scored].abs().sum(-1).min() > 0
 
 
-def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> None:
-    import torch.distributed as dist
-
-    from trainer.config.spec import RunSpec
-    from trainer.local import local_io
-    from trainer.main import run_job
-
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        spec = RunSpec.model_validate_json(spec_json)
-        out = Path(run_dir)
-        run_job(spec, local_io(out))
-    finally:
-        dist.destroy_process_group()
-
-
 @pytest.mark.timeout(300)
 def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
     tmp_path: Path, causal_models: dict[str, Path]
@@ -192,7 +168,7 @@ def test_loop_lowers_loss_on_a_repetitive_corpus_and_the_model_generates(
     )
     spec = RunSpec(job=job, model_dir=str(model_dir), split_dirs=dirs, label_names=[], run_id="c")
     run_dir = tmp_path / "run"
-    mp.spawn(_worker, args=(2, free_port(), spec.model_dump_json(), str(run_dir)), nprocs=2)
+    mp.spawn(run_job_rank, args=(2, free_port(), spec.model_dump_json(), str(run_dir)), nprocs=2)
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["event"] == "eval"]

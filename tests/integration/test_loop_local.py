@@ -4,37 +4,14 @@ Reporter and ArtifactSink. Proves trainer/ stands alone and checks early stoppin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import run_job_rank
 from tests.integration.conftest import free_port
 
 pytestmark = [pytest.mark.dist]
-
-
-def _worker(rank: int, world: int, port: int, spec_json: str, run_dir: str) -> None:
-    import torch.distributed as dist
-
-    from trainer.config.spec import RunSpec
-    from trainer.local import local_io
-    from trainer.main import run_job
-
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        spec = RunSpec.model_validate_json(spec_json)
-        out = Path(run_dir)
-        run_job(spec, local_io(out))
-    finally:
-        dist.destroy_process_group()
 
 
 def _spec(
@@ -84,7 +61,7 @@ def test_early_stopping_stops_after_patience_runs_out(
     }
     spec = _spec(tmp_path, tiny_bert, keyword_data, training, optim={"lr": 1e-12})
     run_dir = tmp_path / "run"
-    mp.spawn(_worker, args=(2, free_port(), spec, str(run_dir)), nprocs=2, join=True)
+    mp.spawn(run_job_rank, args=(2, free_port(), spec, str(run_dir)), nprocs=2, join=True)
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r["step"] for r in records if r["event"] == "eval"]

@@ -6,36 +6,17 @@ names, so leaving frozen weights out of the checkpoint is most easily got wrong)
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.fixtures import run_job_rank
 from tests.integration.conftest import free_port
 from tests.integration.test_loop_local import _spec
 
 pytestmark = [pytest.mark.dist]
 # Constant lr: the two halves are separate runs with different max_steps.
 OPTIM = {"lr": 0.01, "schedule": "constant", "warmup_ratio": 0}
-
-
-def _run(rank: int, port: int, spec_json: str, run_dir: str, ckpt: str, resume: str) -> None:
-    import torch.distributed as dist
-
-    from trainer.config.spec import RunSpec
-    from trainer.local import LocalCheckpointSink, local_io
-    from trainer.main import run_job
-
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        out = Path(run_dir)
-        sink = LocalCheckpointSink(Path(ckpt), resume_tag=resume or None)
-        spec = RunSpec.model_validate_json(spec_json)
-        run_job(spec, local_io(out, sink))
-    finally:
-        dist.destroy_process_group()
 
 
 def _losses(run_dir: Path) -> dict[int, float]:
@@ -65,7 +46,9 @@ def test_prompt_tuning_resumes_exactly_from_an_adapter_only_checkpoint(
 
     def run(name: str, max_steps: int, ckpt: str, resume: str = "") -> Path:
         out = tmp_path / name
-        mp.spawn(_run, args=(free_port(), spec(max_steps), str(out), ckpt, resume), nprocs=1)
+        mp.spawn(
+            run_job_rank, args=(1, free_port(), spec(max_steps), str(out), ckpt, resume), nprocs=1
+        )
         return out
 
     whole = run("whole", 8, str(tmp_path / "ckpt-whole"))

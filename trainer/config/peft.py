@@ -11,6 +11,7 @@ linear layers (AdaptionPrompt is Llama-only). It merges into the base weights li
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
@@ -29,6 +30,7 @@ TargetModules = Annotated[
 
 class _Method(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    method: str  # each method narrows it to its own literal
 
     def is_prompt_learning(self) -> bool:
         """Virtual tokens in front of the input: nothing to merge into the base weights."""
@@ -43,20 +45,16 @@ class _Method(BaseModel):
 
 
 class NoPeft(_Method):
-    method: Literal["none"] = Field(
-        default="none",
-        description="none | lora | adapter | prompt_tuning | prefix_tuning | ia3; each method "
-        "takes only its own options below.",
-    )
+    method: Literal["none"] = "none"
 
 
 class LoraPeft(_Method):
     method: Literal["lora"] = "lora"
-    r: PositiveInt = Field(default=8, description="lora/adapter: rank of the update.")
+    r: PositiveInt = Field(default=8, description="Rank of the update.")
     alpha: Annotated[float, Field(gt=0)] = Field(
-        default=16.0, description="lora/adapter: scale of the update (alpha / r)."
+        default=16.0, description="Scale of the update (alpha / r)."
     )
-    dropout: Dropout = Field(default=0.05, description="lora: dropout on the adapter's input.")
+    dropout: Dropout = Field(default=0.05, description="Dropout on the adapter's input.")
     target_modules: TargetModules = None
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
@@ -69,11 +67,13 @@ class AdapterPeft(_Method):
     """peft's LoHa (see the module docstring for why)."""
 
     method: Literal["adapter"] = "adapter"
-    r: PositiveInt = 8
-    alpha: Annotated[float, Field(gt=0)] = 8.0
-    rank_dropout: Dropout = Field(default=0.0, description="adapter: dropout per rank.")
+    r: PositiveInt = Field(default=8, description="Rank of the Hadamard factors.")
+    alpha: Annotated[float, Field(gt=0)] = Field(
+        default=8.0, description="Scale of the update (alpha / r)."
+    )
+    rank_dropout: Dropout = Field(default=0.0, description="Dropout per rank.")
     module_dropout: Dropout = Field(
-        default=0.0, description="adapter: probability of skipping a whole adapted module."
+        default=0.0, description="Probability of skipping a whole adapted module."
     )
     target_modules: TargetModules = None
 
@@ -96,7 +96,7 @@ class Ia3Peft(_Method):
 class PromptTuningPeft(_Method):
     method: Literal["prompt_tuning"] = "prompt_tuning"
     num_virtual_tokens: PositiveInt = Field(
-        default=20, description="prompt/prefix tuning: virtual tokens in front of the input."
+        default=20, description="Trained virtual tokens in front of the input."
     )
     init_text: str | None = Field(
         default=None,
@@ -109,7 +109,9 @@ class PromptTuningPeft(_Method):
 
 class PrefixTuningPeft(_Method):
     method: Literal["prefix_tuning"] = "prefix_tuning"
-    num_virtual_tokens: PositiveInt = 20
+    num_virtual_tokens: PositiveInt = Field(
+        default=20, description="Virtual key/value positions in front of every layer's input."
+    )
     projection: bool = Field(
         default=False, description="Reparametrise the prefix through a 2-layer MLP."
     )
@@ -149,7 +151,7 @@ PeftConfig = Annotated[
 ]
 
 
-def peft_error_line(err: dict[str, Any]) -> str | None:
+def peft_error_line(err: Mapping[str, Any]) -> str | None:
     """The user's line for a pydantic error inside `peft`, or None if it is not one.
 
     pydantic puts the chosen method's tag in the location (`peft.lora.r`); users wrote `peft.r`.

@@ -8,47 +8,36 @@ row is one row of the split. Only the block contents and the collation differ.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 
 from trainer.data.order import PAD_ROW
-from trainer.data.split import ShardedSplit
+from trainer.data.split import Batch, ShardedSplit
 from trainer.formats.shards import IGNORE_INDEX
 
 
 @dataclass
-class CausalBatch:
-    input_ids: torch.Tensor
-    labels: torch.Tensor  # aligned with input_ids; the loss shifts them by one
-    attention_mask: torch.Tensor  # 1 on real tokens (also what throughput counts)
+class CausalBatch(Batch):
+    """`labels` are token labels aligned with input_ids (the loss shifts them by one);
+    `attention_mask` is 1 on real tokens (also what throughput counts)."""
+
     position_ids: torch.Tensor
-    sample_ids: torch.Tensor
-    is_real: torch.Tensor
     packed: bool
 
-    def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def model_inputs(self, device: torch.device) -> dict[str, Any]:
         """Packed rows: position ids and no 2D mask, so transformers builds a block-diagonal
         causal mask from the position restarts (masking_utils.find_packed_sequence_indices);
         the padding at the end of a row restarts positions too, so it is a segment of its own that
         no real token attends to. Unpacked rows: the usual right-padding mask."""
-        inputs = {"input_ids": self.input_ids.to(device), "use_cache": False}
+        inputs: dict[str, Any] = {"input_ids": self.input_ids.to(device), "use_cache": False}
         if self.packed:
             inputs["position_ids"] = self.position_ids.to(device)
         else:
             inputs["attention_mask"] = self.attention_mask.to(device)
         return inputs
-
-    def num_tokens(self) -> int:
-        return int(self.attention_mask[self.is_real].sum())
-
-    def num_slots(self) -> int:
-        """Token positions computed for real rows (real tokens plus padding)."""
-        return int(self.is_real.sum()) * self.input_ids.shape[1]
-
-    def num_samples(self) -> int:
-        return int(self.is_real.sum())
 
     def loss_tokens(self) -> int:
         return int((self.labels[self.is_real] != IGNORE_INDEX).sum())
@@ -69,6 +58,9 @@ class CausalSplit(ShardedSplit):
     @property
     def packed(self) -> bool:
         return self.manifest.packing
+
+    def collate(self, rows: np.ndarray, pad_id: int) -> CausalBatch:
+        return self._collate(rows, self._blocks_for(rows), pad_id)
 
     def _collate(self, rows: np.ndarray, blocks: dict, pad_id: int) -> CausalBatch:
         is_real = rows != PAD_ROW

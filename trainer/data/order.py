@@ -31,7 +31,9 @@ def epoch_order(
     parts = []
     for first in range(0, len(blocks), window_blocks):
         window = blocks[first : first + window_blocks]
-        rows = np.concatenate([np.arange(starts[b], starts[b] + block_rows[b]) for b in window])
+        rows = np.concatenate(
+            [np.arange(int(starts[b]), int(starts[b] + block_rows[b])) for b in window]
+        )
         parts.append(rng.permutation(rows))
     return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
 

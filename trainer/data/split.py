@@ -10,6 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -18,6 +19,7 @@ import torch
 from trainer.data.order import PAD_ROW, epoch_order, fill_padding, fit_order, rank_batches
 from trainer.protocols import ShardStore
 
+T = TypeVar("T")
 DEFAULT_WINDOW_BLOCKS = 8
 PREFETCH_BATCHES = 4
 
@@ -30,7 +32,7 @@ class Batch:
     sample_ids: torch.Tensor
     is_real: torch.Tensor  # False for padding rows added to even out evaluation batches
 
-    def model_inputs(self, device: torch.device) -> dict[str, torch.Tensor]:
+    def model_inputs(self, device: torch.device) -> dict[str, Any]:
         return {
             "input_ids": self.input_ids.to(device),
             "attention_mask": self.attention_mask.to(device),
@@ -179,7 +181,7 @@ class ShardedSplit:
 _DONE = object()
 
 
-def _prefetched(source: Iterator[Batch], depth: int) -> Iterator[Batch]:
+def _prefetched(source: Iterator[T], depth: int) -> Iterator[T]:
     """Run `source` in a daemon thread, at most `depth` items ahead (backpressure by a bounded queue)."""
     items: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()

@@ -35,7 +35,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -90,7 +90,7 @@ def block_classes(model: torch.nn.Module) -> list[str]:
     """The transformer block classes to shard one by one: the model's `_no_split_modules`, minus
     any class that contains the input embedding. Accelerate shards the input embedding as a unit
     of its own afterwards, and sharding it twice fails (BERT lists `BertEmbeddings` there)."""
-    base = getattr(model, "get_base_model", lambda: model)()
+    base: Any = getattr(model, "get_base_model", lambda: model)()
     embedding = base.get_input_embeddings() if hasattr(base, "get_input_embeddings") else None
     names = set(getattr(base, "_no_split_modules", None) or [])
     holders = {
@@ -158,8 +158,10 @@ class AccelerateEngine:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()
-        self.module = self.accelerator.unwrap_model(self.model)
-        self.device = self.accelerator.device
+        self.module: torch.nn.Module = cast(
+            torch.nn.Module, self.accelerator.unwrap_model(self.model)
+        )
+        self.device: torch.device = self.accelerator.device
         self._grad_clip = job.optim.grad_clip
 
     def _is_deepspeed(self) -> bool:
@@ -198,7 +200,7 @@ class AccelerateEngine:
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self._is_deepspeed():
             return zero_consolidated_state_dict(self.model)
-        state = self.accelerator.get_state_dict(self.model)  # collective under FSDP
+        state: dict[str, torch.Tensor] = self.accelerator.get_state_dict(self.model)  # pyright: ignore[reportAssignmentType] (typed as any pytree; it is the model's state dict)
         if dist.get_rank() != 0:
             return None
         return {k: v.detach().cpu().clone() for k, v in state.items()}
@@ -248,7 +250,10 @@ def _accelerator_arguments(
             from accelerate.parallelism_config import ParallelismConfig
 
             per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-            kwargs["parallelism_config"] = ParallelismConfig(**hybrid_mesh(world, per_node))
+            mesh = hybrid_mesh(world, per_node)
+            kwargs["parallelism_config"] = ParallelismConfig(
+                dp_replicate_size=mesh["dp_replicate_size"], dp_shard_size=mesh["dp_shard_size"]
+            )
     return kwargs
 
 

@@ -23,35 +23,51 @@ NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weigh
 class Engine(Protocol):
     """One training engine on one rank. Methods marked collective must be called on every rank."""
 
-    module: torch.nn.Module  # the unwrapped model: parameters, train()/eval()
-    device: torch.device
-    checkpoint_subdir: str  # where this engine's files live inside a checkpoint directory
+    @property
+    def module(self) -> torch.nn.Module:
+        """The unwrapped model: parameters, train()/eval()."""
+        ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def checkpoint_subdir(self) -> str:
+        """Where this engine's files live inside a checkpoint directory."""
+        ...
 
     def __call__(self, **inputs: Any) -> Any:
         """Forward pass through the (wrapped) model."""
+        ...
 
     def accumulate(self) -> AbstractContextManager[None]:
         """Context around one micro-step (forward, backward, step): lets the engine skip the
         gradient all-reduce on micro-batches that do not end an optimizer step."""
+        ...
 
     def backward(self, loss: torch.Tensor) -> None: ...
 
     def step(self) -> None:
         """Called after every micro-batch; the optimizer steps on the last of `grad_accum`."""
+        ...
 
     def get_lr(self) -> list[float]: ...
 
     def save_state(self, directory: Path) -> None:
         """Collective: write model, optimizer and schedule state (this rank's part) to `directory`."""
+        ...
 
     def load_state(self, directory: Path) -> None:
         """Collective: restore what `save_state` wrote."""
+        ...
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         """Collective: the full model state on rank 0, None elsewhere."""
+        ...
 
     def describe(self) -> dict[str, Any]:
         """What actually runs: backend, strategy, distributed type and process count."""
+        ...
 
     def destroy(self) -> None: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import deepspeed
 import torch
@@ -13,6 +13,10 @@ import torch
 from trainer.config.schema import JobConfig
 from trainer.engines.base import build_optimizer, deepspeed_config
 from trainer.formats.checkpoints import DS_TAG
+
+# A `deepspeed.DeepSpeedEngine`: an nn.Module whose attributes (`module`, ZeRO helpers) torch's
+# `__getattr__` typing cannot describe, so it is not checked through this name.
+DeepSpeedModel: TypeAlias = Any
 
 
 class DeepSpeedEngine:
@@ -27,11 +31,11 @@ class DeepSpeedEngine:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model,
             optimizer=optimizer,
-            lr_scheduler=scheduler,
+            lr_scheduler=scheduler,  # pyright: ignore[reportArgumentType] (annotated with torch's private _LRScheduler; any LRScheduler works)
             config=deepspeed_config(job, world_size),
         )
-        self.module = self.engine.module
-        self.device = self.engine.device
+        self.module: torch.nn.Module = cast(torch.nn.Module, self.engine.module)
+        self.device: torch.device = cast(torch.device, self.engine.device)
         self._world_size = world_size
 
     def __call__(self, **inputs: Any) -> Any:
@@ -86,7 +90,9 @@ class DeepSpeedEngine:
         self.engine.destroy()
 
 
-def zero_consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+def zero_consolidated_state_dict(
+    engine: DeepSpeedModel,
+) -> dict[str, torch.Tensor] | None:
     """The full model state of a DeepSpeed engine on rank 0 (None elsewhere). Collective under
     ZeRO-3: call on all ranks."""
     if engine.zero_optimization_partition_weights():
@@ -96,11 +102,11 @@ def zero_consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def has_frozen(engine) -> bool:
+def has_frozen(engine: DeepSpeedModel) -> bool:
     return any(not p.requires_grad for p in engine.module.parameters())
 
 
-def _drop_frozen_aliases(engine) -> None:
+def _drop_frozen_aliases(engine: DeepSpeedModel) -> None:
     """DeepSpeed drops frozen weights by the one name `named_parameters()` gives each; a module
     reachable under two names keeps its second copy. peft's prompt learning does that (the base's
     word embeddings are also `word_embeddings`), which would put the whole embedding matrix back

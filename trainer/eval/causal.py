@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from trainer.data.causal import CausalBatch, CausalSplit
+from trainer.engines.base import Engine
 from trainer.formats.shards import IGNORE_INDEX
 
 
@@ -30,7 +32,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
     return total, (shift_labels != IGNORE_INDEX).sum()
 
 
-def batch_loss(engine, batch: CausalBatch) -> tuple[torch.Tensor, int]:
+def batch_loss(engine: Engine, batch: CausalBatch) -> tuple[torch.Tensor, int]:
     """Mean next-token loss of one micro-batch (what backward runs on) and its scored tokens."""
     logits = engine(**batch.model_inputs(engine.device)).logits
     total, count = token_nll(logits, batch.labels)
@@ -63,7 +65,7 @@ class CausalEvalResult:
 
 
 @torch.no_grad()
-def evaluate_causal(engine, split: CausalSplit, batch_size: int) -> CausalEvalResult:
+def evaluate_causal(engine: Engine, split: CausalSplit, batch_size: int) -> CausalEvalResult:
     """Token-weighted loss over every row exactly once across ranks (all ranks must call this)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     was_training = engine.module.training
@@ -82,30 +84,26 @@ def evaluate_causal(engine, split: CausalSplit, batch_size: int) -> CausalEvalRe
 
 @torch.no_grad()
 def generate_samples(
-    engine, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None
+    engine: Engine, prompts: list[list[int]], max_new_tokens: int, eos_id: int | None
 ) -> list[list[int]]:
     """Greedy continuations, one prompt at a time (no padding to get wrong). Every rank runs the
     same prompts: under ZeRO-3 each forward gathers parameters collectively, and identical weights
-    plus greedy decoding give every rank the same number of forwards."""
+    plus greedy decoding give every rank the same number of forwards, so the ranks stay in step
+    without transformers' `synced_gpus` handshake."""
     was_training = engine.module.training
     engine.module.eval()
+    decoder: Any = engine.module  # a transformers decoder; nn.Module's typing hides `generate`
     outputs = []
     for prompt in prompts:
         ids = torch.tensor([prompt], device=engine.device)
-        generated = engine.module.generate(
+        generated = decoder.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             eos_token_id=eos_id,
             pad_token_id=eos_id if eos_id is not None else 0,
-            synced_gpus=dist.get_world_size() > 1 and _partitioned(engine),
         )
         outputs.append(generated[0, len(prompt) :].tolist())
     engine.module.train(was_training)
     return outputs
-
-
-def _partitioned(engine) -> bool:
-    check = getattr(engine, "zero_optimization_partition_weights", None)
-    return bool(check and check())

@@ -14,6 +14,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from trainer.data.split import ShardedSplit
+from trainer.engines.base import Engine
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> f
 
 
 @torch.no_grad()
-def evaluate(engine, split: ShardedSplit, batch_size: int, num_classes: int) -> EvalResult:
+def evaluate(engine: Engine, split: ShardedSplit, batch_size: int, num_classes: int) -> EvalResult:
     """Score every row of `split` exactly once across ranks (all ranks must call this)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     was_training = engine.module.training

@@ -65,7 +65,7 @@ def write_safetensors(path: Path, entries: list[tuple[str, torch.Size, Producer]
                 raise CorruptCheckpointError(
                     f"{name}: shape {tuple(tensor.shape)} != recorded {tuple(shape)}"
                 )
-            fh.write(memoryview(tensor.numpy()).cast("B"))  # no extra copy of the tensor
+            fh.write(tensor.numpy().data.cast("B"))  # no extra copy of the tensor
     return path.stat().st_size
 
 

@@ -10,6 +10,7 @@ Either way the directory is reloaded and checked before returning.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,6 +19,7 @@ from trainer.export.readers import Tensors
 from trainer.export.save import save_adapter, write_tokenizer_and_labels
 from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.model.build import build_causal_lm, build_classifier, merged_for_export
+from trainer.model.peft import TaskModel
 
 
 def load_trained(model: torch.nn.Module, tensors: Tensors) -> None:
@@ -62,7 +64,7 @@ def export_peft(
         write_tokenizer_and_labels(spec, out_dir)
         _check_adapter_reloads(model, spec, out_dir)
     else:
-        merged_for_export(model, peft).save_pretrained(out_dir, safe_serialization=True)
+        merged_for_export(model, peft).save_pretrained(str(out_dir), safe_serialization=True)
         write_tokenizer_and_labels(spec, out_dir)
         check_reloads(out_dir, causal=False)
     return out_dir
@@ -82,9 +84,9 @@ def _export_causal_peft(
     load_trained(model, tensors)
     model.eval()
     if adapter_only or not peft.can_merge():
-        model.save_pretrained(out_dir, safe_serialization=True)
+        model.save_pretrained(str(out_dir), safe_serialization=True)
     else:
-        merged_for_export(model, peft).save_pretrained(out_dir, safe_serialization=True)
+        merged_for_export(model, peft).save_pretrained(str(out_dir), safe_serialization=True)
         check_reloads(out_dir, causal=True)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     return out_dir
@@ -99,7 +101,7 @@ def reload_adapter(base_dir: str, num_labels: int, adapter_dir: Path) -> torch.n
     return PeftModel.from_pretrained(base, adapter_dir).eval()
 
 
-def _check_adapter_reloads(model: torch.nn.Module, spec: RunSpec, out_dir: Path) -> None:
+def _check_adapter_reloads(model: TaskModel, spec: RunSpec, out_dir: Path) -> None:
     reloaded = dict(
         reload_adapter(spec.model_dir, len(spec.label_names), out_dir).named_parameters()
     )
@@ -114,7 +116,8 @@ def check_reloads(out_dir: Path, causal: bool) -> None:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     auto = AutoModelForCausalLM if causal else AutoModelForSequenceClassification
-    _, info = auto.from_pretrained(out_dir, output_loading_info=True)
+    loaded: Any = auto.from_pretrained(out_dir, output_loading_info=True)
+    _, info = loaded
     problems = {
         k: v
         for k, v in info.items()

@@ -170,15 +170,15 @@ def _dcp_tensors(dcp_dir: Path) -> Tensors:
 
 def _load_one(dcp_dir: Path, key: str, entry: Any) -> torch.Tensor:
     """Assemble one full tensor from its shards (DCP reads only the chunks that overlap it)."""
-    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict_loader import load
 
     target = {key: torch.empty(entry.size, dtype=entry.properties.dtype)}
-    dcp.load(target, storage_reader=_SafeReader(dcp_dir), no_dist=True)
+    load(target, storage_reader=_SafeReader(dcp_dir), no_dist=True)
     return target[key]
 
 
 def _reader_class() -> type:
-    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     class SafeReader(FileSystemReader):

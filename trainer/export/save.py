@@ -16,6 +16,7 @@ from trainer.config.peft import PeftConfig
 from trainer.config.spec import RunSpec
 from trainer.formats.rundir import ADAPTER_NOTE, LABEL_MAP_FILE, label_map_json
 from trainer.model.build import build_causal_lm, build_classifier, merged_for_export
+from trainer.model.peft import TaskModel
 
 
 def save_classifier(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path) -> Path:
@@ -27,16 +28,18 @@ def save_classifier(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path
     model = build_classifier(spec.model_dir, spec.label_names, spec.job.peft)
     model.load_state_dict(state, strict=True)
     if spec.job.peft.can_merge() or spec.job.peft.method == "none":
-        merged_for_export(model, spec.job.peft).save_pretrained(out_dir, safe_serialization=True)
+        merged_for_export(model, spec.job.peft).save_pretrained(
+            str(out_dir), safe_serialization=True
+        )
     else:
         save_adapter(model, spec, out_dir)
     write_tokenizer_and_labels(spec, out_dir)
     return out_dir
 
 
-def save_adapter(model: torch.nn.Module, spec: RunSpec, out_dir: Path) -> None:
+def save_adapter(model: TaskModel, spec: RunSpec, out_dir: Path) -> None:
     """adapter_config.json + adapter_model.safetensors (adapter and classifier head) + a note."""
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
     (out_dir / ADAPTER_NOTE).write_text(
         adapter_note(spec.job.peft, spec.model_dir, spec.label_names)
     )
@@ -76,6 +79,6 @@ def save_causal_lm(state: dict[str, torch.Tensor], spec: RunSpec, out_dir: Path)
     untied = [k for k in missing if k not in params or id(params[k]) not in present]
     if untied:
         raise RuntimeError(f"consolidated state lacks {untied[:5]}")
-    merged_for_export(model, spec.job.peft).save_pretrained(out_dir, safe_serialization=True)
+    merged_for_export(model, spec.job.peft).save_pretrained(str(out_dir), safe_serialization=True)
     AutoTokenizer.from_pretrained(spec.model_dir).save_pretrained(out_dir)
     return out_dir

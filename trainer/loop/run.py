@@ -23,7 +23,7 @@ from trainer.engines import build_engine
 from trainer.engines.base import check_precision
 from trainer.engines.snapshot import restore_weights
 from trainer.loop.context import Run
-from trainer.loop.progress import Evaluation, StepPlan, plan_steps, seed_everything
+from trainer.loop.progress import StepPlan, plan_steps, seed_everything
 from trainer.loop.train import Task, TrainOutcome, train_epochs
 from trainer.model.build import count_parameters
 from trainer.protocols import ArtifactSink, ShardStore, WorkerIO
@@ -38,14 +38,19 @@ class Recipe(Task, Protocol):
 
     def build_model(self) -> torch.nn.Module: ...
 
-    def run_facts(self, train: ShardedSplit) -> dict[str, Any]:
+    # Split and evaluation parameters are Any: each recipe takes its own kind (CausalSplit,
+    # EvalResult, ...), which a Protocol parameter could not narrow to.
+    def run_facts(self, train: Any) -> dict[str, Any]:
         """What summary.json says about this run beyond the common facts."""
+        ...
 
-    def test_facts(self, train: ShardedSplit, test: Evaluation, outcome: TrainOutcome) -> dict:
+    def test_facts(self, train: Any, test: Any, outcome: TrainOutcome) -> dict[str, Any]:
         """Summary fields computed after testing (baselines, efficiencies)."""
+        ...
 
-    def save(self, state: dict[str, torch.Tensor], test: Evaluation, sink: ArtifactSink) -> None:
+    def save(self, state: dict[str, torch.Tensor], test: Any, sink: ArtifactSink) -> None:
         """Rank 0: write the model (and predictions) and send them to the head."""
+        ...
 
 
 def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:

@@ -30,12 +30,15 @@ class Task(Protocol):
 
     def loss(self, engine: Engine, batch: Any) -> torch.Tensor:
         """The mean loss of one micro-batch (what backward runs on)."""
+        ...
 
     def evaluate(self, engine: Engine, split: Any) -> Evaluation:
         """Collective: score every row of `split` once across ranks."""
+        ...
 
     def after_evaluation(self, engine: Engine, step: int, run: Run, validation: Any) -> None:
         """Collective: anything a recipe does after each validation (generation samples)."""
+        ...
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformers import (
@@ -14,7 +15,10 @@ from transformers import (
 )
 
 from trainer.config.peft import NoPeft, PeftConfig
-from trainer.model.peft import apply_peft
+from trainer.model.peft import TaskModel, apply_peft
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def build_classifier(
@@ -22,7 +26,7 @@ def build_classifier(
     label_names: list[str],
     peft: PeftConfig = NoPeft(),
     gradient_checkpointing: bool = False,
-) -> torch.nn.Module:
+) -> TaskModel:
     """The pretrained encoder with a fresh classification head for `label_names`.
 
     The head is initialised from torch's global RNG, so callers seed it first; every rank then
@@ -47,7 +51,7 @@ def classifier_config(model_dir: str | Path, label_names: list[str]) -> Pretrain
 
 def build_causal_lm(
     model_dir: str | Path, peft: PeftConfig = NoPeft(), gradient_checkpointing: bool = False
-) -> torch.nn.Module:
+) -> TaskModel:
     """The pretrained decoder with its language-model head, optionally wrapped by a PEFT method."""
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     _enable_gradient_checkpointing(model, gradient_checkpointing)
@@ -71,9 +75,11 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def merged_for_export(model: torch.nn.Module, peft: PeftConfig) -> PreTrainedModel:
+def merged_for_export(model: TaskModel, peft: PeftConfig) -> TaskModel:
     """A plain transformers model: the adapter folded into the base, wrappers removed.
 
     Only for methods that can merge (see PeftConfig.can_merge); prompt learning keeps its wrapper.
     """
-    return model.merge_and_unload() if peft.can_merge() else model
+    if not peft.can_merge():
+        return model
+    return cast("PeftModel", model).merge_and_unload()

@@ -7,8 +7,7 @@ row here. Every peft rejection of the config surfaces as UnsupportedConfigError 
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, TypeAlias
 
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.peft import (
@@ -19,6 +18,14 @@ from trainer.config.peft import (
     PrefixTuningPeft,
     PromptTuningPeft,
 )
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+    from transformers import PreTrainedModel
+
+# A transformers model, or one wrapped by a peft method: both save_pretrained; the wrapper
+# forwards everything else to the model it wraps.
+TaskModel: TypeAlias = "PreTrainedModel | PeftModel"
 
 # model.task -> peft.TaskType member name. For SEQ_CLS, peft keeps the new head trainable
 # (modules_to_save) and saves it with the adapter.
@@ -38,31 +45,31 @@ def peft_config_for(cfg: PeftConfig, task: str, model_dir: str | Path):
     """The peft library's config for our validated section (pure apart from the import)."""
     import peft
 
-    common = {"task_type": task_type(task)}
+    kind = task_type(task)
     if isinstance(cfg, LoraPeft):
         return peft.LoraConfig(
             r=cfg.r,
-            lora_alpha=cfg.alpha,
+            lora_alpha=cfg.alpha,  # pyright: ignore[reportArgumentType] (peft annotates int; a float scale alpha/r works and is what LoRA means)
             lora_dropout=cfg.dropout,
             target_modules=cfg.target_modules,
             use_dora=cfg.use_dora,
             use_rslora=cfg.use_rslora,
-            **common,
+            task_type=kind,
         )
     if isinstance(cfg, AdapterPeft):
         return peft.LoHaConfig(
             r=cfg.r,
-            alpha=cfg.alpha,
+            alpha=cfg.alpha,  # pyright: ignore[reportArgumentType] (as lora_alpha above)
             rank_dropout=cfg.rank_dropout,
             module_dropout=cfg.module_dropout,
             target_modules=cfg.target_modules,
-            **common,
+            task_type=kind,
         )
     if isinstance(cfg, Ia3Peft):
         return peft.IA3Config(
             target_modules=cfg.target_modules,
             feedforward_modules=cfg.feedforward_modules,
-            **common,
+            task_type=kind,
         )
     if isinstance(cfg, PromptTuningPeft):
         text = {}
@@ -72,20 +79,22 @@ def peft_config_for(cfg: PeftConfig, task: str, model_dir: str | Path):
                 "prompt_tuning_init_text": cfg.init_text,
                 "tokenizer_name_or_path": str(model_dir),
             }
-        return peft.PromptTuningConfig(num_virtual_tokens=cfg.num_virtual_tokens, **text, **common)
+        return peft.PromptTuningConfig(
+            num_virtual_tokens=cfg.num_virtual_tokens, **text, task_type=kind
+        )
     if isinstance(cfg, PrefixTuningPeft):
         return peft.PrefixTuningConfig(
             num_virtual_tokens=cfg.num_virtual_tokens,
             prefix_projection=cfg.projection,
-            encoder_hidden_size=cfg.projection_hidden_size,
-            **common,
+            encoder_hidden_size=cfg.projection_hidden_size,  # pyright: ignore[reportArgumentType] (None: peft uses the model's hidden size)
+            task_type=kind,
         )
     raise UnsupportedConfigError(f"peft.method: {cfg.method!r} has no peft mapping")
 
 
 def apply_peft(
-    model: torch.nn.Module, cfg: PeftConfig, task: str, model_dir: str | Path
-) -> torch.nn.Module:
+    model: PreTrainedModel, cfg: PeftConfig, task: str, model_dir: str | Path
+) -> TaskModel:
     """Wrap `model` (base frozen, adapter trainable); the model itself when method is none."""
     if cfg.method == "none":
         return model
