@@ -94,7 +94,13 @@ def _type(prop: dict[str, Any]) -> str:
         return f"map of name to {_type(prop.get('additionalProperties', {}))}"
     if "pattern" in prop and kind == "string":
         return "size"
-    names = {"integer": "int", "number": "float", "string": "str", "boolean": "bool", "null": "null"}
+    names = {
+        "integer": "int",
+        "number": "float",
+        "string": "str",
+        "boolean": "bool",
+        "null": "null",
+    }
     return names.get(kind, kind or "any") + _bounds(prop)
 
 
