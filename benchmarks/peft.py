@@ -2,7 +2,7 @@
 none (full fine-tuning), LoRA and prompt tuning (issue 6's benchmark, its PEFT half).
 
 Each method runs in a fresh process, so peak RSS (ru_maxrss) is that method's alone: the real
-worker path (trainer.model.build_classifier + trainer.engine.build_engine, DeepSpeed with the
+worker path (trainer.model.build.build_classifier + trainer.engines.build_engine, DeepSpeed with the
 job's ZeRO stage over a one-rank gloo group) on the generated demo reviews, `--steps` optimizer
 steps after `--warmup` untimed ones. tokens/s counts real (non-padding) tokens, as the training
 loop's metrics do; prompt tuning's virtual tokens are not counted.
@@ -35,7 +35,7 @@ import torch, torch.distributed as dist
 from transformers import AutoTokenizer
 from launcher.models import resolve_model_path
 from trainer.config import JobConfig
-from trainer.engines.base import build_engine
+from trainer.engines import build_engine
 from trainer.model.build import build_classifier, count_parameters
 
 args = json.loads(sys.argv[1])

@@ -25,7 +25,7 @@ def _worker(rank: int, world: int, port: int, model_dir: str, out: str) -> None:
     from transformers import AutoModelForSequenceClassification
 
     from trainer.config.schema import JobConfig
-    from trainer.engines.base import build_engine
+    from trainer.engines import build_engine
 
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
