@@ -84,12 +84,13 @@ def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> Non
     from mlflow.tracking import MlflowClient
 
     from cluster.head.collector import RunCollector
+    from cluster.head.metrics_log import Trackers
     from cluster.head.mlflow import start_mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {"optim": {"lr": 0.001}, "name": "job"}
     run_id = start_mlflow_run(uri, "exp", "run-1", config)
-    collector = RunCollector(str(tmp_path / "run"), mlflow_run=(uri, run_id))
+    collector = RunCollector(str(tmp_path / "run"), trackers=Trackers(mlflow_run=(uri, run_id)))
     times = [[1.0, 1.0], [1.0, 1.0]]
     collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
     collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
