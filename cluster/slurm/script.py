@@ -71,7 +71,7 @@ def setup_lines(req: SbatchRequest) -> list[str]:
         return []
     lines = ["", "# site setup (ftlaunch slurm --setup)"]
     for line in req.setup:
-        failed = shlex.quote(f"error: --setup: {line!r} failed")
+        failed = shlex.quote(f"error: --setup failed: {line}")
         lines.append(f"{line} || {{ echo {failed} >&2; exit 1; }}")
     return lines
 

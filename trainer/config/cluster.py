@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from trainer.config.base import PositiveInt, Section
 
@@ -113,6 +113,18 @@ class ClusterConfig(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_are_text(cls, value: object) -> object:
+        """YAML reads `NCCL_IB_DISABLE: 1` as a number; the environment holds text."""
+        if not isinstance(value, dict):
+            return value
+        scalar = (bool, int, float)
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, scalar) else v
+            for k, v in value.items()
+        }
 
     @model_validator(mode="after")
     def _env_is_plain(self) -> ClusterConfig:

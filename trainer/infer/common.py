@@ -90,8 +90,18 @@ def output_stream(output: Path | None) -> Iterator[IO[str]]:
         partial.unlink(missing_ok=True)
 
 
+def quiet_transformers() -> None:
+    """Only our progress bar and our one-line errors on stderr: no weight-loading bars or load
+    reports (a classifier head that a plain encoder lacks is reported at length otherwise)."""
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
 def run_cli(main: Callable[[list[str]], None], argv: list[str]) -> int:
     """Run `main`; an InputError becomes one `error: ` line and exit code 2."""
+    quiet_transformers()
     try:
         main(argv)
     except InputError as exc:
