@@ -9,6 +9,8 @@ from any directory. Where every key came from is kept for `ftlaunch validate --e
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ def merge_bases(
     merged: dict[str, Any] = {}
     origins: dict[str, str] = {}
     for reference in base_references(own, path):
-        base_path = (resolved.parent / reference).expanduser()
+        base_path = _shown(resolved.parent / Path(reference).expanduser())
         if not base_path.is_file():
             raise UserError(f"{path}: base {reference!r} not found (looked at {base_path})")
         base, base_origins = merge_bases(base_path, read, (*chain, resolved))
@@ -43,6 +45,14 @@ def merge_bases(
     own.pop(BASE_KEY, None)
     origins |= {key: str(path) for key in leaf_keys(own)}
     return deep_merge(merged, own), origins
+
+
+def _shown(path: Path) -> Path:
+    """`path` relative to the working directory when it lies below it (for messages)."""
+    try:
+        return Path(os.path.relpath(path)) if path.is_relative_to(Path.cwd()) else path
+    except ValueError:
+        return path
 
 
 def base_references(raw: dict[str, Any], path: Path) -> list[str]:
@@ -96,7 +106,7 @@ def explain(resolved: dict[str, Any], origins: dict[str, str]) -> list[str]:
             (origins[k] for k in _prefixes(key) if k in origins),
             "default",
         )
-        lines.append(f"{key}: {value!r}  # {origin}")
+        lines.append(f"{key}: {json.dumps(value)}  # {origin}")
     return lines
 
 

@@ -80,7 +80,7 @@ def test_validate_explain_on_the_cli(tree: Path) -> None:
     result = ftlaunch("validate", str(tree), "--explain", timeout=60)
     assert result.returncode == 0, result.stderr
     assert f"cluster.num_workers: 2  # {tree}" in result.stdout
-    assert "optim.schedule: 'cosine'  # " in result.stdout
+    assert 'optim.schedule: "cosine"  # ' in result.stdout
     cycle = write(tree.parent / "loop.yaml", "base: loop.yaml\n")
     assert_user_error(ftlaunch("validate", str(cycle), timeout=60), "base configs form a cycle")
 
