@@ -13,7 +13,7 @@ import pytest
 from cluster.head.collector import RunCollector
 from cluster.head.metrics_log import Trackers
 from cluster.head.wandb import WandbTarget
-from tests.unit.trainer.test_metrics import window
+from tests.unit.cluster.test_head import report_sample_stream
 
 wandb = pytest.importorskip("wandb")
 pytestmark = pytest.mark.timeout(120)
@@ -52,12 +52,7 @@ def read_wandb_records(path: Path) -> list:
 def test_offline_wandb_run_holds_the_metrics_stream(tmp_path: Path) -> None:
     target = WandbTarget("ftl-test", "offline", "run-1", {"optim": {"lr": 0.001}})
     collector = RunCollector(str(tmp_path / "run"), trackers=Trackers(wandb=target))
-    times = [[1.0, 1.0], [1.0, 1.0]]
-    collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
-    collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
-    collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
-    collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
-    collector.close()
+    report_sample_stream(collector)
 
     files = list((tmp_path / "run" / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(files) == 1, list((tmp_path / "run").rglob("*"))
