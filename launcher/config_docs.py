@@ -105,8 +105,11 @@ def _type(prop: dict[str, Any]) -> str:
 
 
 def _bounds(prop: dict[str, Any]) -> str:
+    # pydantic releases differ in writing a float bound as 0 or 0.0; a float field's bound is
+    # shown as a float whichever wrote the schema
+    number = float if prop.get("type") == "number" else (lambda v: v)
     parts = [
-        f"{symbol} {_value(prop[key])}"
+        f"{symbol} {_value(number(prop[key]))}"
         for key, symbol in (
             ("exclusiveMinimum", ">"),
             ("minimum", ">="),
@@ -128,7 +131,7 @@ def _value(value: Any) -> str:
 def _section_ref(prop: dict[str, Any]) -> str | None:
     if "$ref" in prop:
         return _ref_name(prop)
-    for option in prop.get("anyOf", []):
+    for option in prop.get("anyOf", []) + prop.get("allOf", []):  # allOf: pydantic < 2.9
         if "$ref" in option:
             return _ref_name(option)
     return None

@@ -44,7 +44,7 @@ class DataConfig(Section):
         description="Validation split, in any form data.train accepts; leave out to carve "
         "data.validation_split from train.",
     )
-    validation_split: Annotated[float, Field(gt=0, le=0.5)] | None = Field(
+    validation_split: Annotated[float, Field(gt=0.0, le=0.5)] | None = Field(
         default=None,
         description="Share of the (raw) train rows held out for validation when data.validation "
         "is not given: seeded by training.seed, stratified by label for classification.",

@@ -26,11 +26,13 @@ from trainer.infer.common import (
 )
 
 
-def label_names(model_dir: Path, config: Any) -> list[str]:
-    """The run's labels by id: label_map.json, else the model config's id2label."""
+def run_labels(model_dir: Path) -> list[str] | None:
+    """The run's labels by id from label_map.json (None for a model saved without one)."""
     label_map = model_dir / LABEL_MAP_FILE
-    if label_map.is_file():
-        return list(json.loads(label_map.read_text())["labels"])
+    return list(json.loads(label_map.read_text())["labels"]) if label_map.is_file() else None
+
+
+def config_labels(config: Any) -> list[str]:
     return [str(config.id2label[i]) for i in range(config.num_labels)]
 
 
@@ -58,9 +60,12 @@ def predict(args: argparse.Namespace) -> None:
     from rich.progress import Progress
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = load_model(args.model_dir, AutoModelForSequenceClassification)
+    labels = run_labels(args.model_dir)
+    # an adapter's base gets the run's head size (its own config knows nothing of the labels)
+    head = {"num_labels": len(labels)} if labels else {}
+    model = load_model(args.model_dir, AutoModelForSequenceClassification, **head)
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    labels = label_names(args.model_dir, model.config)
+    labels = labels or config_labels(model.config)
     progress = Progress(console=Console(stderr=True), transient=True)
     task = progress.add_task("predicting", total=count_lines(args.input))
     with progress, output_stream(args.output) as out, torch.inference_mode():

@@ -78,6 +78,8 @@ def test_chat_rendering_imports_no_torch(tokenizer_dir: Path, tmp_path: Path) ->
     (model / "chat_template.jinja").write_text(GENERATION)
     code = (
         "import sys; from pathlib import Path\n"
+        "import transformers, importlib.metadata as m; from transformers import PreTrainedTokenizerFast\n"
+        "if 'torch' in sys.modules: print('by-transformers', m.version('transformers')); sys.exit()\n"
         "from launcher.data.causal import CausalEncoder, CausalFormat\n"
         f"e = CausalEncoder(Path({str(model)!r}), 64, CausalFormat('chat'), 'data.train')\n"
         "e._encode(([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}],), 'r')\n"
@@ -87,4 +89,6 @@ def test_chat_rendering_imports_no_torch(tokenizer_dir: Path, tmp_path: Path) ->
         [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+    if result.stdout.startswith("by-transformers"):  # the floor 4.56 (and 5.0) import torch
+        pytest.skip(f"transformers {result.stdout.split()[1]} imports torch itself")
     assert result.stdout.strip() == "[]"
