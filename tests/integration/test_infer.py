@@ -66,11 +66,6 @@ def test_generate_matches_transformers_for_models_and_adapters(
     written = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["id"] for r in written] == [1, 2]  # the input rows come back with a completion
     assert [r["completion"] for r in written] == [greedy(base, tokenizer, r, 6) for r in rows]
-    chat = ftlaunch(
-        "generate", str(decoder), "--prompt", CHAT[0]["content"], "--chat", "--max-new-tokens", "6"
-    )
-    assert chat.returncode == 0, chat.stderr
-    assert chat.stdout == greedy(base, tokenizer, {"messages": CHAT}, 6) + "\n"
 
     torch.manual_seed(0)
     lora = LoraConfig(
@@ -79,16 +74,19 @@ def test_generate_matches_transformers_for_models_and_adapters(
     adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(decoder), lora).eval()
     adapted.save_pretrained(tmp_path / "adapter")
     tokenizer.save_pretrained(tmp_path / "adapter")
+    # one prompt, sent as the user's turn through the chat template, to the adapter on its base
     result = ftlaunch(
         "generate",
         str(tmp_path / "adapter"),
         "--prompt",
-        rows[0]["prompt"],
+        CHAT[0]["content"],
+        "--chat",
         "--max-new-tokens",
         "6",
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout == greedy(adapted, tokenizer, rows[0], 6) + "\n"
+    assert result.stdout == greedy(adapted, tokenizer, {"messages": CHAT}, 6) + "\n"
+    assert result.stdout != greedy(base, tokenizer, {"messages": CHAT}, 6) + "\n"  # adapter used
 
 
 def test_inference_errors_are_one_line(decoder: Path, tiny_bert: Path, tmp_path: Path) -> None:
