@@ -18,6 +18,10 @@ HEADER = """\
 Generated from `trainer/config/` by `make docs`; do not edit by hand. Every section is optional
 except `model` and `data`; unknown keys are errors that list the valid ones. Sizes follow one rule
 everywhere: `KB`, `MB`, `GB` are powers of 10, `KiB`, `MiB`, `GiB` powers of 2.
+
+A job file may start with `base: other.yaml` (or a list of files, paths relative to the file that
+names them): the bases are deep-merged in order, the file's own keys win, `--set` comes last;
+`ftlaunch validate FILE --explain` shows where every key came from.
 """
 PEFT_NOTE = (
     "`peft.method` chooses the method; each method accepts only its own options "

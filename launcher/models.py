@@ -30,7 +30,11 @@ def resolve_model_path(path_or_alias: str, field: str = "model.path") -> Path:
     else:
         directory = Path(path_or_alias).expanduser().resolve()
     if not directory.is_dir() and parse_model_id(path_or_alias) is not None:
-        directory = resolve_hub_model(path_or_alias, field)  # a local directory wins over an id
+        try:  # a local directory wins over a Hub id of the same name
+            directory = resolve_hub_model(path_or_alias, field)
+        except UserError as exc:
+            reason = exc.messages[0].removeprefix(f"{field}: ")
+            raise UserError(f"{field}: no local directory {directory}, and {reason}") from None
     if not directory.is_dir():
         raise UserError(
             f"{field}: {path_or_alias!r} is not a directory (aliases: {', '.join(MODEL_ALIASES)}; "

@@ -71,7 +71,8 @@ def test_model_ids_resolve_to_cached_snapshots(
     with pytest.raises(UserError) as missing:
         resolve_model_path("acme/absent")
     (line,) = missing.value.messages
-    assert line.startswith("model.path: model acme/absent is not in the Hugging Face cache")
+    assert line.startswith("model.path: no local directory ")
+    assert "and model acme/absent is not in the Hugging Face cache" in line
     # A local directory of that name wins over the Hub id.
     local = tmp_path / "work" / "acme" / "tiny-bert"
     shutil.copytree(minilm_dir(), local)
