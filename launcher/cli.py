@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from launcher.cli_infer import generate, predict
+from launcher.cli_jobs import list_, logs, status, stop, submit
+from launcher.cli_support import err_console, fail
 from launcher.errors import (
     PREEMPTED_EXIT_CODE,
     TRAINING_FAILED_EXIT_CODE,
@@ -22,16 +24,9 @@ app = typer.Typer(
     name="ftlaunch",
     help="Distributed fine-tuning launcher: one YAML, Ray-scheduled DeepSpeed workers.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish)
     pretty_exceptions_enable=False,
 )
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def fail(code: int, *messages: str) -> None:
-    for message in messages:
-        err_console.print(f"error: {message}", markup=False)
-    raise typer.Exit(code)
 
 
 @app.command()
@@ -88,15 +83,25 @@ def validate(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=1e-4")
     ] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Print every key with where it came from (file, base, --set)."
+        ),
+    ] = False,
 ) -> None:
-    """Check a job file against the schema and print the fully resolved config."""
-    from launcher.config_loading import dump_job_config, load_job_config
+    """Check a job file (merged over its bases) and print the fully resolved config."""
+    from launcher.config_bases import explain as explain_lines
+    from launcher.config_loading import dump_job_config, load_job_config_explained
 
     try:
-        job = load_job_config(config, set_ or [])
+        job, origins = load_job_config_explained(config, set_ or [])
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
-    typer.echo(dump_job_config(job), nl=False)
+    if explain:
+        typer.echo("\n".join(explain_lines(job.model_dump(mode="json"), origins)))
+    else:
+        typer.echo(dump_job_config(job), nl=False)
 
 
 @app.command()
@@ -168,12 +173,13 @@ def metrics(
     plot: Annotated[
         Path | None, typer.Option(help="Write loss/validation/throughput curves to this PNG.")
     ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="One JSON document on stdout.")] = False,
 ) -> None:
     """Show a run's metrics; --plot draws them with matplotlib."""
     from launcher.commands.metrics import run_metrics
 
     try:
-        run_metrics(run_dir, plot, Console(highlight=False, soft_wrap=True))
+        run_metrics(run_dir, plot, Console(highlight=False, soft_wrap=True), as_json=json_)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
 
@@ -232,6 +238,19 @@ def slurm(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the sbatch script; submit nothing.")
     ] = False,
+    sbatch_arg: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sbatch-arg",
+            help="Extra sbatch option, repeatable: --sbatch-arg=--qos=high --sbatch-arg=--mem=0.",
+        ),
+    ] = None,
+    setup: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Shell line run before Ray starts, repeatable: --setup 'module load cuda'."
+        ),
+    ] = None,
 ) -> None:
     """Run the job in a SLURM allocation: sbatch boots Ray on the nodes, then `ftlaunch run`."""
     from launcher.commands.slurm import submit_from_file
@@ -247,6 +266,8 @@ def slurm(
         requeue=requeue,
         resume=resume,
         join_timeout_s=join_timeout,
+        sbatch_args=tuple(sbatch_arg or ()),
+        setup=tuple(setup or ()),
     )
     try:
         submit_from_file(
@@ -279,113 +300,14 @@ def models() -> None:
         typer.echo(f"{alias}\t(pip package {package.replace('_', '-')})")
 
 
-AddressOption = Annotated[
-    str | None,
-    typer.Option(
-        help="Ray Jobs API, e.g. http://HEAD:8265 (default: cluster.address, RAY_ADDRESS)."
-    ),
-]
-
-
-def _jobs_call(action: Callable[[], int]) -> None:
-    """Run a Jobs API command: user and cluster errors are one line and exit code 2."""
-    from cluster.errors import ClusterError
-
-    try:
-        code = action()
-    except UserError as exc:
-        fail(USER_ERROR_EXIT_CODE, *exc.messages)
-    except ClusterError as exc:
-        fail(USER_ERROR_EXIT_CODE, str(exc))
-    raise typer.Exit(code)
-
-
-def _note(text: str) -> None:
-    err_console.print(text, markup=False)
-
-
-@app.command()
-def submit(
-    config: Annotated[Path, typer.Argument(help="Job YAML file.")],
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a key: --set optim.lr=1e-4")
-    ] = None,
-    address: AddressOption = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", help="Stream the logs; exit with the job's status.")
-    ] = False,
-    insecure: Annotated[
-        bool, typer.Option("--insecure", help="Allow a cluster without token authentication.")
-    ] = False,
-    max_upload: Annotated[
-        str, typer.Option(help="Local inputs up to this total size are uploaded with the job.")
-    ] = "100MB",
-    requirements: Annotated[
-        Path | None, typer.Option(help="requirements.txt installed for the job by Ray (pip).")
-    ] = None,
-) -> None:
-    """Submit the job to a Ray cluster through the Ray Jobs API; prints the job id."""
-    from launcher.commands.submit import SubmitRequest, run_submit
-    from launcher.sizes import parse_size
-    from launcher.submit_plan import MAX_UPLOAD_LIMIT, read_requirements
-
-    def action() -> int:
-        request = SubmitRequest(
-            config=config,
-            overrides=set_ or [],
-            address=address,
-            follow=follow,
-            insecure=insecure,
-            max_upload=parse_size(max_upload, "--max-upload", minimum=0, maximum=MAX_UPLOAD_LIMIT),
-            requirements=read_requirements(requirements) if requirements else [],
-        )
-        return run_submit(request, typer.echo, _note)
-
-    _jobs_call(action)
-
-
-@app.command()
-def status(
-    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
-    address: AddressOption = None,
-) -> None:
-    """Show a job's state."""
-    from launcher.commands.jobs import show_status
-
-    _jobs_call(lambda: show_status(job, address, typer.echo))
-
-
-@app.command()
-def logs(
-    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
-    address: AddressOption = None,
-    follow: Annotated[
-        bool, typer.Option("--follow", help="Keep streaming; exit with the job's status.")
-    ] = False,
-) -> None:
-    """Print a job's logs (secret values masked)."""
-    from launcher.commands.jobs import show_logs
-
-    _jobs_call(lambda: show_logs(job, address, follow, typer.echo, _note))
-
-
-@app.command()
-def stop(
-    job: Annotated[str, typer.Argument(help="Ray job id, or a SLURM job id (all digits).")],
-    address: AddressOption = None,
-) -> None:
-    """Stop a job (SIGTERM: it commits a preemption checkpoint; continue with --resume)."""
-    from launcher.commands.jobs import stop_job
-
-    _jobs_call(lambda: stop_job(job, address, typer.echo))
-
-
-@app.command("list")
-def list_(address: AddressOption = None) -> None:
-    """List the jobs ftlaunch submitted to the cluster: id, status, start, name."""
-    from launcher.commands.jobs import list_jobs
-
-    _jobs_call(lambda: list_jobs(address, typer.echo))
+# Registered in the order `--help` lists them.
+app.command()(predict)
+app.command()(generate)
+app.command()(submit)
+app.command()(status)
+app.command()(logs)
+app.command()(stop)
+app.command("list")(list_)
 
 
 def main() -> None:

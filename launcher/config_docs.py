@@ -18,6 +18,10 @@ HEADER = """\
 Generated from `trainer/config/` by `make docs`; do not edit by hand. Every section is optional
 except `model` and `data`; unknown keys are errors that list the valid ones. Sizes follow one rule
 everywhere: `KB`, `MB`, `GB` are powers of 10, `KiB`, `MiB`, `GiB` powers of 2.
+
+A job file may start with `base: other.yaml` (or a list of files, paths relative to the file that
+names them): the bases are deep-merged in order, the file's own keys win, `--set` comes last;
+`ftlaunch validate FILE --explain` shows where every key came from.
 """
 PEFT_NOTE = (
     "`peft.method` chooses the method; each method accepts only its own options "
@@ -105,8 +109,11 @@ def _type(prop: dict[str, Any]) -> str:
 
 
 def _bounds(prop: dict[str, Any]) -> str:
+    # pydantic releases differ in writing a float bound as 0 or 0.0; a float field's bound is
+    # shown as a float whichever wrote the schema
+    number = float if prop.get("type") == "number" else (lambda v: v)
     parts = [
-        f"{symbol} {_value(prop[key])}"
+        f"{symbol} {_value(number(prop[key]))}"
         for key, symbol in (
             ("exclusiveMinimum", ">"),
             ("minimum", ">="),
@@ -128,7 +135,7 @@ def _value(value: Any) -> str:
 def _section_ref(prop: dict[str, Any]) -> str | None:
     if "$ref" in prop:
         return _ref_name(prop)
-    for option in prop.get("anyOf", []):
+    for option in prop.get("anyOf", []) + prop.get("allOf", []):  # allOf: pydantic < 2.9
         if "$ref" in option:
             return _ref_name(option)
     return None

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from launcher.config_bases import leaf_keys, merge_bases
 from launcher.errors import UserError
 from trainer.config import JobConfig
 from trainer.config.peft import peft_error_line, peft_field_path
@@ -23,16 +24,28 @@ EXPONENT_FLOAT = re.compile(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+")
 
 
 def load_job_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> JobConfig:
-    """Read, override and validate a job file.
+    """Read a job file with its bases, apply overrides and validate.
 
     Raises:
-        UserError: unreadable or malformed YAML, a bad override, or schema violations.
+        UserError: unreadable or malformed YAML, a bad base, a bad override, or schema violations.
     """
-    raw = read_yaml_mapping(Path(path))
+    return load_job_config_explained(path, overrides)[0]
+
+
+def load_job_config_explained(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = ()
+) -> tuple[JobConfig, dict[str, str]]:
+    """Like `load_job_config`, plus where each set key came from: dotted key -> file or `--set`.
+
+    Raises:
+        UserError: as `load_job_config`.
+    """
+    raw, origins = merge_bases(Path(path), read_yaml_mapping)
     for override in overrides:
         key, value = parse_override(override)
         apply_override(raw, key, value)
-    return validate_job_dict(raw, source=str(path))
+        origins |= {dotted: "--set" for dotted in leaf_keys(value, key)}
+    return validate_job_dict(raw, source=str(path)), origins
 
 
 def read_yaml_mapping(path: Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Resolve `model.path`: a local Hugging Face directory, or a documented short alias.
+"""Resolve `model.path`: a local Hugging Face directory, a documented short alias, or a Hub id
+through the Hugging Face cache (launcher/hub.py).
 
 Aliases point at models shipped inside pip packages, so the demo never downloads anything.
 """
@@ -10,6 +11,7 @@ import json
 from pathlib import Path
 
 from launcher.errors import UserError
+from launcher.hub import parse_model_id, resolve_hub_model
 
 # alias -> (pip package that ships the weights, sub-directory inside that package)
 MODEL_ALIASES: dict[str, tuple[str, str]] = {
@@ -27,9 +29,16 @@ def resolve_model_path(path_or_alias: str, field: str = "model.path") -> Path:
         directory = _alias_directory(path_or_alias, field)
     else:
         directory = Path(path_or_alias).expanduser().resolve()
+    if not directory.is_dir() and parse_model_id(path_or_alias) is not None:
+        try:  # a local directory wins over a Hub id of the same name
+            directory = resolve_hub_model(path_or_alias, field)
+        except UserError as exc:
+            reason = exc.messages[0].removeprefix(f"{field}: ")
+            raise UserError(f"{field}: no local directory {directory}, and {reason}") from None
     if not directory.is_dir():
         raise UserError(
-            f"{field}: {path_or_alias!r} is not a directory (aliases: {', '.join(MODEL_ALIASES)})"
+            f"{field}: {path_or_alias!r} is not a directory (aliases: {', '.join(MODEL_ALIASES)}; "
+            "Hub ids are org/name[@revision])"
         )
     config_file = directory / "config.json"
     if not config_file.is_file():

@@ -76,7 +76,7 @@ class RunDisplay:
             text += f"  step {train['step_time_mean_s']:.2f}s (p99 {train['step_time_p99_s']:.2f}s)"
         if evaluation and "val_accuracy" in evaluation:
             text += f"  val_acc {evaluation['val_accuracy']:.4f}"
-        elif evaluation:
+        elif evaluation and "val_perplexity" in evaluation:
             text += f"  val_ppl {evaluation['val_perplexity']:.2f}"
         return text
 
@@ -102,12 +102,17 @@ def summary_table(summary: dict[str, Any]) -> Table:
             ("packing efficiency", f"{efficiency:.1%}" if efficiency else "not packed"),
         ]
     else:
+        # Only the metrics chosen in training.metrics are in the summary.
+        names = {"accuracy": "accuracy", "macro_f1": "macro F1", "micro_f1": "micro F1"}
         rows = [
-            ("test accuracy", f"{test['accuracy']:.4f}"),
-            ("test macro F1", f"{test['macro_f1']:.4f}"),
-            ("majority baseline accuracy", f"{summary['majority_baseline_accuracy']:.4f}"),
-            ("best val accuracy", f"{best['val_accuracy']:.4f} (step {best['step']})"),
+            (f"test {label}", f"{test[key]:.4f}") for key, label in names.items() if key in test
         ]
+        rows.append(("majority baseline accuracy", f"{summary['majority_baseline_accuracy']:.4f}"))
+        rows += [
+            (f"best val {label}", f"{best[f'val_{key}']:.4f} (step {best['step']})")
+            for key, label in names.items()
+            if f"val_{key}" in best
+        ][:1]
     rows += [
         ("optimizer steps", str(summary["steps"])),
         ("stopped early", str(summary["stopped_early"])),

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from launcher.errors import UserError
+from launcher.hub import is_hub_dataset, parse_model_id
 from launcher.models import MODEL_ALIASES
 from trainer.config import JobConfig
 from trainer.formats.shards import is_remote_uri
@@ -69,11 +70,12 @@ class SubmissionPlan:
 
 
 def local_path_fields(job: JobConfig) -> dict[str, str]:
-    """The config fields that name files on the submitting machine (aliases and URIs do not)."""
+    """The config fields that may name files on the submitting machine (aliases, URIs and Hub
+    datasets do not: the head resolves those itself; see plan_submission for Hub model ids)."""
     fields = {} if job.model.path in MODEL_ALIASES else {"model.path": job.model.path}
     for split in ("train", "validation", "test"):
         location = getattr(job.data, split)
-        if not is_remote_uri(location):
+        if location is not None and not is_remote_uri(location) and not is_hub_dataset(location):
             fields[f"data.{split}"] = location
     return fields
 
@@ -102,6 +104,8 @@ def plan_submission(
     for name, value in local_path_fields(job).items():
         source = _absolute(value, cwd)
         size = size_of(source)
+        if name == "model.path" and size is None and parse_model_id(value) is not None:
+            continue  # a Hub id (org/name), not a local directory: resolved on the head
         if source in targets:
             target = targets[source]
         elif size is not None and size <= budget:

@@ -3,7 +3,7 @@ goes through. Workers never write to the head's disk themselves (there may be no
 filesystem).
 
 The actor is a thin dispatcher; the work is done by
-    MetricsLog           (metrics_log.py)   metrics.jsonl, TensorBoard, MLflow, live display
+    MetricsLog           (metrics_log.py)   metrics.jsonl, TensorBoard, MLflow, W&B, live display
     FileReceiver         (files.py)         artifact files in bounded, verified chunks
     CheckpointCommitter  (checkpoints.py)   checkpoint staging, atomic commit, resume reads
 plus the stop flag that turns the launcher's SIGTERM into a preemption checkpoint.
@@ -20,7 +20,7 @@ import ray
 from cluster.actors import ActorHandle
 from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
-from cluster.head.metrics_log import MetricsLog
+from cluster.head.metrics_log import MetricsLog, Trackers
 from trainer.formats.checkpoints import CheckpointStore
 from trainer.formats.rundir import CHECKPOINT_DIR
 
@@ -33,11 +33,11 @@ class RunCollector:
         run_dir: str,
         checkpoint_dir: str | None = None,
         keep_last: int = 2,
-        mlflow_run: tuple[str, str] | None = None,
+        trackers: Trackers | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics = MetricsLog(self.run_dir, mlflow_run)
+        self.metrics = MetricsLog(self.run_dir, trackers or Trackers())
         self.files = FileReceiver()
         store = CheckpointStore(checkpoint_dir or self.run_dir / CHECKPOINT_DIR, keep_last)
         self.checkpoints = CheckpointCommitter(store, self.files)
@@ -126,7 +126,7 @@ class RunCollector:
 
 
 def collector_actor(
-    run_dir: Path, checkpoint_dir: Path, keep_last: int, mlflow_run: tuple[str, str] | None
+    run_dir: Path, checkpoint_dir: Path, keep_last: int, trackers: Trackers
 ) -> ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -137,4 +137,4 @@ def collector_actor(
         num_cpus=0,
         max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-    ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run)
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last, trackers)

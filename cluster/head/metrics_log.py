@@ -1,6 +1,6 @@
 """The run's metrics stream on the head: every record from every rank goes to `metrics.jsonl`,
-numeric train/eval fields are mirrored to TensorBoard (and MLflow when configured), and records
-wait in memory for the launcher's live display.
+numeric train/eval fields are mirrored to TensorBoard (and MLflow and Weights & Biases when
+configured), and records wait in memory for the launcher's live display.
 
 Gathered "train" windows are summarized here (step-time percentiles, stragglers, see
 trainer/formats/metrics.py), so every reader of the stream sees the same figures.
@@ -9,22 +9,34 @@ trainer/formats/metrics.py), so every reader of the stream sees the same figures
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cluster.head.mlflow import MlflowLogger
+from cluster.head.wandb import WandbLogger, WandbTarget
 from trainer.formats.metrics import StragglerDetector, summarize_window
 from trainer.formats.rundir import METRICS_FILE, TENSORBOARD_DIR
 
 
+@dataclass(frozen=True)
+class Trackers:
+    """The experiment trackers the stream is mirrored to besides TensorBoard."""
+
+    mlflow_run: tuple[str, str] | None = None  # (tracking URI, run id), run made by the launcher
+    wandb: WandbTarget | None = None
+
+
 class MetricsLog:
-    def __init__(self, run_dir: Path, mlflow_run: tuple[str, str] | None = None) -> None:
+    def __init__(self, run_dir: Path, trackers: Trackers | None = None) -> None:
+        trackers = trackers or Trackers()
         self.run_dir = run_dir
         self._file = (run_dir / METRICS_FILE).open("a")
         self._pending: list[dict[str, Any]] = []
         self._tensorboard: Any = None
         self._stragglers = StragglerDetector()
-        self._mlflow = MlflowLogger(*mlflow_run) if mlflow_run else None
+        self._mlflow = MlflowLogger(*trackers.mlflow_run) if trackers.mlflow_run else None
+        self._wandb = WandbLogger(trackers.wandb, run_dir) if trackers.wandb else None
 
     def restart(self) -> None:
         """A worker group (re)started: stragglers are judged afresh."""
@@ -38,6 +50,8 @@ class MetricsLog:
         self._write_scalars(record)
         if self._mlflow is not None:
             self._mlflow.log(record)
+        if self._wandb is not None:
+            self._wandb.log(record)
         self._pending.append(record)
         return record
 
@@ -50,6 +64,8 @@ class MetricsLog:
         """`status` is MLflow's: FINISHED, FAILED or KILLED (preempted)."""
         if self._mlflow is not None:
             self._mlflow.finish(status)
+        if self._wandb is not None:
+            self._wandb.finish(status)
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()

@@ -24,8 +24,10 @@ from cluster.auth.secrets import sealed_env_vars
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import collector_actor
+from cluster.head.metrics_log import Trackers
 from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.shard_server import shard_server_actor
+from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
 from cluster.worker.entry import train_worker
@@ -101,9 +103,10 @@ class RayBackend:
         return plan
 
     def _worker_env(self) -> dict[str, str]:
-        """Offline flags plus this process's secrets, sealed (see cluster/auth/secrets.py)."""
+        """Offline flags, the job's plain `cluster.env` (which may override them, e.g. HF_HOME)
+        and this process's secrets, sealed (see cluster/auth/secrets.py)."""
         sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
-        return WORKER_ENV | sealed
+        return WORKER_ENV | self.cluster.env | sealed
 
     def run(
         self,
@@ -123,9 +126,8 @@ class RayBackend:
         from ray.train.torch import TorchConfig, TorchTrainer
 
         plan = self.check_placement()
-        collector = collector_actor(
-            run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
-        )
+        trackers = Trackers(_mlflow_run(spec), _wandb_target(spec))
+        collector = collector_actor(run_dir, checkpoint_dir, spec.job.output.keep_last, trackers)
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
         trainer = TorchTrainer(
@@ -208,6 +210,13 @@ def _mlflow_run(spec: RunSpec) -> tuple[str, str] | None:
     except MlflowUnavailable as exc:
         raise ClusterError(str(exc)) from exc
     return output.mlflow_uri, run_id
+
+
+def _wandb_target(spec: RunSpec) -> WandbTarget | None:
+    try:
+        return wandb_target(spec.job, spec.run_id)
+    except WandbUnavailable as exc:
+        raise ClusterError(str(exc)) from exc
 
 
 def _fit_into(trainer: Any, outcome: dict[str, BaseException]) -> None:

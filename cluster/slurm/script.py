@@ -33,6 +33,8 @@ class SbatchRequest:
     config_path: Path
     output_dir: Path
     python: str
+    extra_sbatch: tuple[str, ...] = ()  # site options (--qos=high, --mem=0, --exclusive), validated
+    setup: tuple[str, ...] = ()  # site shell lines (module load, venv activation) before Ray
 
 
 def sbatch_header(req: SbatchRequest) -> list[str]:
@@ -56,8 +58,22 @@ def sbatch_header(req: SbatchRequest) -> list[str]:
         "--open-mode=append",  # a requeued job appends to the same log
         f"--signal=B:USR1@{req.signal_grace_s}",
         "--requeue" if req.requeue else "--no-requeue",
+        *req.extra_sbatch,
     ]
     return [f"#SBATCH {option}" for option in options]
+
+
+def setup_lines(req: SbatchRequest) -> list[str]:
+    """The site's setup lines, each stopping the job with one clear line when it fails. They
+    run before `set -u` (module scripts read unset variables) and before anything starts Ray;
+    srun steps inherit the environment they leave."""
+    if not req.setup:
+        return []
+    lines = ["", "# site setup (ftlaunch slurm --setup)"]
+    for line in req.setup:
+        failed = shlex.quote(f"error: --setup failed: {line}")
+        lines.append(f"{line} || {{ echo {failed} >&2; exit 1; }}")
+    return lines
 
 
 def render_sbatch(req: SbatchRequest) -> str:
@@ -79,6 +95,7 @@ def render_sbatch(req: SbatchRequest) -> str:
             *sbatch_header(req),
             "",
             *(f"{name}={value}" for name, value in settings.items()),
+            *setup_lines(req),
             BODY,
         ]
     )

@@ -39,6 +39,36 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def overview_document(records: list[dict[str, Any]], path: Path) -> dict[str, Any]:
+    """`metrics --json`: the same figures as the table, every key always present (null when the
+    run has no such figure yet)."""
+    train = [r for r in records if r.get("event") == "train"]
+    evals = [r for r in records if r.get("event") == "eval"]
+    timed = [r for r in train if "step_time_p99_s" in r]
+    best = None
+    if evals:
+        key = "val_accuracy" if "val_accuracy" in evals[0] else "val_loss"
+        pick = max if key == "val_accuracy" else min
+        chosen = pick(evals, key=lambda r: r[key])
+        best = {"metric": key, "value": chosen[key], "step": chosen["step"]}
+    checkpoints = [r["tag"] for r in records if r.get("event") == "checkpoint"]
+    return {
+        "metrics_file": str(path),
+        "last_step": train[-1]["step"] if train else None,
+        "loss_first": train[0]["loss"] if train else None,
+        "loss_last": train[-1]["loss"] if train else None,
+        "samples_per_s": train[-1]["samples_per_s"] if train else None,
+        "step_time_mean_s": sum(r["step_time_mean_s"] for r in timed) / len(timed)
+        if timed
+        else None,
+        "step_time_p99_max_s": max(r["step_time_p99_s"] for r in timed) if timed else None,
+        "stragglers": sorted({r["straggler"] for r in timed if r.get("straggler") is not None}),
+        "best_validation": best,
+        "evaluations": [{k: v for k, v in r.items() if k != "event"} for r in evals],
+        "checkpoints": checkpoints,
+    }
+
+
 def overview(records: list[dict[str, Any]]) -> Table:
     train = [r for r in records if r.get("event") == "train"]
     evals = [r for r in records if r.get("event") == "eval"]
@@ -70,7 +100,15 @@ def overview(records: list[dict[str, Any]]) -> Table:
 
 
 def plot(records: list[dict[str, Any]], out: Path) -> Path:
-    import matplotlib
+    """Draw the curves into `out` (PNG).
+
+    Raises:
+        UserError: matplotlib (the `plot` extra) is missing, or there is nothing to plot.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        raise UserError("--plot: needs matplotlib (pip install 'ftlaunch[plot]')") from None
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
@@ -104,9 +142,16 @@ def plot(records: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def run_metrics(run_dir: Path, plot_to: Path | None, console: Console) -> None:
+def run_metrics(
+    run_dir: Path, plot_to: Path | None, console: Console, as_json: bool = False
+) -> None:
     path = find_metrics(run_dir)
     records = read_records(path)
+    if as_json:  # stdout carries only the document
+        print(json.dumps(overview_document(records, path), indent=2, sort_keys=True))
+        if plot_to is not None:
+            plot(records, plot_to)
+        return
     console.print(overview(records))
     if plot_to is not None:
         console.print(f"plot: {plot(records, plot_to)}")

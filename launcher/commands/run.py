@@ -10,11 +10,13 @@ from typing import Any
 from rich.console import Console
 
 from launcher.config_loading import dump_job_config, load_job_config
+from launcher.data.carve import carve_validation
 from launcher.data.causal import CausalFormat
 from launcher.data.prepared import check_prepared, load_prepared
 from launcher.data.sources import SplitSource, collect_label_names
 from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
+from launcher.hub import is_hub_dataset, resolve_hub_dataset
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
@@ -90,31 +92,43 @@ def prepare_splits(
 ) -> tuple[list[str], dict[str, str], int]:
     """Resolve train/validation/test to prepared shard locations, tokenizing raw files once.
 
-    Each split is a raw file (tokenized into the cache), a prepared directory, or a pyarrow.fs
-    URI of a prepared directory. The label set comes from train.
-    Returns (labels, locations, train rows).
+    Each split is a raw file (tokenized into the cache), a Hub dataset `hf://...` (files from
+    the Hugging Face cache, then tokenized), a prepared directory, or a pyarrow.fs URI of a
+    prepared directory; validation may be carved from raw train (data.validation_split).
+    The label set comes from train. Returns (labels, locations, train rows).
     """
     d = job.data
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
-    prepared = {name: load_prepared(f"data.{name}", getattr(d, name)) for name in SPLITS}
-    train_manifest = prepared["train"]
+    prepared = {name: _prepared(job, name) for name in SPLITS}
+    raw = {name: _raw_source(job, name) for name in SPLITS if prepared[name] is None}
     causal = causal_format(job)
+    if d.validation_split is not None:
+        if "train" not in raw:
+            raise UserError(
+                "data.validation_split: needs a raw data.train (a prepared split is final; "
+                "prepare a validation split with `ftlaunch prepare` instead)"
+            )
+        raw["train"], raw["validation"] = carve_validation(
+            raw["train"], d.validation_split, job.training.seed, causal is None, cache_root
+        )
+    train_manifest = prepared["train"]
     if causal is not None:
         label_names = []  # token labels live in the shards
     elif train_manifest is not None:
         label_names = train_manifest.label_names
     else:
-        label_names = collect_label_names(_raw_source(job, "train"))
+        label_names = collect_label_names(raw["train"])
     locations: dict[str, str] = {}
     rows: dict[str, int] = {}
     for name in SPLITS:
-        location, manifest = getattr(d, name), prepared[name]
+        manifest = prepared[name]
         if manifest is None:
             options = TokenizeOptions(model_dir, d.max_length, label_names, causal=causal)
-            split = prepare_split(_raw_source(job, name), name, options, cache_root)
+            split = prepare_split(raw[name], name, options, cache_root)
             location, manifest = str(split.directory), split.manifest
             state = "cached" if split.reused else "tokenized"
         else:
+            location = str(getattr(d, name))
             check_prepared(f"data.{name}", location, manifest, model_dir, label_names)
             _check_task(f"data.{name}", location, manifest, job)
             if not is_remote_uri(location):  # workers run in other directories
@@ -129,15 +143,26 @@ def prepare_splits(
     return label_names, locations, rows["train"]
 
 
+def _prepared(job: JobConfig, name: str) -> ShardManifest | None:
+    """The manifest of a prepared split; None for raw files, Hub datasets and carved splits."""
+    location = getattr(job.data, name)
+    if location is None or is_hub_dataset(location):
+        return None
+    return load_prepared(f"data.{name}", location)
+
+
 def _raw_source(job: JobConfig, name: str) -> SplitSource:
     d = job.data
     causal = causal_format(job)
+    location = getattr(d, name) or d.train  # validation carved from train: replaced later
+    field = f"data.{name}"
+    paths = (
+        resolve_hub_dataset(location, field)
+        if is_hub_dataset(location)
+        else (Path(location).expanduser(),)
+    )
     return SplitSource(
-        f"data.{name}",
-        (Path(getattr(d, name)).expanduser(),),
-        d.text_column,
-        d.label_column,
-        causal.columns() if causal else (),
+        field, paths, d.text_column, d.label_column, causal.columns() if causal else ()
     )
 
 

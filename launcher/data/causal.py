@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 from tokenizers import Tokenizer
 
+from launcher.data.chat import ChatRenderer
 from launcher.errors import UserError
 from trainer.formats.shards import CAUSAL_SCHEMA, IGNORE_INDEX
 
@@ -51,8 +52,23 @@ class CausalFormat:
 
     def cache_key(self, model_dir: Path) -> list[Any]:
         """Everything besides source and tokenizer that changes the shards."""
-        template = read_chat_template(model_dir) if self.format == "chat" else None
-        return [self.format, list(self.columns()), self.packing, template]
+        if self.format != "chat":
+            return [self.format, list(self.columns()), self.packing, None]
+        # Rendered by transformers (launcher/data/chat.py): its version can change the text.
+        renderer = f"transformers {_transformers_version()} apply_chat_template"
+        return [
+            self.format,
+            list(self.columns()),
+            self.packing,
+            read_chat_template(model_dir),
+            renderer,
+        ]
+
+
+def _transformers_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformers")
 
 
 def read_chat_template(model_dir: Path) -> str | None:
@@ -90,7 +106,7 @@ class CausalEncoder:
         self.special = {k: _special_token(config, k) for k in ("bos_token", "eos_token")}
         eos = self.special["eos_token"]
         self.eos_id = self.tokenizer.token_to_id(eos) if eos else None
-        self.template = None
+        self.chat: ChatRenderer | None = None
         if fmt.format == "chat":
             text = read_chat_template(model_dir)
             if text is None:
@@ -98,7 +114,7 @@ class CausalEncoder:
                     f"data.format: 'chat' needs a chat template, but the tokenizer in {model_dir} "
                     "has none (no chat_template in tokenizer_config.json or chat_template.jinja)"
                 )
-            self.template = _compile_template(text, field)
+            self.chat = ChatRenderer(model_dir, text, field)
         self.examples = self.loss_tokens = self.slot_tokens = 0
 
     def record_batch(self, batch: pa.RecordBatch, where: str, first_id: int) -> pa.RecordBatch:
@@ -145,39 +161,9 @@ class CausalEncoder:
 
     def _encode_chat(self, messages: Any, where: str) -> Example:
         messages = check_messages(messages, where, self.fmt.messages_column)
-        full = self._render(messages, False, where)
-        spans = []
-        for i, message in enumerate(messages):
-            if message["role"] != "assistant":
-                continue
-            before = self._render(messages[:i], True, where)
-            through = self._render(messages[: i + 1], False, where)
-            if not (through.startswith(before) and full.startswith(through)):
-                raise UserError(
-                    f"{where}: the chat template does not render turns as prefixes of the "
-                    "conversation, so assistant turns cannot be located for loss masking"
-                )
-            spans.append((len(before), len(through)))
-        encoding = self.tokenizer.encode(full, add_special_tokens=False)
-        labels = [
-            token if any(a <= start < b for a, b in spans) else IGNORE_INDEX
-            for token, (start, _) in zip(encoding.ids, encoding.offsets, strict=True)
-        ]
-        return list(encoding.ids), labels
-
-    def _render(self, messages: list[dict[str, Any]], generation_prompt: bool, where: str) -> str:
-        from jinja2 import TemplateError
-
-        if self.template is None:  # only chat rows are rendered, and chat needs a template
+        if self.chat is None:  # only chat rows are encoded here, and chat needs a template
             raise UserError(f"{where}: data.format: 'chat' rows need a chat template")
-        try:
-            return self.template.render(
-                messages=messages, add_generation_prompt=generation_prompt, **self.special
-            )
-        except TemplateError as exc:
-            raise UserError(
-                f"{where}: the chat template cannot render these messages ({exc})"
-            ) from None
+        return self.chat.encode(messages, where)
 
 
 def check_messages(messages: Any, where: str, column: str) -> list[dict[str, Any]]:
@@ -194,27 +180,6 @@ def check_messages(messages: Any, where: str, column: str) -> list[dict[str, Any
                     "'role' and 'content' strings for the chat template)"
                 )
     return [{k: v for k, v in m.items() if v is not None} for m in messages]
-
-
-def _compile_template(text: str, field: str):
-    """Compile the template the way transformers does (sandboxed, trim/lstrip blocks)."""
-    from jinja2 import TemplateError
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message: str) -> None:
-        raise TemplateError(message)
-
-    env = ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols]
-    )
-    env.globals["raise_exception"] = raise_exception
-    try:
-        return env.from_string(text)
-    except TemplateError as exc:
-        raise UserError(
-            f"{field}: the tokenizer's chat template does not compile ({exc})"
-        ) from None
 
 
 def pack_examples(examples: list[Example], max_length: int) -> list[tuple[list[int], ...]]:

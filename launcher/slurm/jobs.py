@@ -25,12 +25,20 @@ def slurm_status(job_id: str) -> str:
     Raises:
         UserError: unknown id or SLURM tools missing (one line).
     """
+    fields = slurm_status_fields(job_id)
+    return f"SLURM job {job_id}: {fields['status']} (log: {fields['log']})"
+
+
+def slurm_status_fields(job_id: str) -> dict[str, str]:
+    """{status, log} of a SLURM job.
+
+    Raises:
+        UserError: unknown id or SLURM tools missing (one line).
+    """
     try:
-        state = job_state(job_id)
-        log = job_log_path(job_id)
+        return {"status": job_state(job_id), "log": str(job_log_path(job_id))}
     except SlurmError as exc:
         raise UserError(str(exc)) from None
-    return f"SLURM job {job_id}: {state} (log: {log})"
 
 
 class TextSink(Protocol):

@@ -19,6 +19,24 @@ from trainer.config import JobConfig
 SIGNAL_MARGIN_S = 30
 DEFAULT_JOIN_TIMEOUT_S = 300
 SLURM_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+SBATCH_OPTION = re.compile(r"--(?P<name>[a-z][a-z0-9-]*)(?:=(?P<value>\S.*))?")
+# Options ftlaunch writes itself: a second value would silently win or conflict.
+OWN_OPTIONS = {
+    "job-name": None,
+    "nodes": "--nodes",
+    "ntasks-per-node": None,
+    "cpus-per-task": "--cpus-per-node",
+    "gpus-per-node": "--gpus-per-node",
+    "partition": "--partition",
+    "account": "--account",
+    "time": "--time",
+    "chdir": None,
+    "output": None,
+    "open-mode": None,
+    "signal": None,
+    "requeue": "--requeue",
+    "no-requeue": "--requeue",
+}
 _TIME_FORMS = [  # SLURM's --time formats, as (regex, fields in order)
     (re.compile(r"(\d+)"), ("m",)),
     (re.compile(r"(\d+):(\d+)"), ("m", "s")),
@@ -42,6 +60,8 @@ class SlurmOptions:
     requeue: bool = False
     resume: bool = False
     join_timeout_s: int = DEFAULT_JOIN_TIMEOUT_S
+    sbatch_args: tuple[str, ...] = ()  # --sbatch-arg, e.g. --qos=high, --mem=0, --exclusive
+    setup: tuple[str, ...] = ()  # --setup, e.g. 'module load cuda', 'source venv/bin/activate'
 
 
 def parse_time_limit(text: str) -> int | None:
@@ -104,9 +124,36 @@ def option_problems(options: SlurmOptions, job: JobConfig) -> list[str]:
             problems.append(f"{flag}: {value!r} is not a SLURM name (letters, digits, _ . -)")
     if o.time is not None:
         problems += _time_problems(o.time, signal_grace_s(job))
+    problems += sbatch_arg_problems(o.sbatch_args) + setup_problems(o.setup)
     if not problems and o.cpus_per_node is not None:
         problems += _fit_problems(options, job)
     return problems
+
+
+def sbatch_arg_problems(args: tuple[str, ...]) -> list[str]:
+    """Each --sbatch-arg must be one long sbatch option (`--qos=high`, `--exclusive`) that
+    ftlaunch does not set itself."""
+    problems = []
+    for arg in args:
+        match = SBATCH_OPTION.fullmatch(arg)
+        if match is None or "\n" in arg or arg != arg.strip():
+            problems.append(
+                f"--sbatch-arg: {arg!r} is not a long sbatch option like --qos=high or --exclusive"
+            )
+        elif match["name"] in OWN_OPTIONS:
+            own = OWN_OPTIONS[match["name"]]
+            how = f"use ftlaunch's {own}" if own else "ftlaunch sets it itself"
+            problems.append(f"--sbatch-arg: {arg!r}: {how}")
+    return problems
+
+
+def setup_problems(lines: tuple[str, ...]) -> list[str]:
+    """Each --setup is one non-empty shell line."""
+    return [
+        f"--setup: {line!r} must be one non-empty shell line"
+        for line in lines
+        if not line.strip() or "\n" in line or "\r" in line
+    ]
 
 
 def _time_problems(text: str, grace_s: int) -> list[str]:
@@ -174,4 +221,6 @@ def build_request(
         config_path=config_path,
         output_dir=output_dir,
         python=python,
+        extra_sbatch=options.sbatch_args,
+        setup=options.setup,
     )

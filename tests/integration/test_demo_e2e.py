@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.fixtures import ftlaunch
 from tests.integration.test_train_ray import reload_and_predict
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.dist]
@@ -87,3 +88,20 @@ def test_demo_config_end_to_end(tmp_path: Path) -> None:
     assert reloaded_accuracy == pytest.approx(
         summary["test"]["accuracy"], abs=1.5 / len(predictions)
     )
+
+    # `ftlaunch predict` on the finished run: the run's label map, and the labels its own test
+    # evaluation wrote (same near-tie allowance as the reload above)
+    predicted = tmp_path / "predicted.jsonl"
+    result = ftlaunch(
+        "predict", str(out), "--input", str(data / "test.jsonl"), "--output", str(predicted)
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in predicted.read_text().splitlines()]
+    test_rows = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == [r["text"] for r in test_rows]  # input rows, in order
+    labels = json.loads((out / "model" / "label_map.json").read_text())["labels"]
+    assert all(list(r["probabilities"]) == labels for r in rows)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in rows)
+    assert all(max(r["probabilities"], key=r["probabilities"].get) == r["prediction"] for r in rows)
+    flips = sum(r["prediction"] != p["prediction"] for r, p in zip(rows, predictions, strict=True))
+    assert flips <= 1, flips

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from launcher.commands.jobs import JSON_STATUS_KEYS
 from tests.fixtures import ftlaunch, ftlaunch_loading, make_keyword_dataset
 from tests.integration.conftest import free_port
 from tests.integration.jobs_cluster import jobs_head
@@ -124,6 +125,22 @@ def test_submit_follow_then_status_logs_list_and_secrets_never_shown(
         result, loaded = ftlaunch_loading(*args, "--address", cluster["url"], env=env)
         assert result.returncode == 0 and job_id in result.stdout + "".join(args), result.stderr
         assert loaded == set(), (args, loaded)
+    # --json: one document on stdout with stable keys, still without Ray or torch
+    result, loaded = ftlaunch_loading(
+        "status", job_id, "--json", "--address", cluster["url"], env=env
+    )
+    document = json.loads(result.stdout)
+    assert set(document) == set(JSON_STATUS_KEYS) and loaded == set(), (document, loaded)
+    assert (document["job"], document["scheduler"], document["status"]) == (
+        job_id,
+        "ray",
+        "SUCCEEDED",
+    )
+    assert document["name"] == "tiny" and document["driver_exit_code"] == 0, document
+    result, loaded = ftlaunch_loading("list", "--json", "--address", cluster["url"], env=env)
+    jobs = json.loads(result.stdout)["jobs"]
+    assert [j["job"] for j in jobs if j["job"] == job_id] == [job_id] and loaded == set()
+    assert set(jobs[0]) == set(JSON_STATUS_KEYS) - {"scheduler", "message", "log"}
 
     # the same job through `ftlaunch run --address` (GCS address) on the same cluster; this client
     # tokenizes into the shared cache, and the model must be where the head can see it

@@ -7,9 +7,10 @@ head by `cluster/placement/` (pure fit check, then a bounded reservation).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, model_validator
+from pydantic import ByteSize, Field, field_validator, model_validator
 
 from trainer.config.base import PositiveInt, Section
 
@@ -19,6 +20,34 @@ DEDICATED_RESOURCES = {
     "GPU": "cluster.gpus_per_worker",
     "memory": "cluster.memory_per_worker",
 }
+
+# Names that look like credentials (HF_TOKEN, WANDB_API_KEY, AWS_SECRET_ACCESS_KEY, DB_PASSWORD)
+# but not TOKENIZERS_PARALLELISM: the marker must end a word. The same rule as the sealed-secret
+# shipping in cluster/auth/secrets.py, which cannot be imported here (trainer never imports
+# cluster).
+SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD)S?(?![A-Z])", re.IGNORECASE)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# Set by Ray and ftlaunch for every worker; a job overriding them would break the run.
+RESERVED_ENV_PREFIXES = ("RAY_", "FTLAUNCH_")
+RESERVED_ENV_NAMES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def env_problems(env: dict[str, str]) -> list[str]:
+    """Every name in `cluster.env` that cannot be passed in plain text, one line each."""
+    problems = []
+    for name in env:
+        field = f"cluster.env.{name}"
+        if not ENV_NAME.fullmatch(name):
+            problems.append(f"{field}: not a valid environment variable name")
+        elif SECRET_NAME.search(name):
+            problems.append(
+                f"{field}: looks like a secret; plain values are written to config.yaml and "
+                "shown in job info, so list the name in cluster.secret_env and set it in the "
+                "launching shell instead"
+            )
+        elif name.startswith(RESERVED_ENV_PREFIXES) or name in RESERVED_ENV_NAMES:
+            problems.append(f"{field}: is set by Ray/ftlaunch for every worker; not overridable")
+    return problems
 
 
 class ClusterConfig(Section):
@@ -60,6 +89,12 @@ class ClusterConfig(Section):
         description="Env var names passed to workers sealed, never printed or written; names "
         "containing TOKEN, KEY, SECRET or PASSWORD are treated the same without being listed.",
     )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Plain environment variables for every worker, e.g. {NCCL_SOCKET_IFNAME: "
+        "eth0, HF_HOME: /scratch/hf}; never secrets (names like *_TOKEN, *_KEY are refused: "
+        "use cluster.secret_env).",
+    )
     dashboard: bool = Field(
         default=False, description="Start the dashboard/Jobs API on the embedded cluster."
     )
@@ -75,6 +110,25 @@ class ClusterConfig(Section):
     @model_validator(mode="after")
     def _placement_is_possible(self) -> ClusterConfig:
         problems = self.placement_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_values_are_text(cls, value: object) -> object:
+        """YAML reads `NCCL_IB_DISABLE: 1` as a number; the environment holds text."""
+        if not isinstance(value, dict):
+            return value
+        scalar = (bool, int, float)
+        return {
+            k: (str(v).lower() if isinstance(v, bool) else str(v)) if isinstance(v, scalar) else v
+            for k, v in value.items()
+        }
+
+    @model_validator(mode="after")
+    def _env_is_plain(self) -> ClusterConfig:
+        problems = env_problems(self.env)
         if problems:
             raise ValueError("; ".join(problems))
         return self

@@ -26,6 +26,21 @@ TargetModules = Annotated[
         "the architecture (e.g. the attention query/value projections)."
     ),
 ]
+# peft's own shorthand: every linear layer except the output layer (lm_head / classifier).
+ALL_LINEAR = "all-linear"
+LinearTargets = Annotated[
+    list[str] | Literal["all-linear"] | None,
+    Field(
+        description="Module name suffixes to adapt (peft matching), or 'all-linear' for every "
+        "linear layer but the output; default: peft's choice for the architecture (e.g. the "
+        "attention query/value projections)."
+    ),
+]
+
+
+def _listed_targets(targets: list[str] | str | None) -> dict[str, list[str]]:
+    """The target names to check against the model; 'all-linear' names none (peft expands it)."""
+    return {"peft.target_modules": targets} if isinstance(targets, list) and targets else {}
 
 
 class _Method(BaseModel):
@@ -55,12 +70,12 @@ class LoraPeft(_Method):
         default=16.0, description="Scale of the update (alpha / r)."
     )
     dropout: Dropout = Field(default=0.05, description="Dropout on the adapter's input.")
-    target_modules: TargetModules = None
+    target_modules: LinearTargets = None
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
 
     def target_module_fields(self) -> dict[str, list[str]]:
-        return {"peft.target_modules": self.target_modules} if self.target_modules else {}
+        return _listed_targets(self.target_modules)
 
 
 class AdapterPeft(_Method):
@@ -75,10 +90,10 @@ class AdapterPeft(_Method):
     module_dropout: Dropout = Field(
         default=0.0, description="Probability of skipping a whole adapted module."
     )
-    target_modules: TargetModules = None
+    target_modules: LinearTargets = None
 
     def target_module_fields(self) -> dict[str, list[str]]:
-        return {"peft.target_modules": self.target_modules} if self.target_modules else {}
+        return _listed_targets(self.target_modules)
 
 
 class Ia3Peft(_Method):

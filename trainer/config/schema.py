@@ -14,10 +14,14 @@ from trainer.config.base import NonNegativeInt, PositiveInt, Section
 from trainer.config.cluster import ClusterConfig
 from trainer.config.peft import NoPeft, PeftConfig
 
+WANDB_KEY = "WANDB_API_KEY"
+
 
 class ModelConfig(Section):
     path: str = Field(
-        description="Local Hugging Face model directory, or a known alias (see `ftlaunch models`)."
+        description="Local Hugging Face model directory, a known alias (see `ftlaunch models`), "
+        "or a Hub id `org/name[@revision]` resolved on the head through the Hugging Face cache "
+        "(downloaded when the Hub is reachable; only the cache with HF_HUB_OFFLINE=1)."
     )
     task: Literal["sequence-classification", "causal-lm"] = Field(
         default="sequence-classification",
@@ -31,9 +35,20 @@ class ModelConfig(Section):
 class DataConfig(Section):
     train: str = Field(
         description="Training split: a JSONL/CSV/TSV/Parquet file or datasets directory "
-        "(tokenized into the cache), a prepared directory, or a pyarrow.fs URI of one."
+        "(tokenized into the cache), a Hub dataset `hf://org/name[@revision][:split]` (through "
+        "the Hugging Face cache, split default train), a prepared directory, or a pyarrow.fs URI "
+        "of one."
     )
-    validation: str = Field(description="Validation split, in any form data.train accepts.")
+    validation: str | None = Field(
+        default=None,
+        description="Validation split, in any form data.train accepts; leave out to carve "
+        "data.validation_split from train.",
+    )
+    validation_split: Annotated[float, Field(gt=0.0, le=0.5)] | None = Field(
+        default=None,
+        description="Share of the (raw) train rows held out for validation when data.validation "
+        "is not given: seeded by training.seed, stratified by label for classification.",
+    )
     test: str = Field(description="Test split, in any form data.train accepts.")
     text_column: str = Field(default="text", description="Column holding the text.")
     label_column: str = Field(
@@ -67,15 +82,25 @@ class DataConfig(Section):
 
 
 class OptimConfig(Section):
+    name: Literal["adamw", "adamw_8bit", "sgd"] = Field(
+        default="adamw",
+        description="adamw (torch), adamw_8bit (bitsandbytes' 8-bit AdamW; bitsandbytes must be "
+        "installed on the workers) or sgd (with optim.momentum).",
+    )
     lr: Annotated[float, Field(gt=0, le=1)] = Field(default=5e-5, description="Peak learning rate.")
     weight_decay: Annotated[float, Field(ge=0)] = Field(
-        default=0.01, description="AdamW weight decay (not applied to biases and norms)."
+        default=0.01, description="Weight decay (not applied to biases and norms)."
     )
     beta1: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.9, description="AdamW beta1.")
     beta2: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.999, description="AdamW beta2.")
     eps: Annotated[float, Field(gt=0)] = Field(default=1e-8, description="AdamW epsilon.")
-    schedule: Literal["linear", "constant"] = Field(
-        default="linear", description="After warmup: linear decay to 0, or constant."
+    momentum: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.0, description="sgd: momentum (0 is plain SGD)."
+    )
+    schedule: Literal["linear", "cosine", "constant"] = Field(
+        default="linear",
+        description="After warmup: linear decay to 0, cosine decay to 0 (half a cosine period), "
+        "or constant.",
     )
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.1, description="Share of the optimizer steps spent warming up linearly."
@@ -108,9 +133,14 @@ class TrainingConfig(Section):
     early_stopping_patience: NonNegativeInt | None = Field(
         default=None, description="Evaluations without improvement before stopping; null disables."
     )
-    early_stopping_metric: Literal["accuracy", "macro_f1", "loss"] = Field(
+    early_stopping_metric: Literal["accuracy", "macro_f1", "micro_f1", "loss"] = Field(
         default="accuracy",
         description="Validation metric that picks the best weights (causal-lm: loss only).",
+    )
+    metrics: list[Literal["accuracy", "macro_f1", "micro_f1", "per_class"]] = Field(
+        default_factory=lambda: ["accuracy", "macro_f1"],
+        description="sequence-classification: metrics in metrics.jsonl and summary.json "
+        "(per_class: precision, recall and F1 of every label, in summary.json); loss always.",
     )
     seed: int = Field(default=42, description="Seeds the head init, the data order and dropout.")
     checkpoint_every: PositiveInt | Literal["epoch"] | None = Field(
@@ -250,6 +280,16 @@ class OutputConfig(Section):
     mlflow_experiment: str | None = Field(
         default=None, description="MLflow experiment name; default: the job's name."
     )
+    wandb_project: str | None = Field(
+        default=None,
+        description="Weights & Biases project; the head logs the metrics stream there (pip "
+        "install 'ftlaunch[wandb]'). Online mode needs WANDB_API_KEY in cluster.secret_env.",
+    )
+    wandb_mode: Literal["online", "offline"] = Field(
+        default="online",
+        description="online: sync to the W&B server; offline: write the run under "
+        "output.dir/wandb for `wandb sync` later.",
+    )
 
 
 class JobConfig(Section):
@@ -259,7 +299,7 @@ class JobConfig(Section):
     peft: PeftConfig = Field(
         default=NoPeft(), description="Parameter-efficient tuning; method none trains all weights."
     )
-    optim: OptimConfig = Field(default=OptimConfig(), description="AdamW and its schedule.")
+    optim: OptimConfig = Field(default=OptimConfig(), description="The optimizer and its schedule.")
     training: TrainingConfig = Field(
         default=TrainingConfig(), description="Batches, cadence, stopping, precision."
     )
@@ -296,6 +336,32 @@ class JobConfig(Section):
             raise ValueError(
                 "data.format/data.packing: only for model.task 'causal-lm' "
                 "(sequence-classification reads data.text_column and data.label_column)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_split_is_one_thing(self) -> JobConfig:
+        d = self.data
+        if d.validation is None and d.validation_split is None:
+            raise ValueError(
+                "data.validation: required field is missing (or set data.validation_split to "
+                "carve a validation split from data.train)"
+            )
+        if d.validation is not None and d.validation_split is not None:
+            raise ValueError(
+                "data.validation_split: data.validation is given too; use one of the two"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _wandb_key_travels_as_a_secret(self) -> JobConfig:
+        o = self.output
+        online = o.wandb_project is not None and o.wandb_mode == "online"
+        if online and WANDB_KEY not in self.cluster.secret_env:
+            raise ValueError(
+                f"output.wandb_mode: online needs {WANDB_KEY} listed in cluster.secret_env "
+                "(it travels sealed, never in config.yaml or job info); or use "
+                "output.wandb_mode: offline"
             )
         return self
 

@@ -10,7 +10,8 @@ from trainer.config.schema import JobConfig
 class RunSpec(BaseModel):
     """The one serialized, validated object every worker gets (no ad-hoc env vars)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # protected_namespaces=(): `model_dir` is ours; pydantic < 2.10 warns about any `model_` field
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
     job: JobConfig
     model_dir: str

@@ -1,6 +1,6 @@
 """Training engines: DeepSpeed's own engine or Accelerate (DDP, FSDP, DeepSpeed's plugin).
 
-base.py        the Engine protocol, AdamW + schedule, the DeepSpeed config (pure)
+base.py        the Engine protocol, optimizer + schedule, the DeepSpeed config (pure)
 deepspeed.py   engine.backend: deepspeed
 accelerate.py  engine.backend: accelerate
 snapshot.py    the best weights kept in memory, per rank (ZeRO-3 / FSDP partitions)

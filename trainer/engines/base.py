@@ -1,13 +1,14 @@
 """The engine seam: what the training loop needs from DeepSpeed or Accelerate.
 
 Both adapters (trainer/engines/deepspeed.py, trainer/engines/accelerate.py) import this module
-and get the same AdamW, parameter groups, schedule and DeepSpeed config from here, so switching
+and get the same optimizer, parameter groups, schedule and DeepSpeed config from here, so switching
 backends changes how the model is sharded, not what is optimised. Task-agnostic: the engine sees
 a model and a loss, never a task.
 """
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 import torch
 
 from trainer.config.errors import UnsupportedConfigError
-from trainer.config.schema import JobConfig
+from trainer.config.schema import JobConfig, OptimConfig
 
 NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -123,15 +124,18 @@ def check_precision(precision: str) -> None:
 
 
 def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
-    """Multiplier of the base lr at optimizer step s: linear warmup, then linear decay to 0."""
+    """Multiplier of the base lr at optimizer step s: linear warmup, then linear or cosine decay
+    to 0 at `total_steps`, or constant."""
 
     def factor(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
         if schedule == "constant":
             return 1.0
-        remaining = max(total_steps - step, 0)
-        return remaining / max(total_steps - warmup_steps, 1)
+        remaining = max(total_steps - step, 0) / max(total_steps - warmup_steps, 1)
+        if schedule == "cosine":  # half a period: 1 right after warmup, 0 at the last step
+            return 0.5 * (1.0 - math.cos(math.pi * remaining))
+        return remaining
 
     return factor
 
@@ -139,7 +143,11 @@ def lr_lambda(total_steps: int, warmup_steps: int, schedule: str):
 def build_optimizer(
     model: torch.nn.Module, job: JobConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
-    """AdamW (no weight decay on biases and norms) and the warmup/decay schedule."""
+    """`optim.name` (no weight decay on biases and norms) and the warmup/decay schedule.
+
+    Raises:
+        UnsupportedConfigError: adamw_8bit without bitsandbytes on this worker.
+    """
     o = job.optim
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -149,11 +157,29 @@ def build_optimizer(
         {"params": decay, "weight_decay": o.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    optimizer = torch.optim.AdamW(
-        [g for g in groups if g["params"]], lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps
-    )
+    optimizer = make_optimizer([g for g in groups if g["params"]], o)
     warmup = round(o.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(total_steps, warmup, o.schedule)
     )
     return optimizer, scheduler
+
+
+def make_optimizer(groups: list[dict[str, Any]], o: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer `optim.name` names, over parameter groups.
+
+    Raises:
+        UnsupportedConfigError: adamw_8bit without bitsandbytes on this worker.
+    """
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    if o.name == "adamw_8bit":
+        try:
+            import bitsandbytes  # pyright: ignore[reportMissingImports] (optional)
+        except ImportError:
+            raise UnsupportedConfigError(
+                "optim.name: adamw_8bit needs bitsandbytes on every worker "
+                "(pip install bitsandbytes)"
+            ) from None
+        return bitsandbytes.optim.AdamW8bit(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps)

@@ -6,7 +6,9 @@ computes identical metrics and therefore takes identical early-stopping decision
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,6 +17,8 @@ import torch.nn.functional as F
 
 from trainer.data.split import ShardedSplit
 from trainer.engines.base import Engine
+
+SCALAR_METRICS = ("accuracy", "macro_f1", "micro_f1")
 
 
 @dataclass(frozen=True)
@@ -26,41 +30,76 @@ class EvalResult:
     sample_ids: np.ndarray = field(repr=False)
     predictions: np.ndarray = field(repr=False)
     labels: np.ndarray = field(repr=False)
+    micro_f1: float = 0.0
+    per_class: dict[str, dict[str, float]] = field(default_factory=dict, repr=False)
+    chosen: tuple[str, ...] = ("accuracy", "macro_f1")  # training.metrics
 
     def metrics(self, prefix: str) -> dict[str, float]:
-        return {
-            f"{prefix}_loss": self.loss,
-            f"{prefix}_accuracy": self.accuracy,
-            f"{prefix}_macro_f1": self.macro_f1,
-        }
+        """Loss and the chosen scalar metrics, for metrics.jsonl (`val_accuracy`, ...)."""
+        chosen = {f"{prefix}_{name}": self.metric(name) for name in self._scalars()}
+        return {f"{prefix}_loss": self.loss} | chosen
 
-    def summary(self) -> dict[str, float]:
-        return {
-            "accuracy": self.accuracy,
-            "macro_f1": self.macro_f1,
-            "loss": self.loss,
-            "num_samples": self.num_samples,
-        }
+    def summary(self) -> dict[str, Any]:
+        """The chosen metrics for summary.json; per_class is {label: precision, recall, ...}."""
+        scalars = {name: self.metric(name) for name in self._scalars()}
+        result: dict[str, Any] = scalars | {"loss": self.loss, "num_samples": self.num_samples}
+        if "per_class" in self.chosen:
+            result["per_class"] = self.per_class
+        return result
 
     def metric(self, name: str) -> float:
-        return {"loss": self.loss, "accuracy": self.accuracy, "macro_f1": self.macro_f1}[name]
+        values = {"loss": self.loss, "accuracy": self.accuracy, "macro_f1": self.macro_f1}
+        return (values | {"micro_f1": self.micro_f1})[name]
+
+    def _scalars(self) -> list[str]:
+        return [name for name in SCALAR_METRICS if name in self.chosen]
+
+
+def class_counts(labels: np.ndarray, predictions: np.ndarray, cls: int) -> tuple[int, int, int]:
+    """(true positives, false positives, false negatives) of class `cls`."""
+    tp = int(np.sum((predictions == cls) & (labels == cls)))
+    fp = int(np.sum((predictions == cls) & (labels != cls)))
+    fn = int(np.sum((predictions != cls) & (labels == cls)))
+    return tp, fp, fn
 
 
 def macro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
     """Unweighted mean of per-class F1 over the classes present in labels or predictions."""
     scores = []
     for cls in range(num_classes):
-        tp = np.sum((predictions == cls) & (labels == cls))
-        fp = np.sum((predictions == cls) & (labels != cls))
-        fn = np.sum((predictions != cls) & (labels == cls))
+        tp, fp, fn = class_counts(labels, predictions, cls)
         if tp + fp + fn == 0:
             continue
         scores.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(scores)) if scores else 0.0
 
 
+def micro_f1(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> float:
+    """F1 of the pooled counts over all classes (equal to accuracy for single-label data, and
+    reported under its own name because peers and papers do)."""
+    counts = np.array([class_counts(labels, predictions, c) for c in range(num_classes)])
+    tp, fp, fn = counts.sum(axis=0) if len(counts) else (0, 0, 0)
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+def per_class_scores(
+    labels: np.ndarray, predictions: np.ndarray, names: list[str]
+) -> dict[str, dict[str, float]]:
+    """{label: precision, recall, f1, support}; a score with an empty denominator is 0."""
+    scores = {}
+    for cls, name in enumerate(names):
+        tp, fp, fn = class_counts(labels, predictions, cls)
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+        scores[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn}
+    return scores
+
+
 @torch.no_grad()
-def evaluate(engine: Engine, split: ShardedSplit, batch_size: int, num_classes: int) -> EvalResult:
+def evaluate(
+    engine: Engine, split: ShardedSplit, batch_size: int, names: list[str], chosen: Sequence[str]
+) -> EvalResult:
     """Score every row of `split` exactly once across ranks (all ranks must call this)."""
     world, rank = dist.get_world_size(), dist.get_rank()
     was_training = engine.module.training
@@ -93,11 +132,14 @@ def evaluate(engine: Engine, split: ShardedSplit, batch_size: int, num_classes: 
     return EvalResult(
         loss=float(table[:, 3].mean()),
         accuracy=float(np.mean(labels == preds)),
-        macro_f1=macro_f1(labels, preds, num_classes),
+        macro_f1=macro_f1(labels, preds, len(names)),
         num_samples=len(table),
         sample_ids=table[:, 0].astype(np.int64),
         predictions=preds,
         labels=labels,
+        micro_f1=micro_f1(labels, preds, len(names)),
+        per_class=per_class_scores(labels, preds, names),
+        chosen=tuple(chosen),
     )
 
 

@@ -23,6 +23,9 @@ import json
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+WANDB_DIR = (
+    "wandb"  # wandb.init(dir=run dir) writes its run files here (offline runs: `wandb sync`)
+)
 SUMMARY_FILE = "summary.json"
 MODEL_DIR = "model"
 PREDICTIONS_FILE = "predictions_test.jsonl"
@@ -38,6 +41,7 @@ COMMITTED_ENTRIES = (
     CONFIG_FILE,
     METRICS_FILE,
     TENSORBOARD_DIR,
+    WANDB_DIR,
     SUMMARY_FILE,
     MODEL_DIR,
     PREDICTIONS_FILE,

@@ -49,7 +49,8 @@ class ClassificationRecipe:
         return engine(**inputs, labels=batch.labels.to(engine.device)).loss
 
     def evaluate(self, engine: Engine, split: ShardedSplit) -> EvalResult:
-        return evaluate(engine, split, self.eval_batch, len(self.spec.label_names))
+        metrics = self.spec.job.training.metrics
+        return evaluate(engine, split, self.eval_batch, self.spec.label_names, metrics)
 
     def after_evaluation(
         self, engine: Engine, step: int, run: Run, validation: ShardedSplit

@@ -13,6 +13,17 @@ from cluster.head.collector import RunCollector
 from tests.unit.trainer.test_metrics import window
 
 
+def report_sample_stream(collector: RunCollector) -> None:
+    """Two gathered train windows, an evaluation and the summary, then the end of the run: what
+    every tracker mirror is checked against."""
+    times = [[1.0, 1.0], [1.0, 1.0]]
+    collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
+    collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
+    collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
+    collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
+    collector.close()
+
+
 def test_collector_reassembles_chunked_files_and_verifies_them(tmp_path: Path) -> None:
     collector = RunCollector(str(tmp_path))
     payload = bytes(range(256)) * 1000
@@ -84,18 +95,14 @@ def test_collector_mirrors_metrics_and_status_into_mlflow(tmp_path: Path) -> Non
     from mlflow.tracking import MlflowClient
 
     from cluster.head.collector import RunCollector
+    from cluster.head.metrics_log import Trackers
     from cluster.head.mlflow import start_mlflow_run
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = {"optim": {"lr": 0.001}, "name": "job"}
     run_id = start_mlflow_run(uri, "exp", "run-1", config)
-    collector = RunCollector(str(tmp_path / "run"), mlflow_run=(uri, run_id))
-    times = [[1.0, 1.0], [1.0, 1.0]]
-    collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
-    collector.report(window(4, [0.1, 0.1], times) | {"loss": 0.4})
-    collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
-    collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
-    collector.close()
+    collector = RunCollector(str(tmp_path / "run"), trackers=Trackers(mlflow_run=(uri, run_id)))
+    report_sample_stream(collector)
 
     client = MlflowClient(uri)
     run = client.get_run(run_id)

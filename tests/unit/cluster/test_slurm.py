@@ -53,7 +53,13 @@ def request(options: SlurmOptions, job_config: JobConfig | None = None):
 
 def test_render_sbatch_matches_the_golden_script() -> None:
     options = SlurmOptions(
-        nodes=2, partition="debug", time="1:00:00", account="ml-team", requeue=True
+        nodes=2,
+        partition="debug",
+        time="1:00:00",
+        account="ml-team",
+        requeue=True,
+        sbatch_args=("--qos=high", "--mem=0", "--exclusive", "--constraint=a100&ib"),
+        setup=("module load cuda/12.4", "source /opt/venvs/ft/bin/activate"),
     )
     script = render_sbatch(request(options))
     # After an intended change, review the diff and rewrite the file with this same call.
@@ -123,6 +129,23 @@ def test_bad_options_are_all_reported_one_line_each_naming_the_flag() -> None:
         "--time",
     ]
     assert all("\n" not in m for m in err.value.messages)
+
+
+def test_site_options_are_validated() -> None:
+    options = SlurmOptions(
+        nodes=1,
+        sbatch_args=("qos=high", "--nodes=4", "--output=/tmp/x", "--mem=0", "--exclusive"),
+        setup=("module load cuda", "", "echo a\nrm -rf /"),
+    )
+    with pytest.raises(UserError) as err:
+        request(options)
+    assert err.value.messages == [
+        "--sbatch-arg: 'qos=high' is not a long sbatch option like --qos=high or --exclusive",
+        "--sbatch-arg: '--nodes=4': use ftlaunch's --nodes",
+        "--sbatch-arg: '--output=/tmp/x': ftlaunch sets it itself",
+        "--setup: '' must be one non-empty shell line",
+        "--setup: 'echo a\\nrm -rf /' must be one non-empty shell line",
+    ]
 
 
 def test_time_limit_shorter_than_the_checkpoint_signal_is_refused() -> None:

@@ -44,6 +44,16 @@ def test_job_commands_import_neither_ray_nor_torch(args: list[str]) -> None:
     assert loaded == set(), loaded
 
 
+def test_shell_completion_answers_without_torch_or_ray() -> None:
+    """Completion runs the CLI on every <TAB>: it must be as light as --help."""
+    env = {"_FTLAUNCH_COMPLETE": "complete_bash", "COMP_WORDS": "ftlaunch sta", "COMP_CWORD": "1"}
+    result, loaded = ftlaunch_loading(env=env)
+    assert result.returncode == 0 and result.stdout.split() == ["status"], result.stderr
+    assert loaded == set(), loaded
+    script, loaded = ftlaunch_loading("--show-completion", "bash")
+    assert "_ftlaunch_completion" in script.stdout and loaded == set()
+
+
 def test_launcher_and_cluster_import_without_torch() -> None:
     code = (
         "import sys, launcher.commands.run, launcher.cli, cluster.registry, cluster.worker.entry;"

@@ -40,6 +40,31 @@ def test_overview_and_plot(tmp_path: Path) -> None:
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_json_is_one_document_with_stable_keys(tmp_path: Path) -> None:
+    write_metrics(tmp_path / "run" / "metrics.jsonl")
+    result = ftlaunch("metrics", str(tmp_path / "run"), "--json", timeout=120)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["best_validation"] == {"metric": "val_accuracy", "value": 0.9, "step": 4}
+    assert (document["last_step"], document["loss_first"], document["loss_last"]) == (4, 1.0, 0.25)
+    assert document["checkpoints"] == ["step-4"] and document["stragglers"] == []
+    assert [e["step"] for e in document["evaluations"]] == [2, 4]
+    assert document["step_time_mean_s"] is None  # no gathered windows in this run
+    assert set(document) == {
+        "metrics_file",
+        "last_step",
+        "loss_first",
+        "loss_last",
+        "samples_per_s",
+        "step_time_mean_s",
+        "step_time_p99_max_s",
+        "stragglers",
+        "best_validation",
+        "evaluations",
+        "checkpoints",
+    }
+
+
 def test_reads_a_live_run(tmp_path: Path) -> None:
     write_metrics(tmp_path / "run" / ".run-x-1" / "metrics.jsonl")
     result = ftlaunch("metrics", str(tmp_path / "run"), timeout=120)

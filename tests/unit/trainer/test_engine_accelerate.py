@@ -133,7 +133,9 @@ def test_block_classes_skip_the_one_holding_the_input_embedding() -> None:
         intermediate_size=8,
     )
     model = BertForSequenceClassification(config)
-    assert "BertEmbeddings" in model._no_split_modules
+    # transformers >= 5 lists both (4.x lists none): set them, so the test holds for every
+    # release the floors allow
+    model._no_split_modules = ["BertEmbeddings", "BertLayer"]
     assert block_classes(model) == ["BertLayer"]
 
 

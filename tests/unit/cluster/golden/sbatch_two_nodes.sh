@@ -12,6 +12,10 @@
 #SBATCH --open-mode=append
 #SBATCH --signal=B:USR1@90
 #SBATCH --requeue
+#SBATCH --qos=high
+#SBATCH --mem=0
+#SBATCH --exclusive
+#SBATCH --constraint=a100&ib
 
 PY=/venv/bin/python
 CONFIG=/work/runs/tiny/slurm/tiny-1/config.yaml
@@ -20,6 +24,10 @@ NODES=2
 JOIN_TIMEOUT_S=300
 REQUEUE=1
 RESUME=0
+
+# site setup (ftlaunch slurm --setup)
+module load cuda/12.4 || { echo 'error: --setup failed: module load cuda/12.4' >&2; exit 1; }
+source /opt/venvs/ft/bin/activate || { echo 'error: --setup failed: source /opt/venvs/ft/bin/activate' >&2; exit 1; }
 
 set -uo pipefail
 log() { printf '[ftlaunch-slurm %s t=%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(date +%s.%3N)" "$*"; }
