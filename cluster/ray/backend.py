@@ -32,6 +32,7 @@ from cluster.worker.entry import train_worker
 from trainer.config.cluster import ClusterConfig
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
+from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.rundir import TOKEN_FILE
 from trainer.formats.shards import CorruptShardError
 
@@ -240,7 +241,9 @@ def _as_training_failed(error: BaseException) -> TrainingFailed:
     if failures:
         rank = min(failures)
         cause = _root_cause(failures[rank])
-        if isinstance(cause, (CorruptShardError, UnsupportedConfigError)):
+        # Bad input rather than a failed run (exit 2): a shard or checkpoint that fails its
+        # checks (an unsafe pickle included), or a config this worker cannot run.
+        if isinstance(cause, (CorruptShardError, CorruptCheckpointError, UnsupportedConfigError)):
             return TrainingFailed(rank, str(cause), is_data_error=True)
         return TrainingFailed(rank, _last_line(failures[rank]))
     return TrainingFailed(None, _last_line(error))

@@ -95,7 +95,9 @@ class ShardedSplit:
         """This rank's micro-batches from stream position `start` to the end of the epoch:
         shuffled and trimmed for training; in order and padded for evaluation (every row once).
         Each is computed when asked for (trainer/data/order.py), never the whole epoch at once."""
-        order = EpochOrder(self.block_rows, epoch, seed, shuffle=train, window_blocks=self.window_blocks)
+        order = EpochOrder(
+            self.block_rows, epoch, seed, shuffle=train, window_blocks=self.window_blocks
+        )
         return RankBatches(order, start, world_size, rank, micro, pad=not train)
 
     def collate(self, rows: np.ndarray, pad_id: int) -> Batch:

@@ -43,6 +43,11 @@ class CorruptCheckpointError(ValueError):
     """A committed checkpoint whose files do not match its manifest."""
 
 
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """A checkpoint file that names something beyond the plain data a checkpoint holds (a
+    pickle that would run code when loaded); refused before anything of it is unpickled."""
+
+
 def step_tag(step: int) -> str:
     return f"step-{step}"
 
