@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.formats.durable import fsync_path, replace_atomically, sha256_file, write_synced
+from trainer.formats.names import UnsafeNameError, check_tag, confined
 
 CHECKPOINT_MANIFEST = "manifest.json"
 DS_TAG = "ds"
@@ -50,6 +51,30 @@ class UnsafeCheckpointError(CorruptCheckpointError):
 
 def step_tag(step: int) -> str:
     return f"step-{step}"
+
+
+def is_step_tag(name: str) -> bool:
+    try:
+        check_tag(name)
+    except UnsafeNameError:
+        return False
+    return True
+
+
+def _regular_files(directory: Path) -> list[Path]:
+    """Every file under `directory`, refusing symbolic links (a rank on the head writes straight
+    into staging; a link there would put a file from elsewhere into the checkpoint).
+
+    Raises:
+        UnsafeNameError: a symbolic link.
+    """
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise UnsafeNameError(f"{path}: a symbolic link in a checkpoint being committed")
+        if path.is_file():
+            found.append(path)
+    return found
 
 
 def trainer_state_file(rank: int) -> str:
@@ -93,7 +118,7 @@ class CheckpointStore:
         self.keep_last = keep_last
 
     def staging_dir(self, tag: str) -> Path:
-        path = self.root / f"{STAGING_PREFIX}{tag}"
+        path = self.root / f"{STAGING_PREFIX}{check_tag(tag)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -105,8 +130,8 @@ class CheckpointStore:
         `known_sha256` maps file names to digests already computed while receiving them (the
         collector hashes every transferred chunk as it writes it), so they are not read twice.
         """
-        staging = self.root / f"{STAGING_PREFIX}{tag}"
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        staging = self.root / f"{STAGING_PREFIX}{check_tag(tag)}"
+        files = _regular_files(staging)
         known = known_sha256 or {}
         listing = {}
         for path in files:
@@ -128,6 +153,8 @@ class CheckpointStore:
         """(tag, manifest) of every complete checkpoint, oldest commit first."""
         found = []
         for path in self.root.glob("step-*"):
+            if path.is_symlink() or not is_step_tag(path.name):
+                continue  # only directories a commit made: never followed elsewhere
             if (path / COMPLETE_MARKER).is_file() and (path / CHECKPOINT_MANIFEST).is_file():
                 try:
                     found.append((path.name, json.loads((path / CHECKPOINT_MANIFEST).read_text())))
@@ -146,16 +173,20 @@ class CheckpointStore:
         """The manifest of `tag` after checking every file's size and sha256.
 
         Raises:
-            CorruptCheckpointError: naming the first missing or corrupted file.
+            CorruptCheckpointError: naming the first missing or corrupted file, or a name that
+                reaches outside the checkpoint.
         """
-        directory = self.root / tag
-        if not (directory / COMPLETE_MARKER).is_file():
+        directory = self.root / check_tag(tag)
+        if directory.is_symlink() or not (directory / COMPLETE_MARKER).is_file():
             raise CorruptCheckpointError(
                 f"{directory}: not a complete checkpoint (no {COMPLETE_MARKER})"
             )
         manifest = json.loads((directory / CHECKPOINT_MANIFEST).read_text())
         for name, entry in manifest["files"].items():
-            path = directory / name
+            try:
+                path = confined(directory, name)
+            except UnsafeNameError as exc:
+                raise CorruptCheckpointError(f"{directory / CHECKPOINT_MANIFEST}: {exc}") from None
             if (
                 not path.is_file()
                 or path.stat().st_size != entry["bytes"]
