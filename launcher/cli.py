@@ -55,16 +55,38 @@ def run(
             "older one that passes (the corrupted one is kept, not deleted).",
         ),
     ] = False,
+    trust_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Resume from this checkpoint (output.dir/checkpoints/step-N) even though it is "
+            "not signed for this output.dir (copied, moved, or another user's). Implies --resume.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a Ray without token authentication (RAY_AUTH_MODE, Ray < 2.52).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
     from cluster.errors import ClusterError, Preempted, TrainingFailed
-    from launcher.commands.run import run_from_file
+    from launcher.commands.run import RunRequest, run_from_file
 
     console = Console(highlight=False, soft_wrap=True)
+    request = RunRequest(
+        config=config,
+        overrides=set_ or [],
+        address=address,
+        resume=resume,
+        resume_fallback=resume_fallback,
+        trust_checkpoint=trust_checkpoint,
+        insecure=insecure,
+    )
     try:
-        run_from_file(
-            config, set_ or [], address, console, resume=resume, resume_fallback=resume_fallback
-        )
+        run_from_file(request, console)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     except ClusterError as exc:

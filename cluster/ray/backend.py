@@ -2,17 +2,23 @@
 
 Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
 a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
+
+Closed by default: before anything starts, the running Ray must have token authentication
+(Ray >= 2.52; older Ray ignores RAY_AUTH_MODE) and RAY_AUTH_MODE must be `token`, unless the
+user passes --insecure. The embedded cluster listens on loopback only, in a private temp dir
+(cluster/ray/embedded.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +34,7 @@ from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.shard_server import shard_server_actor
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
+from cluster.ray.embedded import EmbeddedCluster
 from cluster.worker.entry import train_worker
 from trainer.config.cluster import ClusterConfig
 from trainer.config.errors import UnsupportedConfigError
@@ -35,8 +42,10 @@ from trainer.config.spec import RunSpec
 from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.rundir import TOKEN_FILE
 from trainer.formats.shards import CorruptShardError
+from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
+TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with token authentication
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -45,37 +54,47 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, cluster: ClusterConfig, token_dir: Path | None = None) -> None:
+    def __init__(
+        self, cluster: ClusterConfig, token_dir: Path | None = None, insecure: bool = False
+    ) -> None:
         self.cluster = cluster
         self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
-        self._started_here = False
+        self.insecure = insecure
+        self._embedded: EmbeddedCluster | None = None
 
     def __enter__(self) -> RayBackend:
-        if self.cluster.address:
-            self._connect(self.cluster.address)
-        else:
-            self._start_embedded()
+        check_closed(ray.__version__, os.environ, self.insecure)
+        try:
+            if self.cluster.address:
+                self._connect(self.cluster.address)
+            else:
+                self._start_embedded()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if ray.is_initialized():
             ray.shutdown()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
 
     def _start_embedded(self) -> None:
-        # A fresh token per run unless the user brought one; every Ray process inherits it.
+        # A fresh token per run unless the user brought one; the driver presents it too.
         if "RAY_AUTH_TOKEN" not in os.environ:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
                 write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
-        ray.init(
-            num_cpus=self.cluster.num_cpus or os.cpu_count(),
-            include_dashboard=self.cluster.dashboard,
-            dashboard_host=self.cluster.dashboard_host,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            runtime_env={"env_vars": self._worker_env()},
+        c = self.cluster
+        self._embedded = EmbeddedCluster(
+            num_cpus=c.num_cpus or os.cpu_count() or 1,
+            token=os.environ["RAY_AUTH_TOKEN"],
+            dashboard=c.dashboard,
+            dashboard_host=c.dashboard_host,
         )
-        self._started_here = True
+        self._connect(self._embedded.start())
 
     def _connect(self, address: str) -> None:
         try:
@@ -102,7 +121,8 @@ class RayBackend:
         return plan
 
     def _worker_env(self) -> dict[str, str]:
-        """Offline flags plus this process's secrets, sealed (see cluster/auth/secrets.py)."""
+        """Offline flags plus the secrets named in cluster.secret_env, sealed (see
+        cluster/auth/secrets.py)."""
         sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
         return WORKER_ENV | sealed
 
@@ -112,8 +132,10 @@ class RayBackend:
         run_dir: Path,
         checkpoint_dir: Path,
         on_progress: Callable[[list[dict[str, Any]]], None],
+        signing: CheckpointSigning | None = None,
     ) -> dict[str, Any]:
-        """Train on the cluster; results land in `run_dir` through the collector. Returns
+        """Train on the cluster; results land in `run_dir` through the collector, which signs
+        each checkpoint it commits and checks each it resumes from with `signing`. Returns
         head-side statistics (shards streamed from the head) for the summary.
 
         Raises:
@@ -125,7 +147,7 @@ class RayBackend:
 
         plan = self.check_placement()
         collector = collector_actor(
-            run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
+            run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec), signing
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
@@ -164,6 +186,30 @@ class RayBackend:
         restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
         return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
+
+
+def check_closed(version: str, environ: Mapping[str, str], insecure: bool) -> None:
+    """Refuse to start or join a Ray that accepts requests without a token, unless `insecure`.
+
+    Raises:
+        ClusterError: a Ray older than 2.52 (no token auth at all), or RAY_AUTH_MODE other than
+            `token`.
+    """
+    if insecure:
+        return
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
+    if numbers < TOKEN_AUTH_SINCE:
+        raise ClusterError(
+            f"ray: version {version} has no token authentication (it needs >= 2.52), so anyone "
+            "who reaches the cluster's ports could run code there; upgrade Ray, or pass "
+            "--insecure to run without authentication"
+        )
+    mode = environ.get("RAY_AUTH_MODE", "token")
+    if mode != "token":
+        raise ClusterError(
+            f"RAY_AUTH_MODE: is {mode!r}, so the cluster would accept requests without a token; "
+            "unset it (ftlaunch uses token authentication), or pass --insecure"
+        )
 
 
 class _StopOnSigterm:

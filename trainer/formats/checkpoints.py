@@ -4,7 +4,8 @@
       .tmp-step-40/          being written: never read by resume
       step-40/               complete: every file listed with size and sha256 in manifest.json,
         manifest.json        plus the training state (step, epoch, stream position, world size,
-        COMPLETE             config fingerprint); COMPLETE is written last, then the rename
+        manifest.sig         config fingerprint), signed for this output.dir (signing.py);
+        COMPLETE             COMPLETE is written last, then the rename
         ds/...               engine.backend deepspeed: DeepSpeed's engine state (model states on
                              rank 0, ZeRO shards per rank)
         acc/...              engine.backend accelerate: `Accelerator.save_state` (see rank_needs)
@@ -26,6 +27,7 @@ from typing import Any
 
 from trainer.formats.durable import fsync_path, replace_atomically, sha256_file, write_synced
 from trainer.formats.names import UnsafeNameError, check_tag, confined
+from trainer.formats.signing import SIGNATURE_FILE, CheckpointSigning
 
 CHECKPOINT_MANIFEST = "manifest.json"
 DS_TAG = "ds"
@@ -42,6 +44,11 @@ TRASH_PREFIX = ".trash-"
 
 class CorruptCheckpointError(ValueError):
     """A committed checkpoint whose files do not match its manifest."""
+
+
+class UnsignedCheckpointError(CorruptCheckpointError):
+    """A checkpoint whose manifest is not signed for this output.dir (written by another user or
+    run directory, copied or moved here, or altered since)."""
 
 
 class UnsafeCheckpointError(CorruptCheckpointError):
@@ -113,9 +120,12 @@ def rank_needs(name: str, rank: int) -> bool:
 class CheckpointStore:
     """Checkpoints under one directory: stage, commit atomically, list, verify, prune."""
 
-    def __init__(self, root: str | Path, keep_last: int = 2) -> None:
+    def __init__(
+        self, root: str | Path, keep_last: int = 2, signing: CheckpointSigning | None = None
+    ) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
+        self.signing = signing  # None: neither signed nor checked (local runs without a head)
 
     def staging_dir(self, tag: str) -> Path:
         path = self.root / f"{STAGING_PREFIX}{check_tag(tag)}"
@@ -139,7 +149,10 @@ class CheckpointStore:
             digest = known.get(name) or sha256_file(path)
             listing[name] = {"bytes": path.stat().st_size, "sha256": digest}
         manifest = {"tag": tag, "files": listing, "state": state, "committed_at": time.time()}
-        write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        text = json.dumps(manifest, indent=1, sort_keys=True)
+        write_synced(staging / CHECKPOINT_MANIFEST, text)
+        if self.signing is not None:
+            write_synced(staging / SIGNATURE_FILE, self.signing.sign(text.encode()) + "\n")
         for path in files:
             fsync_path(path)
         write_synced(staging / COMPLETE_MARKER, tag)
@@ -181,7 +194,11 @@ class CheckpointStore:
             raise CorruptCheckpointError(
                 f"{directory}: not a complete checkpoint (no {COMPLETE_MARKER})"
             )
-        manifest = json.loads((directory / CHECKPOINT_MANIFEST).read_text())
+        manifest = json.loads(self.check_signed(tag))
+        if manifest.get("tag") != tag:
+            raise CorruptCheckpointError(
+                f"{directory / CHECKPOINT_MANIFEST}: written for {manifest.get('tag')!r}, not {tag}"
+            )
         for name, entry in manifest["files"].items():
             try:
                 path = confined(directory, name)
@@ -195,6 +212,27 @@ class CheckpointStore:
                 raise CorruptCheckpointError(
                     f"{path}: does not match the checkpoint manifest (corrupted or truncated)"
                 )
+        return manifest
+
+    def check_signed(self, tag: str) -> bytes:
+        """The manifest of `tag`, as bytes, after checking its signature (unless this store is
+        unsigned or the user vouched for this checkpoint).
+
+        Raises:
+            UnsignedCheckpointError: no signature, or one made with another key.
+        """
+        directory = self.root / check_tag(tag)
+        manifest = (directory / CHECKPOINT_MANIFEST).read_bytes()
+        signing = self.signing
+        if signing is None or tag == signing.trusted:
+            return manifest
+        signature = directory / SIGNATURE_FILE
+        text = signature.read_text() if signature.is_file() and not signature.is_symlink() else ""
+        if not signing.is_signed(manifest, text):
+            raise UnsignedCheckpointError(
+                f"{directory}: its manifest is not signed for this output.dir (written under "
+                "another user or directory, copied or moved here, or altered since)"
+            )
         return manifest
 
     def prune(self) -> None:

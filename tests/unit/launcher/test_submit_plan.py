@@ -18,6 +18,8 @@ from cluster.auth.secrets import (
     sealed_env_vars,
     secret_names,
     secret_values,
+    unlisted_secret_names,
+    unlisted_warnings,
     unseal,
 )
 from cluster.auth.token import load_token, write_token_file
@@ -96,7 +98,7 @@ def test_aliases_uris_and_shared_files_are_not_uploaded_twice(tmp_path: Path) ->
 
 def test_runtime_env_carries_code_requirements_and_only_sealed_secrets(tmp_path: Path) -> None:
     env = {"HF_TOKEN": "hf_abcdefgh", "FOO": "bar"}
-    sealed = sealed_env_vars(env, [], "cluster-token")
+    sealed = sealed_env_vars(env, ["HF_TOKEN"], "cluster-token")
     runtime_env = build_runtime_env(tmp_path, [tmp_path / "launcher"], ["peft==0.13"], sealed, 60)
     assert runtime_env["working_dir"] == str(tmp_path)
     assert runtime_env["py_modules"] == [str(tmp_path / "launcher")]
@@ -108,7 +110,7 @@ def test_runtime_env_carries_code_requirements_and_only_sealed_secrets(tmp_path:
     }
 
 
-def test_secret_names_listed_or_by_pattern_but_never_rays_own() -> None:
+def test_only_listed_secrets_travel_and_unlisted_lookalikes_are_named_not_shown() -> None:
     env = {
         "HF_TOKEN": "x" * 8,
         "WANDB_API_KEY": "y" * 8,
@@ -118,13 +120,20 @@ def test_secret_names_listed_or_by_pattern_but_never_rays_own() -> None:
         "RAY_AUTH_TOKEN": "r" * 64,
         "PATH": "/bin",
     }
-    assert secret_names(env, ["MY_CREDENTIAL", "UNSET"]) == [
+    assert secret_names(env, ["MY_CREDENTIAL", "UNSET", "RAY_AUTH_TOKEN"]) == ["MY_CREDENTIAL"]
+    assert unlisted_secret_names(env, ["MY_CREDENTIAL"]) == [
         "HF_TOKEN",
-        "MY_CREDENTIAL",
         "WANDB_API_KEY",
         "db_password",
     ]
-    assert sealed_env_vars(env, [], None) == {}  # nothing to seal with: nothing travels
+    warnings = unlisted_warnings(env, ["MY_CREDENTIAL"])
+    assert [w.split()[1] for w in warnings] == ["HF_TOKEN", "WANDB_API_KEY", "db_password"]
+    assert not any(value in "".join(warnings) for value in ("x" * 8, "y" * 8, "z" * 8))
+    assert unseal(sealed_env_vars(env, ["MY_CREDENTIAL"], "t")[SEALED_ENV], "t") == {
+        "MY_CREDENTIAL": "w" * 8
+    }
+    assert sealed_env_vars(env, [], "t") == {}  # nothing listed: nothing travels
+    assert sealed_env_vars(env, ["MY_CREDENTIAL"], None) == {}  # nothing to seal with
     assert sealed_env_vars({SEALED_ENV: "blob", "HF_TOKEN": "x"}, [], "t") == {SEALED_ENV: "blob"}
 
 
