@@ -51,6 +51,14 @@ def unlisted_secret_names(environ: Mapping[str, str], listed: Iterable[str]) -> 
     )
 
 
+def without_secrets(environ: Mapping[str, str], listed: Iterable[str]) -> dict[str, str]:
+    """`environ` minus every secret, listed or lookalike (Ray's own stay): the environment of
+    processes that need none, such as an embedded cluster's, whose workers get the listed ones
+    sealed like any other cluster's."""
+    names = set(secret_names(environ, listed)) | set(unlisted_secret_names(environ, listed))
+    return {k: v for k, v in environ.items() if k not in names}
+
+
 def unlisted_warnings(environ: Mapping[str, str], listed: Iterable[str]) -> list[str]:
     """One warning per unlisted credential-looking variable: its name, never its value."""
     return [

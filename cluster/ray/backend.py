@@ -11,6 +11,7 @@ user passes --insecure. The embedded cluster listens on loopback only, in a priv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -26,7 +27,7 @@ import ray
 from ray.exceptions import RayError
 
 from cluster.actors import ActorHandle, get
-from cluster.auth.secrets import sealed_env_vars
+from cluster.auth.secrets import sealed_env_vars, without_secrets
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import collector_actor
@@ -34,7 +35,7 @@ from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.shard_server import shard_server_actor
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
-from cluster.ray.embedded import EmbeddedCluster
+from cluster.ray.embedded import EmbeddedCluster, local_only_driver
 from cluster.worker.entry import train_worker
 from trainer.config.cluster import ClusterConfig
 from trainer.config.errors import UnsupportedConfigError
@@ -61,6 +62,7 @@ class RayBackend:
         self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
         self.insecure = insecure
         self._embedded: EmbeddedCluster | None = None
+        self._local_only = contextlib.ExitStack()
 
     def __enter__(self) -> RayBackend:
         check_closed(ray.__version__, os.environ, self.insecure)
@@ -80,6 +82,7 @@ class RayBackend:
         if self._embedded is not None:
             self._embedded.stop()
             self._embedded = None
+        self._local_only.close()
 
     def _start_embedded(self) -> None:
         # A fresh token per run unless the user brought one; the driver presents it too.
@@ -91,10 +94,12 @@ class RayBackend:
         self._embedded = EmbeddedCluster(
             num_cpus=c.num_cpus or os.cpu_count() or 1,
             token=os.environ["RAY_AUTH_TOKEN"],
-            dashboard=c.dashboard,
-            dashboard_host=c.dashboard_host,
+            dashboard=(c.dashboard, c.dashboard_host),
+            environ=without_secrets(os.environ, c.secret_env),
         )
-        self._connect(self._embedded.start())
+        address = self._embedded.start()
+        self._local_only.enter_context(local_only_driver())
+        self._connect(address)
 
     def _connect(self, address: str) -> None:
         try:

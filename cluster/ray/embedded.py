@@ -4,14 +4,18 @@ on this machine, closed by default.
 - Loopback only. Ray turns a 127.0.0.1 node address into the machine's external IP, and its
   servers then listen beyond loopback. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` is Ray's own switch
   for a one-machine cluster (its default on macOS and Windows): node address 127.0.0.1, every
-  server bound to loopback. It is set only in the environment of the cluster started here, never
-  in the launcher's own (a driver that joins a remote cluster needs its real address).
-- A private temp dir: `mkdtemp` (0700) under /tmp (short, since Ray's socket paths are limited
-  to about 107 bytes), not the shared /tmp/ray; removed when the cluster stops.
+  server bound to loopback. The cluster started here gets it in its environment; the driver
+  (this process) reads it once, when ray is imported, so `local_only_driver` sets Ray's constant
+  for as long as the cluster runs, and puts it back after (a driver that later joins a remote
+  cluster needs its real address).
+- A private temp dir: Ray makes its temp dir world-writable, so it gets one inside a `mkdtemp`
+  directory (0700) under /tmp (short, since Ray's socket paths are limited to about 107 bytes),
+  not the shared /tmp/ray; removed when the cluster stops.
 - Token auth: `RAY_AUTH_MODE=token` and the run's token in the cluster's environment.
 - Stopped by process group, never with `ray stop` (which stops every Ray of the user on the
-  machine); and if the launcher dies without stopping it, `ray start` gets SIGTERM from the
-  kernel (PR_SET_PDEATHSIG) and stops its processes itself.
+  machine). If the launcher dies without stopping it, the kernel SIGKILLs `ray start`
+  (PR_SET_PDEATHSIG), and Ray's own reaper, which `ray start --block` runs in the group for
+  exactly that case, stops the rest of the group.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from cluster.errors import ClusterError
@@ -40,12 +45,20 @@ _PR_SET_PDEATHSIG = 1
 class EmbeddedCluster:
     """A private one-machine Ray: `address = cluster.start()`, then `cluster.stop()`."""
 
-    def __init__(self, num_cpus: int, token: str, dashboard: bool, dashboard_host: str) -> None:
+    def __init__(
+        self,
+        num_cpus: int,
+        token: str,
+        dashboard: tuple[bool, str],
+        environ: Mapping[str, str],
+    ) -> None:
+        """`dashboard` is (start it, interface); `environ` the cluster's environment (without
+        secrets: workers receive theirs sealed)."""
         self._num_cpus = num_cpus
         self._token = token
-        self._dashboard = dashboard
-        self._dashboard_host = dashboard_host
-        self.temp_dir: Path | None = None
+        self._dashboard, self._dashboard_host = dashboard
+        self._environ = dict(environ)
+        self.temp_dir: Path | None = None  # ours (0700); Ray's own is `ray` inside it
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> str:
@@ -73,7 +86,7 @@ class EmbeddedCluster:
             f"--ray-client-server-port={client_port}",
             f"--dashboard-agent-listen-port={agent_port}",
             f"--num-cpus={self._num_cpus}",
-            f"--temp-dir={self.temp_dir}",
+            f"--temp-dir={self.temp_dir / 'ray'}",
             "--disable-usage-stats",
             f"--include-dashboard={str(self._dashboard).lower()}",
         ]
@@ -85,8 +98,8 @@ class EmbeddedCluster:
         assert self.temp_dir is not None
         port, client_port, agent_port = free_ports(3)
         env = dict(
-            os.environ,
-            RAY_AUTH_MODE="token",
+            self._environ,
+            RAY_AUTH_MODE=self._environ.get("RAY_AUTH_MODE", "token"),  # not token: --insecure
             RAY_AUTH_TOKEN=self._token,
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         )
@@ -132,6 +145,21 @@ class EmbeddedCluster:
             self.temp_dir = None
 
 
+@contextlib.contextmanager
+def local_only_driver() -> Iterator[None]:
+    """While active, this process resolves a loopback address the way the cluster above does
+    (Ray's ENABLE_RAY_CLUSTER, read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import): the
+    driver then connects to, and listens on, 127.0.0.1 only."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
 def free_ports(count: int) -> list[int]:
     """`count` distinct loopback ports free right now (held together while choosing)."""
     sockets = [socket.socket() for _ in range(count)]
@@ -151,6 +179,7 @@ def _listening(port: int) -> bool:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux)."""
+    """In the child, before exec: SIGKILL when the launcher dies, however it dies (Linux; a
+    SIGTERM would let `ray start` wait for its children to stop gracefully, maybe for long)."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

@@ -132,12 +132,31 @@ def _sealed_secrets(job: JobConfig, token: str | None, url: str) -> dict[str, st
 
 
 def tree_size(path: Path) -> int | None:
-    """Bytes in a file or directory tree; None when it does not exist here."""
+    """Bytes that bundling `path` uploads (None when it does not exist here): what symbolic
+    links point at counts, since `write_bundle` copies it.
+
+    Raises:
+        UserError: a symbolic link loop (the bundle would never end).
+    """
     if path.is_file():
         return path.stat().st_size
     if not path.is_dir():
         return None
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return _bundled_bytes(path, frozenset())
+
+
+def _bundled_bytes(directory: Path, ancestors: frozenset[str]) -> int:
+    real = os.path.realpath(directory)
+    if real in ancestors:
+        raise UserError(f"{directory}: a symbolic link loop; it cannot be uploaded")
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir():  # follows links, as copytree does
+                total += _bundled_bytes(Path(entry.path), ancestors | {real})
+            elif entry.is_file():
+                total += entry.stat().st_size
+    return total
 
 
 def write_bundle(bundle: Path, plan: SubmissionPlan) -> None:

@@ -175,3 +175,28 @@ def test_ids_sizes_and_slurm_dispatch() -> None:
     assert parse_size("64MB", "--shard-size") == parse_size("64 mb", "--shard-size") == 64 * 10**6
     with pytest.raises(UserError, match="--shard-size: must be at least 1 B"):
         parse_size("0", "--shard-size")
+
+
+def test_the_upload_budget_counts_what_symbolic_links_bring(tmp_path: Path) -> None:
+    from launcher.commands.submit import tree_size, write_bundle
+    from launcher.submit_plan import SubmissionPlan, Upload
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "big.bin").write_bytes(b"x" * 5000)
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.jsonl").write_bytes(b"y" * 1000)
+    (data / "linked").symlink_to(elsewhere)  # a folder that looks empty to a plain walk
+    (data / "big-link.bin").symlink_to(elsewhere / "big.bin")
+    assert tree_size(data) == 11_000
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    write_bundle(bundle, SubmissionPlan({}, [Upload("data.train", data, "inputs/d")]))
+    uploaded = sum(p.stat().st_size for p in (bundle / "inputs").rglob("*") if p.is_file())
+    assert uploaded == tree_size(data)  # the budget counts exactly what travels
+    plan = plan_submission(job(train=str(data)), tmp_path, 10_000, tree_size)
+    assert "data.train" in plan.oversized and "data.train" not in [u.field for u in plan.uploads]
+    (data / "loop").symlink_to(data)
+    with pytest.raises(UserError, match="symbolic link loop"):
+        tree_size(data)
