@@ -213,12 +213,16 @@ def export(
             "--adapter-only", help="Write the PEFT adapter (PeftModel format), not a merged model."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Write into --out even if it is not empty."),
+    ] = False,
 ) -> None:
     """Consolidate a ZeRO checkpoint (PEFT adapter merged) into a plain safetensors model directory."""
     from launcher.commands.export import run_export
 
     try:
-        code, message = run_export(run_dir, checkpoint, out, adapter_only)
+        code, message = run_export(run_dir, checkpoint, out, adapter_only, overwrite)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     if code:
