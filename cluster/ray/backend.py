@@ -148,7 +148,9 @@ class RayBackend:
             TrainingFailed: a worker raised; carries the failing rank and its error line.
         """
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.torch import TorchTrainer
+
+        from cluster.ray.process_group import BoundStoreTorchConfig
 
         plan = self.check_placement()
         collector = collector_actor(
@@ -164,7 +166,7 @@ class RayBackend:
                 "shard_server": shard_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
-            torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            torch_config=BoundStoreTorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
             scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
                 name=spec.run_id,

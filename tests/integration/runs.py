@@ -164,24 +164,25 @@ def rank_pid(out: Path, run: Launched, rank: int) -> int:
     return pid
 
 
-def listening_sockets(pids: list[int]) -> set[tuple[str, int]]:
-    """(address, port) of every TCP socket in LISTEN state that one of `pids` holds, from
-    /proc/net/tcp{,6} and the processes' file descriptors (what `ss -ltnp` shows)."""
-    inodes = set()
+def listening_sockets(pids: list[int]) -> set[tuple[str, int, str]]:
+    """(address, port, process name) of every TCP socket in LISTEN state that one of `pids`
+    holds, from /proc/net/tcp{,6} and the processes' file descriptors (what `ss -ltnp` shows)."""
+    owners: dict[str, str] = {}
     for pid in pids:
         with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
                     link = os.readlink(f"/proc/{pid}/fd/{fd}")
                     if link.startswith("socket:["):
-                        inodes.add(link[8:-1])
+                        owners[link[8:-1]] = name
     found = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             fields = line.split()
-            if fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+            if fields[3] == "0A" and fields[9] in owners:  # 0A: LISTEN
                 address, port = fields[1].split(":")
-                found.add((_proc_address(address), int(port, 16)))
+                found.add((_proc_address(address), int(port, 16), owners[fields[9]]))
     return found
 
 
@@ -204,7 +205,7 @@ class Reference:
 
     out: Path
     run: Launched
-    listening: set[tuple[str, int]] = field(default_factory=set)
+    listening: set[tuple[str, int, str]] = field(default_factory=set)
     ray_dirs: dict[str, int] = field(default_factory=dict)  # our temp dir -> its mode
 
 

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.dist]
 @pytest.mark.timeout(600)
 def test_an_embedded_run_listens_on_loopback_only_in_a_private_temp_dir(uninterrupted) -> None:
     reference = uninterrupted(2)
-    ports = {port for _, port in reference.listening}
+    ports = {port for _, port, _ in reference.listening}
     assert len(ports) >= 3, reference.listening  # GCS, raylet, workers...: the watch saw them
     beyond = sorted(a for a in reference.listening if not is_loopback(a[0]))
     assert beyond == [], f"listening beyond loopback: {beyond}"
