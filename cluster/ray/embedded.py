@@ -74,8 +74,10 @@ class EmbeddedCluster:
             self.stop()
             raise
 
-    def command(self, port: int, client_port: int, agent_port: int) -> list[str]:
-        """The `ray start` command line (pure apart from the temp dir chosen at entry)."""
+    def command(self, ray_temp: Path, ports: list[int]) -> list[str]:
+        """The `ray start` command line (pure): Ray's temp dir, and the GCS, Ray client and
+        dashboard agent ports."""
+        port, client_port, agent_port = ports
         command = [
             str(RAY_BIN),
             "start",
@@ -86,7 +88,7 @@ class EmbeddedCluster:
             f"--ray-client-server-port={client_port}",
             f"--dashboard-agent-listen-port={agent_port}",
             f"--num-cpus={self._num_cpus}",
-            f"--temp-dir={self.temp_dir / 'ray'}",
+            f"--temp-dir={ray_temp}",
             "--disable-usage-stats",
             f"--include-dashboard={str(self._dashboard).lower()}",
         ]
@@ -96,7 +98,7 @@ class EmbeddedCluster:
 
     def _start(self) -> str:
         assert self.temp_dir is not None
-        port, client_port, agent_port = free_ports(3)
+        ports = free_ports(3)
         env = dict(
             self._environ,
             RAY_AUTH_MODE=self._environ.get("RAY_AUTH_MODE", "token"),  # not token: --insecure
@@ -105,7 +107,7 @@ class EmbeddedCluster:
         )
         log = (self.temp_dir / LOG_FILE).open("wb")
         self._process = subprocess.Popen(
-            self.command(port, client_port, agent_port),
+            self.command(self.temp_dir / "ray", ports),
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -114,11 +116,11 @@ class EmbeddedCluster:
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(port):
+        while not _listening(ports[0]):
             if self._process.poll() is not None or time.monotonic() > deadline:
                 raise ClusterError(f"cluster: the embedded Ray did not start: {self._log_tail()}")
             time.sleep(0.2)
-        return f"127.0.0.1:{port}"
+        return f"127.0.0.1:{ports[0]}"
 
     def _log_tail(self) -> str:
         assert self.temp_dir is not None

@@ -14,11 +14,12 @@ import importlib
 from dataclasses import dataclass
 from typing import Any
 
-import ray
 from ray.train._internal.utils import get_address_and_port
 from ray.train._internal.worker_group import WorkerGroup as V1WorkerGroup
 from ray.train.torch import TorchConfig
 from ray.train.torch.config import _set_torch_distributed_env_vars, _TorchBackend
+
+from cluster.actors import get
 
 PROCESS_GROUP_ENTRY = "trainer.engines.process_group:join_process_group"
 
@@ -36,12 +37,11 @@ class _BoundStoreBackend(_TorchBackend):
             "timeout_s": backend_config.timeout_s,
         }
         # (one dict: Ray's execute_single_async takes the worker's index as `rank` itself)
-        ray.get(
-            [
-                worker_group.execute_single_async(i, _join, settings=settings | {"rank": i})
-                for i in range(len(worker_group))
-            ]
-        )
+        joins = [
+            worker_group.execute_single_async(i, _join, settings=settings | {"rank": i})
+            for i in range(len(worker_group))
+        ]
+        get(joins, timeout=backend_config.timeout_s)  # the store's own timeout bounds it too
 
 
 @dataclass

@@ -15,6 +15,7 @@ import socket
 from datetime import timedelta
 
 import torch.distributed as dist
+from torch.distributed import TCPStore  # pyright: ignore[reportPrivateImportUsage] (public API; the stubs do not re-export it)
 
 
 def join_process_group(
@@ -26,7 +27,7 @@ def join_process_group(
     if rank == 0:
         family = socket.AF_INET6 if ":" in master_addr else socket.AF_INET
         listener = socket.create_server((master_addr, master_port), family=family, backlog=128)
-        store = dist.TCPStore(
+        store = TCPStore(
             master_addr,
             master_port,
             world_size,
@@ -35,7 +36,5 @@ def join_process_group(
             master_listen_fd=listener.detach(),  # the store owns the socket from here on
         )
     else:
-        store = dist.TCPStore(
-            master_addr, master_port, world_size, is_master=False, timeout=timeout
-        )
+        store = TCPStore(master_addr, master_port, world_size, is_master=False, timeout=timeout)
     dist.init_process_group(backend, store=store, rank=rank, world_size=world_size, timeout=timeout)
