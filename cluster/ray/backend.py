@@ -3,9 +3,9 @@
 Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
 a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
 
-Closed by default: before anything starts, the running Ray must have token authentication
-(Ray >= 2.52; older Ray ignores RAY_AUTH_MODE) and RAY_AUTH_MODE must be `token`, unless the
-user passes --insecure. The embedded cluster listens on loopback only, in a private temp dir
+Closed by default: the running Ray must have token authentication and RAY_AUTH_MODE must be
+`token`, unless the user passes --insecure (cluster/auth/mode.py; the launcher checks it before
+anything is written, the backend again before it starts or joins a cluster). The embedded cluster listens on loopback only, in a private temp dir
 (cluster/ray/embedded.py).
 """
 
@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import secrets
 import signal
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import ray
 from ray.exceptions import RayError
 
 from cluster.actors import ActorHandle, get
+from cluster.auth.mode import check_closed
 from cluster.auth.secrets import sealed_env_vars, without_secrets
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
@@ -46,7 +46,6 @@ from trainer.formats.shards import CorruptShardError
 from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
-TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with token authentication
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -193,30 +192,6 @@ class RayBackend:
         restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
         return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
-
-
-def check_closed(version: str, environ: Mapping[str, str], insecure: bool) -> None:
-    """Refuse to start or join a Ray that accepts requests without a token, unless `insecure`.
-
-    Raises:
-        ClusterError: a Ray older than 2.52 (no token auth at all), or RAY_AUTH_MODE other than
-            `token`.
-    """
-    if insecure:
-        return
-    numbers = tuple(int(n) for n in re.findall(r"\d+", version)[:2])
-    if numbers < TOKEN_AUTH_SINCE:
-        raise ClusterError(
-            f"ray: version {version} has no token authentication (it needs >= 2.52), so anyone "
-            "who reaches the cluster's ports could run code there; upgrade Ray, or pass "
-            "--insecure to run without authentication"
-        )
-    mode = environ.get("RAY_AUTH_MODE", "token")
-    if mode != "token":
-        raise ClusterError(
-            f"RAY_AUTH_MODE: is {mode!r}, so the cluster would accept requests without a token; "
-            "unset it (ftlaunch uses token authentication), or pass --insecure"
-        )
 
 
 class _StopOnSigterm:

@@ -6,11 +6,13 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from cluster.auth.mode import check_closed
 from cluster.auth.secrets import unlisted_warnings
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.causal import CausalFormat
@@ -74,6 +76,7 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
         cluster.errors.TrainingFailed: a worker failed (exit 1).
     """
     job = load_job_config(request.config, request.overrides)
+    check_closed(version("ray"), os.environ, request.insecure)  # before anything is written
     warn = Console(stderr=True, highlight=False, soft_wrap=True).print
     for warning in unlisted_warnings(os.environ, job.cluster.secret_env):
         warn(warning, markup=False)

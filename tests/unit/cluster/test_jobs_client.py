@@ -84,3 +84,28 @@ def test_plain_http_to_another_host_is_warned_about(url: str, warned: bool) -> N
     assert (warning is not None) == warned
     if warning:
         assert warning.startswith(f"warning: {url} is plain http") and "unencrypted" in warning
+
+
+@pytest.mark.parametrize(
+    ("version", "environ", "refused"),
+    [
+        ("2.60.0", {}, None),
+        ("2.52.0", {"RAY_AUTH_MODE": "token"}, None),
+        ("3.0.0.dev0", {}, None),
+        ("2.51.1", {}, "ray: version 2.51.1 has no token authentication"),
+        ("2.40.0", {"RAY_AUTH_MODE": "token"}, "ray: version 2.40.0 has no token authentication"),
+        ("2.60.0", {"RAY_AUTH_MODE": "disabled"}, "RAY_AUTH_MODE: is 'disabled'"),
+    ],
+)
+def test_a_ray_without_token_auth_is_refused_unless_insecure(
+    version: str, environ: dict[str, str], refused: str | None
+) -> None:
+    from cluster.auth.mode import check_closed
+
+    check_closed(version, environ, insecure=True)  # the user's explicit choice
+    if refused is None:
+        check_closed(version, environ, insecure=False)
+        return
+    with pytest.raises(ClusterError) as caught:
+        check_closed(version, environ, insecure=False)
+    assert str(caught.value).startswith(refused) and "--insecure" in str(caught.value)

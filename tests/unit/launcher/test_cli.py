@@ -121,6 +121,12 @@ def test_an_output_dir_over_the_inputs_or_a_users_folder_is_refused_and_nothing_
     assert after == before  # the model, the data and the user's folder are byte-identical
 
 
+def test_auth_mode_disabled_is_refused_before_anything_is_written(job_dir: Path) -> None:
+    result = ftlaunch("run", "job.yaml", cwd=job_dir, env={"RAY_AUTH_MODE": "disabled"})
+    assert_user_error(result, "RAY_AUTH_MODE: is 'disabled'", "--insecure")
+    assert not (job_dir / "out").exists() and not (job_dir / "cache").exists()
+
+
 def test_empty_data_file(job_dir: Path) -> None:
     (job_dir / "validation.jsonl").write_text("")
     assert_user_error(ftlaunch("run", "job.yaml", cwd=job_dir), "data.validation: file is empty")
