@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cluster.slurm.jobs import TERMINAL_STATES, job_state
-from cluster.slurm.layout import job_dir
 from tests.fixtures import ftlaunch, make_keyword_dataset, make_tiny_bert
 
 
@@ -54,11 +52,10 @@ def boot_once(job: Path, nodes: int, timeout_s: float = 300) -> dict[str, float]
         raise SystemExit(f"job {job_id}: nodes did not join within {timeout_s}s; see {log_path}")
     finally:
         subprocess.run(["scancel", job_id], check=False)
-        for _ in range(60):  # the job's trap tears Ray down; then drop its kept logs
+        for _ in range(60):  # the job's trap tears Ray down and removes its directories
             if job_state(job_id) in TERMINAL_STATES:
                 break
             time.sleep(0.5)
-        shutil.rmtree(job_dir(job_id), ignore_errors=True)
 
 
 def main() -> None:

@@ -10,5 +10,7 @@ from trainer.config.schema import ClusterConfig
 BACKENDS = {"ray": RayBackend}
 
 
-def backend_for(cluster: ClusterConfig, token_dir: Path | None = None) -> RayBackend:
-    return BACKENDS[cluster.backend](cluster, token_dir=token_dir)
+def backend_for(
+    cluster: ClusterConfig, token_dir: Path | None = None, insecure: bool = False
+) -> RayBackend:
+    return BACKENDS[cluster.backend](cluster, token_dir=token_dir, insecure=insecure)

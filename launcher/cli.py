@@ -50,16 +50,38 @@ def run(
             "older one that passes (the corrupted one is kept, not deleted).",
         ),
     ] = False,
+    trust_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--trust-checkpoint",
+            help="Resume from this checkpoint (output.dir/checkpoints/step-N) even though it is "
+            "not signed for this output.dir (copied, moved, or another user's). Implies --resume.",
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            "--insecure",
+            help="Allow a Ray without token authentication (RAY_AUTH_MODE, Ray < 2.52).",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
     from cluster.errors import ClusterError, Preempted, TrainingFailed
-    from launcher.commands.run import run_from_file
+    from launcher.commands.run import RunRequest, run_from_file
 
     console = Console(highlight=False, soft_wrap=True)
+    request = RunRequest(
+        config=config,
+        overrides=set_ or [],
+        address=address,
+        resume=resume,
+        resume_fallback=resume_fallback,
+        trust_checkpoint=trust_checkpoint,
+        insecure=insecure,
+    )
     try:
-        run_from_file(
-            config, set_ or [], address, console, resume=resume, resume_fallback=resume_fallback
-        )
+        run_from_file(request, console)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     except ClusterError as exc:
@@ -197,12 +219,16 @@ def export(
             "--adapter-only", help="Write the PEFT adapter (PeftModel format), not a merged model."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="Write into --out even if it is not empty."),
+    ] = False,
 ) -> None:
     """Consolidate a ZeRO checkpoint (PEFT adapter merged) into a plain safetensors model directory."""
     from launcher.commands.export import run_export
 
     try:
-        code, message = run_export(run_dir, checkpoint, out, adapter_only)
+        code, message = run_export(run_dir, checkpoint, out, adapter_only, overwrite)
     except UserError as exc:
         fail(USER_ERROR_EXIT_CODE, *exc.messages)
     if code:

@@ -1,8 +1,10 @@
 """Decide where a run starts: fresh, or from the newest complete checkpoint on the head (`--resume`).
 
 A fresh run refuses an output directory that already holds checkpoints (they would be mixed up
-with the new run's), and a resume refuses a checkpoint written for another model, world size or
-incompatible config, or one whose files no longer match its manifest.
+with the new run's), and a resume refuses a checkpoint whose manifest is not signed for this
+output.dir (trainer/formats/signing.py) unless the user vouches for it with `--trust-checkpoint`,
+one written for another model, world size or incompatible config, or one whose files no longer
+match its manifest.
 """
 
 from __future__ import annotations
@@ -14,8 +16,13 @@ from pathlib import Path
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
-from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
+from trainer.formats.checkpoints import (
+    CheckpointStore,
+    CorruptCheckpointError,
+    UnsignedCheckpointError,
+)
 from trainer.formats.rundir import CHECKPOINT_DIR
+from trainer.formats.signing import CheckpointSigning
 
 
 def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
@@ -45,20 +52,24 @@ def choose_resume_tag(
     resume: bool,
     fingerprint: str,
     keep_last: int,
+    *,
+    signing: CheckpointSigning,
     fallback: bool = False,
     warn: Callable[[str], None] = print,
 ) -> str | None:
     """The checkpoint tag to start from (None: fresh start).
 
-    The newest complete checkpoint is verified file by file. If it is corrupted, the run is refused
-    unless `fallback` is set; then older complete checkpoints are tried, newest first, and each
-    one skipped is named through `warn`. Corrupted checkpoints are left in place (never deleted).
+    The newest complete checkpoint's signature is checked, then its files. An unsigned one is
+    refused unless it is `signing.trusted` (even with `fallback`: it may be anyone's). If its
+    files are corrupted, the run is refused unless `fallback` is set; then older complete
+    checkpoints are tried, newest first, and each one skipped is named through `warn`.
+    Corrupted checkpoints are left in place (never deleted).
 
     Raises:
         UserError: a fresh start over existing checkpoints, nothing to resume, or a checkpoint that
-            does not fit this job or fails its checksums.
+            is unsigned, does not fit this job or fails its checksums.
     """
-    store = CheckpointStore(output_dir / CHECKPOINT_DIR, keep_last)
+    store = CheckpointStore(output_dir / CHECKPOINT_DIR, keep_last, signing)
     complete = store.complete() if store.root.is_dir() else []
     if not resume:
         if complete:
@@ -70,10 +81,15 @@ def choose_resume_tag(
     if not complete:
         raise UserError(f"--resume: no complete checkpoint in {store.root}")
     for tag, manifest in reversed(complete):
-        _check_fingerprint(store.root / tag, manifest, fingerprint)
         try:
+            store.check_signed(tag)  # before anything in the manifest is believed
+            _check_fingerprint(store.root / tag, manifest, fingerprint)
             store.verify(tag)
             return tag
+        except UnsignedCheckpointError as exc:
+            raise UserError(
+                f"--resume: {exc}; if you trust it, pass --trust-checkpoint {store.root / tag}"
+            ) from None
         except CorruptCheckpointError as exc:
             if not fallback:
                 raise UserError(

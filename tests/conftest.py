@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from cluster.auth.secrets import unlisted_secret_names
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Hermetic: the developer's credentials (HF_TOKEN, AWS_*, ...) never reach a test's runs (they
+# would be warned about on stderr, and could end up in logs); tests plant their own.
+for _name in unlisted_secret_names(os.environ, []):
+    del os.environ[_name]
+# Checkpoint signing secrets (trainer/formats/signing.py) of this session, not the user's.
+STATE_HOME = tempfile.mkdtemp(prefix="ftl-test-state-")
+os.environ["XDG_STATE_HOME"] = STATE_HOME
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(STATE_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

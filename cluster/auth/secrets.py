@@ -1,5 +1,9 @@
 """Secrets (API keys, tokens) that workers need but nobody else may see.
 
+Only the variables named in `cluster.secret_env` travel. A variable whose name looks like a
+credential (HF_TOKEN, WANDB_API_KEY, ...) but is not listed stays here; the launcher names it
+in a warning (never its value), so a user who meant to pass it can list it.
+
 How they travel, and why: Ray puts a job's `runtime_env.env_vars` into the job info that the
 dashboard, `ray job list` and our own `ftlaunch list`/`status` show, and Ray Train may pickle
 what it is given into its storage path. So plain values never go there. Instead the client
@@ -32,9 +36,36 @@ MASK = "******"
 
 def secret_names(environ: Mapping[str, str], listed: Iterable[str]) -> list[str]:
     """Names of the variables to pass to workers as secrets: those listed in
-    `cluster.secret_env` plus any whose name looks like a credential, minus Ray's own."""
-    names = set(listed) | {name for name in environ if SECRET_NAME.search(name)}
-    return sorted(n for n in names if n in environ and not n.startswith(NEVER_SHIPPED))
+    `cluster.secret_env` that are set here, minus Ray's own."""
+    return sorted(n for n in set(listed) if n in environ and not n.startswith(NEVER_SHIPPED))
+
+
+def unlisted_secret_names(environ: Mapping[str, str], listed: Iterable[str]) -> list[str]:
+    """Variables set here whose names look like credentials but are not in
+    `cluster.secret_env`: not passed to workers (the launcher warns, naming them)."""
+    chosen = set(listed)
+    return sorted(
+        n
+        for n in environ
+        if SECRET_NAME.search(n) and n not in chosen and not n.startswith(NEVER_SHIPPED)
+    )
+
+
+def without_secrets(environ: Mapping[str, str], listed: Iterable[str]) -> dict[str, str]:
+    """`environ` minus every secret, listed or lookalike (Ray's own stay): the environment of
+    processes that need none, such as an embedded cluster's, whose workers get the listed ones
+    sealed like any other cluster's."""
+    names = set(secret_names(environ, listed)) | set(unlisted_secret_names(environ, listed))
+    return {k: v for k, v in environ.items() if k not in names}
+
+
+def unlisted_warnings(environ: Mapping[str, str], listed: Iterable[str]) -> list[str]:
+    """One warning per unlisted credential-looking variable: its name, never its value."""
+    return [
+        f"warning: {name} looks like a secret but is not in cluster.secret_env, so it is not "
+        "passed to the workers (list it there to pass it)"
+        for name in unlisted_secret_names(environ, listed)
+    ]
 
 
 def missing_listed(environ: Mapping[str, str], listed: Iterable[str]) -> list[str]:
@@ -95,8 +126,10 @@ def unseal_into_environ(token: str | None) -> list[str]:
 
 
 def secret_values(environ: Mapping[str, str], listed: Iterable[str] = ()) -> list[str]:
-    """Values to mask in anything shown to the user."""
-    values = {environ[n] for n in secret_names(environ, listed)}
+    """Values to mask in anything shown to the user: the listed secrets and anything whose name
+    looks like a credential (masking more than is shipped costs nothing)."""
+    names = set(secret_names(environ, listed)) | set(unlisted_secret_names(environ, listed))
+    values = {environ[n] for n in names}
     return sorted((v for v in values if len(v) >= MIN_REDACTED_LENGTH), key=len, reverse=True)
 
 

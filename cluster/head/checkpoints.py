@@ -5,6 +5,9 @@ stream their files through the FileReceiver. Each rank then says it is done (`su
 rank 0 also brings the training state, which says how many ranks there are. When all have
 submitted, the CheckpointStore commits atomically (trainer/formats/checkpoints.py). On resume,
 remote ranks read committed files back in chunks, each checkpoint verified once per run.
+
+Tags and names come from workers: every tag must be `step-<n>`, every name is confined below the
+checkpoint (trainer/formats/names.py), and reads serve only files the verified manifest lists.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cluster.head.files import FileReceiver, confined
+from cluster.head.files import FileReceiver
 from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.names import UnsafeNameError, check_name, check_tag, confined
 
 
 class CheckpointCommitter:
@@ -34,9 +38,10 @@ class CheckpointCommitter:
         return self.store.discard_incomplete()
 
     def staging(self, tag: str) -> Path:
-        return self.store.staging_dir(tag)
+        return self.store.staging_dir(check_tag(tag))
 
     def begin_file(self, tag: str, name: str) -> str:
+        check_name(name)  # before the staging directory exists: a refusal writes nothing
         handle = self._receiver.begin(self.staging(tag), name)
         self._files[handle] = (tag, name)
         return handle
@@ -53,6 +58,7 @@ class CheckpointCommitter:
     def submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> dict[str, Any] | None:
         """Rank `rank` has delivered all its files of `tag`. Commits when every rank has; returns
         the commit's state then, else None."""
+        check_tag(tag)
         ranks, known_state = self._submitted.setdefault(tag, (set(), {}))
         ranks.add(rank)
         if state is not None:
@@ -65,7 +71,7 @@ class CheckpointCommitter:
         return known_state
 
     def is_committed(self, tag: str) -> bool:
-        return tag in self._committed
+        return check_tag(tag) in self._committed
 
     def latest(self, run_id: str) -> str | None:
         """The newest complete checkpoint this run wrote (after a restart), if any."""
@@ -74,14 +80,21 @@ class CheckpointCommitter:
 
     def verified(self, tag: str) -> dict[str, Any]:
         """The manifest of `tag`, every file checked once per run (cached for the other ranks)."""
-        if tag not in self._verified:
+        if check_tag(tag) not in self._verified:
             self._verified[tag] = self.store.verify(tag)
         return self._verified[tag]
 
     def path(self, tag: str) -> Path:
-        return self.store.root / tag
+        return self.store.root / check_tag(tag)
 
     def read(self, tag: str, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of a file the verified manifest of `tag` lists.
+
+        Raises:
+            UnsafeNameError: a bad tag, or a name the manifest does not list.
+        """
+        if name not in self.verified(tag)["files"]:
+            raise UnsafeNameError(f"{tag}/{name}: not a file of this checkpoint")
         with confined(self.store.root / tag, name).open("rb") as fh:
             fh.seek(offset)
             return fh.read(length)

@@ -23,6 +23,7 @@ from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog, Trackers
 from trainer.formats.checkpoints import CheckpointStore
 from trainer.formats.rundir import CHECKPOINT_DIR
+from trainer.formats.signing import CheckpointSigning
 
 
 class RunCollector:
@@ -34,12 +35,14 @@ class RunCollector:
         checkpoint_dir: str | None = None,
         keep_last: int = 2,
         trackers: Trackers | None = None,
+        signing: CheckpointSigning | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLog(self.run_dir, trackers or Trackers())
         self.files = FileReceiver()
-        store = CheckpointStore(checkpoint_dir or self.run_dir / CHECKPOINT_DIR, keep_last)
+        # Commits are signed and resumes checked with the output.dir's key (signing.py).
+        store = CheckpointStore(checkpoint_dir or self.run_dir / CHECKPOINT_DIR, keep_last, signing)
         self.checkpoints = CheckpointCommitter(store, self.files)
         self._stop_requested = False
         self._preempted_tag: str | None = None
@@ -126,7 +129,11 @@ class RunCollector:
 
 
 def collector_actor(
-    run_dir: Path, checkpoint_dir: Path, keep_last: int, trackers: Trackers
+    run_dir: Path,
+    checkpoint_dir: Path,
+    keep_last: int,
+    trackers: Trackers,
+    signing: CheckpointSigning | None = None,
 ) -> ActorHandle:
     """Start the collector on this (the driver's, i.e. head's) node; it uses no CPU slot."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -137,4 +144,4 @@ def collector_actor(
         num_cpus=0,
         max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-    ).remote(str(run_dir), str(checkpoint_dir), keep_last, trackers)
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last, trackers, signing)

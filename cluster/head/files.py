@@ -1,6 +1,7 @@
 """Receive files from workers on the head, in bounded chunks: each file is written next to its
 target as `.<name>.<handle>.part`, hashed while it arrives, fsynced, and renamed into place only
-when its sha256 matches what the sender computed. Names are confined below their root."""
+when its sha256 matches what the sender computed. Names are confined below their root
+(trainer/formats/names.py: relative, no `..`, no symbolic links followed out)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-
-def confined(root: Path, name: str) -> Path:
-    """`root / name`, refused if it resolves outside `root` (a name came from another process).
-
-    Raises:
-        ValueError: the name escapes the root.
-    """
-    target = (root / name).resolve()
-    if root.resolve() not in target.parents:
-        raise ValueError(f"artifact name {name!r} escapes {root}")
-    return target
+from trainer.formats.names import confined
 
 
 class FileReceiver:
@@ -28,7 +19,11 @@ class FileReceiver:
         self._open: dict[str, tuple[Path, Any, Any]] = {}
 
     def begin(self, root: Path, name: str) -> str:
-        """Start receiving `root/name`; returns the handle the chunks are sent with."""
+        """Start receiving `root/name`; returns the handle the chunks are sent with.
+
+        Raises:
+            UnsafeNameError: a name that would reach outside `root` (nothing is created).
+        """
         target = confined(root, name)
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = uuid.uuid4().hex

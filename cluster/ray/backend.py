@@ -2,10 +2,16 @@
 
 Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
 a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
+
+Closed by default: the running Ray must have token authentication and RAY_AUTH_MODE must be
+`token`, unless the user passes --insecure (cluster/auth/mode.py; the launcher checks it before
+anything is written, the backend again before it starts or joins a cluster). The embedded cluster listens on loopback only, in a private temp dir
+(cluster/ray/embedded.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -20,7 +26,8 @@ import ray
 from ray.exceptions import RayError
 
 from cluster.actors import ActorHandle, get
-from cluster.auth.secrets import sealed_env_vars
+from cluster.auth.mode import check_closed
+from cluster.auth.secrets import sealed_env_vars, without_secrets
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import collector_actor
@@ -30,12 +37,15 @@ from cluster.head.shard_server import shard_server_actor
 from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
+from cluster.ray.embedded import EmbeddedCluster, local_only_driver
 from cluster.worker.entry import train_worker
 from trainer.config.cluster import ClusterConfig
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
+from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.rundir import TOKEN_FILE
 from trainer.formats.shards import CorruptShardError
+from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -46,37 +56,51 @@ class RayBackend:
 
     name = "ray"
 
-    def __init__(self, cluster: ClusterConfig, token_dir: Path | None = None) -> None:
+    def __init__(
+        self, cluster: ClusterConfig, token_dir: Path | None = None, insecure: bool = False
+    ) -> None:
         self.cluster = cluster
         self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
-        self._started_here = False
+        self.insecure = insecure
+        self._embedded: EmbeddedCluster | None = None
+        self._local_only = contextlib.ExitStack()
 
     def __enter__(self) -> RayBackend:
-        if self.cluster.address:
-            self._connect(self.cluster.address)
-        else:
-            self._start_embedded()
+        check_closed(ray.__version__, os.environ, self.insecure)
+        try:
+            if self.cluster.address:
+                self._connect(self.cluster.address)
+            else:
+                self._start_embedded()
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         if ray.is_initialized():
             ray.shutdown()
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+        self._local_only.close()
 
     def _start_embedded(self) -> None:
-        # A fresh token per run unless the user brought one; every Ray process inherits it.
+        # A fresh token per run unless the user brought one; the driver presents it too.
         if "RAY_AUTH_TOKEN" not in os.environ:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
                 write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
-        ray.init(
-            num_cpus=self.cluster.num_cpus or os.cpu_count(),
-            include_dashboard=self.cluster.dashboard,
-            dashboard_host=self.cluster.dashboard_host,
-            log_to_driver=False,
-            logging_level=logging.ERROR,
-            runtime_env={"env_vars": self._worker_env()},
+        c = self.cluster
+        self._embedded = EmbeddedCluster(
+            num_cpus=c.num_cpus or os.cpu_count() or 1,
+            token=os.environ["RAY_AUTH_TOKEN"],
+            dashboard=(c.dashboard, c.dashboard_host),
+            environ=without_secrets(os.environ, c.secret_env),
         )
-        self._started_here = True
+        address = self._embedded.start()
+        self._local_only.enter_context(local_only_driver())
+        self._connect(address)
 
     def _connect(self, address: str) -> None:
         try:
@@ -114,8 +138,10 @@ class RayBackend:
         run_dir: Path,
         checkpoint_dir: Path,
         on_progress: Callable[[list[dict[str, Any]]], None],
+        signing: CheckpointSigning | None = None,
     ) -> dict[str, Any]:
-        """Train on the cluster; results land in `run_dir` through the collector. Returns
+        """Train on the cluster; results land in `run_dir` through the collector, which signs
+        each checkpoint it commits and checks each it resumes from with `signing`. Returns
         head-side statistics (shards streamed from the head) for the summary.
 
         Raises:
@@ -123,11 +149,15 @@ class RayBackend:
             TrainingFailed: a worker raised; carries the failing rank and its error line.
         """
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.train.torch import TorchTrainer
+
+        from cluster.ray.process_group import BoundStoreTorchConfig
 
         plan = self.check_placement()
         trackers = Trackers(_mlflow_run(spec), _wandb_target(spec))
-        collector = collector_actor(run_dir, checkpoint_dir, spec.job.output.keep_last, trackers)
+        collector = collector_actor(
+            run_dir, checkpoint_dir, spec.job.output.keep_last, trackers, signing
+        )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
         trainer = TorchTrainer(
@@ -138,7 +168,7 @@ class RayBackend:
                 "shard_server": shard_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
-            torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            torch_config=BoundStoreTorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
             scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
                 name=spec.run_id,
@@ -249,7 +279,9 @@ def _as_training_failed(error: BaseException) -> TrainingFailed:
     if failures:
         rank = min(failures)
         cause = _root_cause(failures[rank])
-        if isinstance(cause, (CorruptShardError, UnsupportedConfigError)):
+        # Bad input rather than a failed run (exit 2): a shard or checkpoint that fails its
+        # checks (an unsafe pickle included), or a config this worker cannot run.
+        if isinstance(cause, (CorruptShardError, CorruptCheckpointError, UnsupportedConfigError)):
             return TrainingFailed(rank, str(cause), is_data_error=True)
         return TrainingFailed(rank, _last_line(failures[rank]))
     return TrainingFailed(None, _last_line(error))

@@ -4,12 +4,14 @@ naming the address, the token problem or the job id."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import requests
 
@@ -75,9 +77,27 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def check_access(url: str, token: str | None, source: str, allow_insecure: bool) -> None:
+def plain_http_warning(url: str) -> str | None:
+    """A warning when `url` would carry the token unencrypted beyond this machine (pure)."""
+    parsed = urlparse(url)
+    host = parsed.hostname or ""
+    if parsed.scheme != "http" or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: not known to be this machine
+    return (
+        f"warning: {url} is plain http to another host: the Ray auth token and the job travel "
+        "unencrypted; prefer https:// (a TLS proxy in front of the dashboard) or an SSH tunnel"
+    )
+
+
+def check_access(url: str, token: str | None, source: str, allow_insecure: bool) -> str | None:
     """Refuse a cluster we cannot authenticate to, and (unless `allow_insecure`) one that
-    accepts requests from anybody.
+    accepts requests from anybody. Returns the token to present from now on: None for a
+    cluster that answered without asking for one (it never gets ours).
 
     Raises:
         ClusterError: unreachable, open to unauthenticated requests, or token missing/wrong.
@@ -90,7 +110,7 @@ def check_access(url: str, token: str | None, source: str, allow_insecure: bool)
             "or pass --insecure"
         )
     if result.open_without_token:
-        return
+        return None
     if token is None:
         raise ClusterError(
             f"{source}: {url} requires a Ray auth token and none was found "
@@ -98,6 +118,7 @@ def check_access(url: str, token: str | None, source: str, allow_insecure: bool)
         )
     if not result.token_accepted:
         raise ClusterError(f"{source}: {url} rejected our Ray auth token (wrong token)")
+    return token
 
 
 @contextmanager
@@ -221,9 +242,13 @@ class JobsClient:
     def _sdk_client(self) -> Any:
         from ray.job_submission import JobSubmissionClient
 
+        # Without a token to present (an open cluster), the header is None rather than absent:
+        # Ray's SDK adds the local token by itself under RAY_AUTH_MODE=token unless the caller set
+        # an Authorization header, and `requests` sends no header whose value is None.
+        headers: dict[str, str | None] = {"Authorization": None, **self._headers}
         try:
             with _address_env_cleared():
-                return JobSubmissionClient(self.url, headers=self._headers)
+                return JobSubmissionClient(self.url, headers=headers)
         except Exception as exc:  # ConnectionError, AuthenticationError, RuntimeError
             raise ClusterError(
                 f"{self._source}: cannot use the Ray Jobs API at {self.url}: {_first_line(exc)}"

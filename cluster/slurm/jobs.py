@@ -72,7 +72,17 @@ def submit(script: Path) -> str:
     Raises:
         SlurmError: sbatch is missing or refused the script (its first error line).
     """
-    out = _run("sbatch", "--parsable", str(script))
+    # sbatch records the submitting umask (SLURM_UMASK, unless already set) and slurmstepd
+    # creates the job's log with it: 077 both ways, so the log is the user's alone.
+    out = subprocess.run(
+        [require_tool("sbatch"), "--parsable", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        env=dict(os.environ, SLURM_UMASK="0077"),
+        preexec_fn=lambda: os.umask(0o077),
+    )
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused {script}: {_first_line(out.stderr)}")
     job_id = out.stdout.strip().split(";")[0]

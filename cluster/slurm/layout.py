@@ -1,4 +1,5 @@
-"""Where a SLURM job's Ray lives: ports and temp dirs derived from the job id (pure functions).
+"""Where a SLURM job's Ray lives: ports derived from the job id, directories below a per-user
+root (pure functions).
 
 Several jobs (and users) may share a node, so nothing may use Ray's fixed defaults (6379, 8265,
 10001, 52365). Every node of job J gets a block of `PORTS_PER_NODE` ports derived from J and the
@@ -6,6 +7,11 @@ node's index in the job, in 20000-32767: above Ray's worker port range (10002-19
 Linux's ephemeral range (32768+), where the OS hands out random ports. Blocks of different jobs
 differ unless their ids are congruent modulo `JOB_SLOTS`; the node checks its block is free at
 start and otherwise takes the next candidate (`attempt`), so a collision costs a probe, not a job.
+
+Directories are not derived from the job id (ids are predictable, and a directory someone else
+made in /tmp must never be used): each job gets a fresh `mkdtemp` directory below the user's
+0700 root `/tmp/ftl-<uid>` on the batch host, and the same path on every other node, each
+checked there for owner, mode and links (cluster/slurm/node.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ JOB_SPAN = PORTS_PER_NODE * NODES_PER_JOB_SPAN
 JOB_SLOTS = (PORT_RANGE_END + 1 - PORT_RANGE_START) // JOB_SPAN
 # Short on purpose: Ray's Unix socket paths (under the temp dir) are limited to ~107 bytes.
 JOB_DIR_ROOT = Path("/tmp")
+MKDTEMP_NAME_CHARS = 8
 
 
 @dataclass(frozen=True)
@@ -80,14 +87,14 @@ def derive_ports(job_id: str | int, node_index: int, attempt: int = 0) -> NodePo
     return NodePorts(*range(base, base + PORTS_PER_NODE))
 
 
-def job_dir(job_id: str | int, root: Path = JOB_DIR_ROOT) -> Path:
-    """The per-job directory on every node: auth token, Ray temp dirs, the head's address."""
-    return root / f"ftl-slurm-{parse_job_id(job_id)}"
+def user_root(uid: int, root: Path = JOB_DIR_ROOT) -> Path:
+    """The per-user directory (0700) that holds this user's job directories on every node."""
+    return root / f"ftl-{uid}"
 
 
-def node_temp_dir(job_id: str | int, node_index: int, root: Path = JOB_DIR_ROOT) -> Path:
+def node_temp_dir(job_dir: Path, node_index: int) -> Path:
     """Ray's --temp-dir for one node; one per node, since nodes of a job may share a host."""
-    return job_dir(job_id, root) / f"ray-{node_index}"
+    return job_dir / f"r{node_index}"
 
 
 _NODE_ADDR = re.compile(r"(?:^|\s)NodeAddr=(\S+)")

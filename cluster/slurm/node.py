@@ -1,9 +1,15 @@
 """The node side of a SLURM-booted Ray cluster, called by the rendered sbatch script.
 
-    python -m cluster.slurm.node prepare JOB_ID          # batch host: per-job dir + 0600 token
-    python -m cluster.slurm.node node JOB_ID INDEX [--head-address IP:PORT]   # under srun
+    python -m cluster.slurm.node prepare                 # batch host: fresh job dir + 0600 token
+    python -m cluster.slurm.node node JOB_ID JOB_DIR INDEX [--head-address IP:PORT]  # under srun
     python -m cluster.slurm.node wait ADDRESS NODES --timeout S   # until every node has joined
     python -m cluster.slurm.node reap JOB_DIR            # kill what is left of this job's Ray
+
+The job directory is a fresh `mkdtemp` below the user's root `/tmp/ftl-<uid>` on the batch host;
+every node uses the same path, creating it where it does not exist, and refuses it (and the
+root) unless it is a real directory of this user that nobody else can enter (lstat: a link
+planted in /tmp is never followed). Each node removes its Ray temp dir, and the job directory
+when it is the last one out; the batch script removes the job directory on its host.
 
 `node` picks the node's derived port block (checked free), runs `ray start --block` in its own
 process group, and on SIGTERM (scancel, time limit, the script's teardown) stops that group and
@@ -21,8 +27,10 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,9 +38,9 @@ from cluster.slurm.layout import (
     PORT_RANGE_END,
     NodePorts,
     derive_ports,
-    job_dir,
     node_temp_dir,
     parse_node_addr,
+    user_root,
 )
 
 # Every process of a job's Ray inherits this (workers from the raylet), so leftovers can be
@@ -50,21 +58,59 @@ def log(message: str) -> None:
     print(f"[ftlaunch-slurm {stamp}Z t={time.time():.3f}] {message}", flush=True)
 
 
-def prepare(job_id: str) -> Path:
-    """Create the per-job directory (0700) with a fresh auth token (0600); return the directory.
-
-    A directory left by an earlier run of the same job id (a requeued job) is replaced.
+def private_dir(path: Path) -> Path:
+    """`path` as a directory of this user that nobody else can enter: created 0700 when it does
+    not exist, refused (SystemExit, one line) when it is a link, someone else's, or open.
     """
-    directory = job_dir(job_id)
-    if directory.exists():
-        if directory.stat().st_uid != os.getuid():
-            raise SystemExit(f"{directory}: exists and belongs to another user")
-        shutil.rmtree(directory)
-    directory.mkdir(mode=0o700, parents=True)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise SystemExit(f"error: {path}: not a directory (a link?); refusing to use it")
+    if info.st_uid != os.getuid():
+        raise SystemExit(f"error: {path}: belongs to uid {info.st_uid}; refusing to use it")
+    if info.st_mode & 0o077:
+        raise SystemExit(
+            f"error: {path}: mode {stat.S_IMODE(info.st_mode):o} lets others in; refusing to use it"
+        )
+    return path
+
+
+def prepare() -> Path:
+    """Create a fresh job directory (0700, below the user's 0700 root) holding a new auth token
+    (0600); return it. A requeued job gets a new one: nothing is reused."""
+    root = private_dir(user_root(os.getuid()))
+    directory = Path(tempfile.mkdtemp(dir=root))  # 0700, an unpredictable name
     fd = os.open(directory / TOKEN_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(32))
     return directory
+
+
+def node_dirs(directory: Path, index: int) -> Path:
+    """On this node: the checked root and job directory, and a new Ray temp dir; returns it.
+
+    Raises:
+        SystemExit: a directory on the way fails its checks, or the temp dir already exists.
+    """
+    if directory.parent != user_root(os.getuid()):
+        raise SystemExit(f"error: {directory}: not a job directory of this user")
+    private_dir(directory.parent)
+    private_dir(directory)
+    temp_dir = node_temp_dir(directory, index)
+    try:
+        temp_dir.mkdir(mode=0o700)
+    except FileExistsError:
+        raise SystemExit(f"error: {temp_dir}: already exists; refusing to share it") from None
+    return temp_dir
+
+
+def remove_node_dirs(directory: Path, index: int) -> None:
+    """Drop this node's Ray temp dir, and the job directory if nothing else is left in it (the
+    batch host's holds the token until the batch script removes it)."""
+    shutil.rmtree(node_temp_dir(directory, index), ignore_errors=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
 
 
 def node_ip(node_name: str | None) -> str:
@@ -125,12 +171,9 @@ def ray_start_command(
     return [*command, f"--address={head_address}"]
 
 
-def run_node(job_id: str, index: int, head_address: str | None) -> int:
+def run_node(job_id: str, directory: Path, index: int, head_address: str | None) -> int:
     """Run one Ray node of the job until Ray exits or we are told to stop; clean up after it."""
-    directory = job_dir(job_id)
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # other hosts have no prepare
-    temp_dir = node_temp_dir(job_id, index)
-    temp_dir.mkdir(mode=0o700, exist_ok=True)
+    temp_dir = node_dirs(directory, index)
     ip = node_ip(os.environ.get("SLURMD_NODENAME"))
     ports = choose_ports(job_id, index)
     command = ray_start_command(ip, ports, temp_dir, head_address)
@@ -145,6 +188,7 @@ def run_node(job_id: str, index: int, head_address: str | None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     if stopping:
+        remove_node_dirs(directory, index)
         return 0
     log(f"node {index} ({role}) on {ip}: starting Ray, ports {ports.gcs}-{ports.metrics_export}")
     ray = subprocess.Popen(command, env=env, start_new_session=True)
@@ -157,6 +201,7 @@ def run_node(job_id: str, index: int, head_address: str | None) -> int:
     code = ray.returncode
     stop_group(ray)
     killed = reap(directory)
+    remove_node_dirs(directory, index)
     log(
         f"node {index}: Ray stopped ({'signal' if stopping else f'exit {code}'}), {killed} leftovers killed"
     )
@@ -255,9 +300,10 @@ def wait_for_nodes(address: str, nodes: int, timeout_s: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.slurm.node")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("prepare").add_argument("job_id")
+    sub.add_parser("prepare")
     node = sub.add_parser("node")
     node.add_argument("job_id")
+    node.add_argument("job_dir", type=Path)
     node.add_argument("index", type=int)
     node.add_argument("--head-address")
     wait = sub.add_parser("wait")
@@ -267,11 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reap").add_argument("job_dir", type=Path)
     args = parser.parse_args(argv)
     if args.command == "prepare":
-        print(prepare(args.job_id))
+        print(prepare())
         return 0
     if args.command == "node":
         index = args.index + int(os.environ.get("SLURM_PROCID", "0"))  # workers: 1 + task rank
-        return run_node(args.job_id, index, args.head_address)
+        return run_node(args.job_id, args.job_dir, index, args.head_address)
     if args.command == "wait":
         return wait_for_nodes(args.address, args.nodes, args.timeout)
     killed = reap(args.job_dir)

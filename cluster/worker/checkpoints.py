@@ -17,6 +17,7 @@ from typing import Any
 from cluster.actors import ActorHandle, get
 from cluster.worker.files import CHUNK_BYTES, CollectorSink
 from trainer.formats.checkpoints import CorruptCheckpointError
+from trainer.formats.names import confined
 
 
 class RayCheckpointSink:
@@ -99,8 +100,8 @@ class RayCheckpointSink:
         scratch = Path(tempfile.mkdtemp(prefix=f"ftlaunch-resume-{tag}-"))
         self._scratch.append(scratch)
         for name, entry in manifest["files"].items():
-            if wanted(name):
-                self._download(tag, name, entry, scratch / name)
+            if wanted(name):  # names come from the head: confined below the scratch directory
+                self._download(tag, name, entry, confined(scratch, name))
         return scratch
 
     def cleanup(self) -> None:

@@ -30,11 +30,36 @@ def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
     return store.root / tag
 
 
+def check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
+    """`--out` gets model files written into it: refuse one that holds anything unless
+    `overwrite`, and one inside the run directory's checkpoints in any case.
+
+    Raises:
+        UserError: naming --out.
+    """
+    checkpoints = (run_dir / CHECKPOINT_DIR).resolve()
+    target = out.expanduser().resolve()
+    if target == checkpoints or checkpoints in target.parents or target in checkpoints.parents:
+        raise UserError(f"--out: {out} overlaps the run's checkpoints ({checkpoints})")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(
+            f"--out: {out} is not empty; pass --overwrite to write the model into it anyway "
+            "(files of the same names are replaced, others kept)"
+        )
+
+
 def run_export(
-    run_dir: Path, tag: str | None, out: Path, adapter_only: bool = False
+    run_dir: Path, tag: str | None, out: Path, adapter_only: bool = False, overwrite: bool = False
 ) -> tuple[int, str]:
-    """Returns (exit code, message)."""
+    """Returns (exit code, message).
+
+    Raises:
+        UserError: no such checkpoint, or an --out that is not empty (without `overwrite`).
+    """
     checkpoint = choose_checkpoint(run_dir, tag)
+    check_out(out, run_dir, overwrite)
     flags = ["--adapter-only"] if adapter_only else []
     result = subprocess.run(
         [sys.executable, "-m", "trainer.export.consolidate", str(checkpoint), str(out), *flags],

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from datetime import datetime, timezone
 from typing import Any
 
 from cluster.auth.secrets import redact, secret_values
 from cluster.auth.token import load_token
-from cluster.ray.jobs import JobInfo, JobsClient, api_url, check_access
+from cluster.ray.jobs import JobInfo, JobsClient, api_url, check_access, plain_http_warning
 from launcher.commands.submit import Echo, follow_job
 from launcher.slurm.jobs import (
     is_slurm_job_id,
@@ -36,9 +37,14 @@ JSON_STATUS_KEYS = (
 
 
 def ray_client(address: str | None) -> JobsClient:
+    """A Jobs API client for reading and stopping jobs; an open cluster is allowed here (reading
+    is harmless, `submit` refuses it) but never gets our token."""
     target, source = resolve_address(address, None, os.environ)
-    url, token = api_url(target), load_token()
-    check_access(url, token, source, allow_insecure=True)  # reading is harmless; submit refuses
+    url = api_url(target)
+    warning = plain_http_warning(url)
+    if warning:
+        print(warning, file=sys.stderr)
+    token = check_access(url, load_token(), source, allow_insecure=True)
     return JobsClient(url, token, source)
 
 

@@ -52,7 +52,9 @@ def run_prepare(request: PrepareRequest, console: Console) -> None:
         raise UserError(f"--max-length: must be >= 1 (got {max_length})")
     from launcher.data.prepared import load_prepared
     from launcher.data.sources import SplitSource, collect_label_names
-    from launcher.data.tokenize import TokenizeOptions, prepare_into
+    from launcher.data.tokenize import TokenizeOptions, check_replaceable, prepare_into
+
+    check_replaceable(out)  # before any work: --out is replaced as a whole
     from launcher.models import read_max_positions, resolve_model_path
 
     model_dir = resolve_model_path(r.tokenizer, field="--tokenizer")

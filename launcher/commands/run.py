@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import time
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from cluster.auth.mode import check_closed
+from cluster.auth.secrets import unlisted_warnings
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.carve import carve_validation
 from launcher.data.causal import CausalFormat
@@ -21,7 +26,14 @@ from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
 from launcher.resume import choose_resume_tag, config_fingerprint
-from launcher.rundir import commit_run, create_staging, new_run_id
+from launcher.rundir import (
+    check_apart,
+    check_output_dir,
+    claim_output_dir,
+    commit_run,
+    create_staging,
+    new_run_id,
+)
 from trainer.config import JobConfig
 from trainer.config.spec import RunSpec
 from trainer.formats.rundir import (
@@ -33,45 +45,66 @@ from trainer.formats.rundir import (
     SUMMARY_FILE,
 )
 from trainer.formats.shards import ShardManifest, is_remote_uri
+from trainer.formats.signing import (
+    CheckpointSigning,
+    SigningKeyError,
+    default_key_file,
+    ensure_key_file,
+)
 
 SPLITS = ("train", "validation", "test")
 
 
-def run_from_file(
-    config_path: Path,
-    overrides: list[str],
-    address: str | None,
-    console: Console,
-    resume: bool = False,
-    resume_fallback: bool = False,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunRequest:
+    """What `ftlaunch run` was asked, option by option."""
+
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    address: str | None = None
+    resume: bool = False
+    resume_fallback: bool = False
+    trust_checkpoint: Path | None = None  # a checkpoint the user vouches for (implies resume)
+    insecure: bool = False  # allow a Ray without token authentication
+
+
+def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     """Everything `ftlaunch run` does; returns the summary.
 
     Raises:
-        UserError: bad config, data or model (exit 2).
-        cluster.errors.ClusterError: unreachable cluster or impossible placement (exit 2).
+        UserError: bad config, data or model, an output.dir that is not ftlaunch's or overlaps
+            the inputs, a checkpoint that cannot be resumed (exit 2).
+        cluster.errors.ClusterError: unreachable or open cluster, impossible placement (exit 2).
         cluster.errors.TrainingFailed: a worker failed (exit 1).
     """
-    job = load_job_config(config_path, overrides)
-    if address:
+    job = load_job_config(request.config, request.overrides)
+    check_closed(version("ray"), os.environ, request.insecure)  # before anything is written
+    warn = Console(stderr=True, highlight=False, soft_wrap=True).print
+    for warning in unlisted_warnings(os.environ, job.cluster.secret_env):
+        warn(warning, markup=False)
+    if request.address:
         job = job.model_copy(
-            update={"cluster": job.cluster.model_copy(update={"address": address})}
+            update={"cluster": job.cluster.model_copy(update={"address": request.address})}
         )
     model_dir = resolve_model_path(job.model.path)
+    output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
+    check_apart(output_dir, input_paths(job, model_dir))
+    check_output_dir(output_dir)
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
-    output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     fingerprint = config_fingerprint(job, label_names)
+    signing = checkpoint_signing(output_dir, request.trust_checkpoint)
     resume_tag = choose_resume_tag(
         output_dir,
-        resume or resume_fallback,
+        request.resume or request.resume_fallback or signing.trusted is not None,
         fingerprint,
         job.output.keep_last,
-        fallback=resume_fallback,
-        warn=Console(stderr=True, highlight=False, soft_wrap=True).print,
+        signing=signing,
+        fallback=request.resume_fallback,
+        warn=warn,
     )
     if resume_tag:
         console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
@@ -84,7 +117,39 @@ def run_from_file(
         config_fingerprint=fingerprint,
         resume_tag=resume_tag,
     )
-    return train_and_commit(spec, output_dir, console)
+    return train_and_commit(spec, output_dir, console, signing, request.insecure)
+
+
+def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:
+    """The run's local inputs (field -> resolved path), which output.dir must keep apart from."""
+    paths = {"model.path": model_dir.resolve()}
+    for name in SPLITS:
+        location = getattr(job.data, name)
+        if not is_remote_uri(location):
+            paths[f"data.{name}"] = Path(location).expanduser().resolve()
+    return paths
+
+
+def checkpoint_signing(output_dir: Path, trusted: Path | None) -> CheckpointSigning:
+    """How this output.dir's checkpoints are signed; `trusted` must be one of them.
+
+    Raises:
+        UserError: an unusable signing key, or a --trust-checkpoint outside output.dir.
+    """
+    try:
+        key_file = ensure_key_file(default_key_file())
+    except (SigningKeyError, OSError) as exc:
+        raise UserError(f"checkpoint signing key: {exc}") from None
+    tag = None
+    if trusted is not None:
+        path = trusted.expanduser().resolve()
+        if path.parent != output_dir / CHECKPOINT_DIR or not path.is_dir():
+            raise UserError(
+                f"--trust-checkpoint: {trusted} is not a checkpoint of output.dir "
+                f"(expected {output_dir / CHECKPOINT_DIR}/step-N)"
+            )
+        tag = path.name
+    return CheckpointSigning(str(key_file), str(output_dir), trusted=tag)
 
 
 def prepare_splits(
@@ -195,20 +260,29 @@ def _check_task(field: str, location: str, manifest: ShardManifest, job: JobConf
         )
 
 
-def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[str, Any]:
+def train_and_commit(
+    spec: RunSpec,
+    output_dir: Path,
+    console: Console,
+    signing: CheckpointSigning | None = None,
+    insecure: bool = False,
+) -> dict[str, Any]:
     from cluster.registry import backend_for
 
     started = time.perf_counter()
+    claim_output_dir(output_dir)
     staging = create_staging(output_dir, spec.run_id)
     (staging / CONFIG_FILE).write_text(dump_job_config(spec.job))
     if spec.resume_tag:
         carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with (
-        backend_for(spec.job.cluster, token_dir=staging) as backend,
+        backend_for(spec.job.cluster, token_dir=staging, insecure=insecure) as backend,
         RunDisplay(console) as display,
     ):
-        head_stats = backend.run(spec, staging, output_dir / CHECKPOINT_DIR, display.update)
+        head_stats = backend.run(
+            spec, staging, output_dir / CHECKPOINT_DIR, display.update, signing=signing
+        )
     summary = display.latest.get("summary")
     if summary is None:
         raise RuntimeError(

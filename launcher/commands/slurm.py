@@ -16,6 +16,7 @@ from cluster.slurm.jobs import SlurmError, record_submission, require_tool, subm
 from cluster.slurm.script import LOG_NAME, render_sbatch
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.errors import UserError
+from launcher.rundir import claim_output_dir
 from launcher.slurm.options import SlurmOptions, build_request
 
 SUBMISSIONS_DIR = "slurm"
@@ -31,8 +32,8 @@ def submit_from_file(
     """Submit the job (or print its script with `dry_run`); returns the SLURM job id.
 
     Raises:
-        UserError: bad config or options, no `sbatch`, sbatch refusing the script, or an
-            output.dir holding checkpoints without --resume.
+        UserError: bad config or options, no `sbatch`, sbatch refusing the script, an
+            output.dir that is not ftlaunch's, or one holding checkpoints without --resume.
     """
     job = load_job_config(config_path, overrides)
     workdir = Path.cwd()
@@ -50,7 +51,8 @@ def submit_from_file(
     except SlurmError as exc:
         raise UserError(str(exc)) from None
     _check_no_foreign_checkpoints(request.output_dir, options.resume)
-    submission_dir.mkdir(parents=True)
+    claim_output_dir(request.output_dir)  # ftlaunch's own, or refused: the job writes there
+    submission_dir.mkdir(mode=0o700, parents=True)
     resolved_config.write_text(dump_job_config(job))
     script_path = submission_dir / "job.sbatch"
     script_path.write_text(script)

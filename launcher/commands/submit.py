@@ -25,9 +25,17 @@ from cluster.auth.secrets import (
     sealed_env_vars,
     secret_names,
     secret_values,
+    unlisted_warnings,
 )
 from cluster.auth.token import load_token
-from cluster.ray.jobs import FTLAUNCH_TAG, TERMINAL, JobsClient, api_url, check_access
+from cluster.ray.jobs import (
+    FTLAUNCH_TAG,
+    TERMINAL,
+    JobsClient,
+    api_url,
+    check_access,
+    plain_http_warning,
+)
 from launcher.config_loading import load_job_config
 from launcher.errors import UserError
 from launcher.sizes import format_size
@@ -74,13 +82,19 @@ def run_submit(request: SubmitRequest, echo: Echo, note: Echo) -> int:
     if missing:
         raise UserError(*(f"cluster.secret_env: {name} is not set here" for name in missing))
     target, source = resolve_address(address, job.cluster.address, os.environ)
-    url, token = api_url(target), load_token()
-    check_access(url, token, source, allow_insecure=request.insecure)
+    url = api_url(target)
+    for warning in [
+        plain_http_warning(url),
+        *unlisted_warnings(os.environ, job.cluster.secret_env),
+    ]:
+        if warning:
+            note(warning)
+    token = check_access(url, load_token(), source, allow_insecure=request.insecure)
     client = JobsClient(url, token, source)
     plan = plan_submission(job, Path.cwd(), max_upload, tree_size)
     if plan.cluster_paths:
         check_visible_on_cluster(client, plan, max_upload)
-    sealed = _sealed_secrets(job, token, note)
+    sealed = _sealed_secrets(job, token, url)
     job_id = new_submission_id(job.name)
     with tempfile.TemporaryDirectory(prefix="ftlaunch-submit-") as bundle:
         write_bundle(Path(bundle), plan)
@@ -102,25 +116,47 @@ def run_submit(request: SubmitRequest, echo: Echo, note: Echo) -> int:
     return follow_job(client, job_id, note, secret_values(os.environ, job.cluster.secret_env))
 
 
-def _sealed_secrets(job: JobConfig, token: str | None, note: Echo) -> dict[str, str]:
+def _sealed_secrets(job: JobConfig, token: str | None, url: str) -> dict[str, str]:
+    """The listed secrets, sealed with the cluster's token.
+
+    Raises:
+        UserError: secrets are listed but there is no token to seal them with (an open
+            cluster, or none found here).
+    """
     if token is None and secret_names(os.environ, job.cluster.secret_env):
-        if job.cluster.secret_env:
-            raise UserError(
-                "cluster.secret_env: secrets are sealed with the cluster's Ray auth token "
-                "and no token was found"
-            )
-        note("note: no Ray auth token, so no secret env vars are passed to the workers")
-        return {}
+        raise UserError(
+            f"cluster.secret_env: secrets travel sealed with the cluster's Ray auth token, and "
+            f"{url} has none (no token auth, or none found here); they are not sent"
+        )
     return sealed_env_vars(os.environ, job.cluster.secret_env, token)
 
 
 def tree_size(path: Path) -> int | None:
-    """Bytes in a file or directory tree; None when it does not exist here."""
+    """Bytes that bundling `path` uploads (None when it does not exist here): what symbolic
+    links point at counts, since `write_bundle` copies it.
+
+    Raises:
+        UserError: a symbolic link loop (the bundle would never end).
+    """
     if path.is_file():
         return path.stat().st_size
     if not path.is_dir():
         return None
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return _bundled_bytes(path, frozenset())
+
+
+def _bundled_bytes(directory: Path, ancestors: frozenset[str]) -> int:
+    real = os.path.realpath(directory)
+    if real in ancestors:
+        raise UserError(f"{directory}: a symbolic link loop; it cannot be uploaded")
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_dir():  # follows links, as copytree does
+                total += _bundled_bytes(Path(entry.path), ancestors | {real})
+            elif entry.is_file():
+                total += entry.stat().st_size
+    return total
 
 
 def write_bundle(bundle: Path, plan: SubmissionPlan) -> None:

@@ -116,7 +116,13 @@ def prepare_into(
     out_dir: Path,
     progress: ProgressCallback | None = None,
 ) -> PreparedSplit:
-    """`ftlaunch prepare`: tokenize into `out_dir`, unless it already holds this exact result."""
+    """`ftlaunch prepare`: tokenize into `out_dir`, unless it already holds this exact result.
+
+    Raises:
+        UserError: `out_dir` holds anything but an earlier prepared split (it is replaced as a
+            whole), or a bad input.
+    """
+    check_replaceable(out_dir)
     source_sha = source_fingerprint(source)
     if (out_dir / MANIFEST_NAME).is_file():
         try:
@@ -127,6 +133,34 @@ def prepare_into(
             return PreparedSplit(out_dir, existing, reused=True)
     manifest = tokenize_into(source, split, options, out_dir, source_sha, progress)
     return PreparedSplit(out_dir, manifest, reused=False)
+
+
+def check_replaceable(out_dir: Path) -> None:
+    """`--out` is replaced as a whole, so it may only be new, empty, or an earlier prepared
+    split: its manifest and the shards that manifest lists, nothing else.
+
+    Raises:
+        UserError: a file or link, or a directory holding anything else (named).
+    """
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise UserError(f"--out: {out_dir} is not a directory; give a new or empty one")
+    if not out_dir.exists():
+        return
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return
+    try:
+        listed = {MANIFEST_NAME, *(s.file for s in ShardManifest.read(out_dir).shards)}
+    except ValueError:
+        listed = set()
+    strangers = [name for name in entries if name not in listed]
+    if strangers:
+        raise UserError(
+            f"--out: {out_dir} holds {strangers[0]!r}"
+            f"{f' and {len(strangers) - 1} more' if len(strangers) > 1 else ''}, which is not "
+            "part of a prepared split; --out is replaced as a whole, so give a new or empty "
+            "directory (or an earlier --out of ftlaunch prepare)"
+        )
 
 
 def _matches(

@@ -11,10 +11,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.integration.runs import Reference, run_reference
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 
@@ -160,3 +162,20 @@ def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
         if node is not None:
             stop_group(node)
         stop_group(head)
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(
+    tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path, keyword_data: dict[str, Path]
+) -> Callable[[int], Reference]:
+    """The uninterrupted run of tests/integration/runs.py:job_args for a ZeRO stage, run once per
+    session and shared by every test that compares with it or watches it."""
+    runs: dict[int, Reference] = {}
+
+    def get(stage: int) -> Reference:
+        if stage not in runs:
+            root = tmp_path_factory.mktemp(f"uninterrupted-{stage}")
+            runs[stage] = run_reference(root, tiny_bert, keyword_data, stage)
+        return runs[stage]
+
+    return get

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -138,7 +137,9 @@ def test_training_from_s3_and_a_corrupted_remote_shard_is_refused(
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
     env = {k: v for k, v in s3_server.items() if k.startswith("AWS_")}
-    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out"), env=env)
+    # the workers read S3 with the credentials the job passes them (sealed, like any secret)
+    secrets = ["--set", "cluster.secret_env=[AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY]"]
+    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out"), *secrets, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["test"]["accuracy"] > summary["majority_baseline_accuracy"] + 0.2
@@ -146,14 +147,16 @@ def test_training_from_s3_and_a_corrupted_remote_shard_is_refused(
     # Flip bytes of the remote train shard: the first worker read fails, naming the object.
     import pyarrow.fs as pafs
 
-    os.environ.update(env)
-    filesystem, root = pafs.FileSystem.from_uri(uris["train"])
+    with pytest.MonkeyPatch.context() as patch:  # credentials for this process, only here
+        for name, value in env.items():
+            patch.setenv(name, value)
+        filesystem, root = pafs.FileSystem.from_uri(uris["train"])
     with filesystem.open_input_stream(f"{root}/shard-00000.arrow") as fh:
         raw = bytearray(fh.read())
     raw[200] ^= 0xFF
     with filesystem.open_output_stream(f"{root}/shard-00000.arrow") as fh:
         fh.write(bytes(raw))
-    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out2"), env=env)
+    result = ftlaunch("run", str(job), *job_args(uris, tmp_path / "out2"), *secrets, env=env)
     assert result.returncode == 2, result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     assert (

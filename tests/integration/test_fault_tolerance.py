@@ -2,7 +2,13 @@
 
 A worker process is killed with SIGKILL mid-epoch; Ray Train restarts the group, which resumes
 from the newest complete checkpoint on the head. The samples seen after the restart must be
-exactly those an uninterrupted run saw from that checkpoint on, and the final model must match.
+exactly those an uninterrupted run saw from that checkpoint on, and the final weights (the last
+checkpoint's) must match the uninterrupted run's. The uninterrupted runs are shared by every test
+that compares with one (`uninterrupted`), and every launched run is stopped by process group,
+whatever the test's outcome (`launched`).
+
+The job is `tests/integration/runs.py:job_args`: 8 steps per epoch, 48 steps, a checkpoint every
+12 (12 and 36 in the middle of an epoch).
 """
 
 from __future__ import annotations
@@ -10,66 +16,26 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.integration.runs import (
+    CHECKPOINT_EVERY,
+    STEPS_PER_EPOCH,
+    TOTAL_STEPS,
+    Launched,
+    job_args,
+    launched,
+    live_records,
+    rank_pid,
+    records,
+    wait_for,
+    write_job,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
-
-
-def job_args(data: dict[str, Path], out: Path, stage: int) -> list[str]:
-    sets = {
-        "data.train": data["train"],
-        "data.validation": data["validation"],
-        "data.test": data["test"],
-        "data.max_length": 32,
-        "output.dir": out,
-        "training.epochs": 12,  # 96 steps: enough for restarts mid-run, short for CI
-        "training.micro_batch_size": 16,
-        "training.eval_every": 64,
-        "training.log_every": 8,
-        "training.checkpoint_every": 16,
-        "training.record_sample_ids": "true",
-        "optim.lr": 0.002,
-        "engine.zero_stage": stage,
-        "output.keep_last": 2,
-    }
-    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-
-
-def launch(job: Path, args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "launcher.cli", "run", str(job), *args],
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def train_workers(launcher_pid: int) -> list[int]:
-    """PIDs of the Ray Train worker processes under this launcher (its embedded Ray), oldest
-    first; other Ray clusters on the machine are not ours to touch."""
-    import psutil
-
-    try:
-        descendants = psutil.Process(launcher_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    workers = []
-    for process in descendants:
-        try:
-            if "RayTrainWorker" in " ".join(process.cmdline()):
-                workers.append(process)
-        except psutil.Error:
-            continue
-    return [w.pid for w in sorted(workers, key=lambda w: w.create_time())]
 
 
 def all_gone(pids: list[int]) -> bool:
@@ -85,139 +51,190 @@ def all_gone(pids: list[int]) -> bool:
     return not alive
 
 
-def records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-
-
 def samples_by_step(recs: list[dict]) -> dict[int, list]:
     return {r["step"]: r["sample_ids"] for r in recs if r["event"] == "samples"}
 
 
-def load_weights(model_dir: Path) -> dict:
+def final_weights(out: Path) -> dict:
+    """The weights after the last step, from the last checkpoint (not the best-validation
+    snapshot that model/ holds), read the way `ftlaunch export` reads them."""
+    from trainer.export.readers import engine_tensors
+
+    tensors = engine_tensors(out / "checkpoints" / f"step-{TOTAL_STEPS}")
+    return {name: produce().clone() for name, (_, produce) in tensors.items()}
+
+
+def assert_same_final_weights(out: Path, reference: Path, base_model: Path) -> None:
+    """Equal to the uninterrupted run's at atol 1e-5 (an independent reference), and far from the
+    base model's (training moved them, so equality is not trivially true)."""
+    import torch
     from safetensors.torch import load_file
 
-    return load_file(str(model_dir / "model.safetensors"))
-
-
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("stage", [2, 3])
-def test_kill_9_a_worker_and_resume_exactly(
-    tmp_path: Path, tiny_bert: Path, keyword_data: dict, stage: int
-) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
-    reference = launch(job, job_args(keyword_data, tmp_path / "reference", stage))
-    assert reference.wait(timeout=300) == 0, reference.stderr.read()[-3000:]
-
-    victim_out = tmp_path / "killed"
-    run = launch(job, job_args(keyword_data, victim_out, stage))
-    deadline = time.monotonic() + 240
-    while not list((victim_out / "checkpoints").glob("step-*/COMPLETE")):
-        assert time.monotonic() < deadline and run.poll() is None, "no checkpoint was committed"
-        time.sleep(0.05)
-    workers = train_workers(run.pid)
-    assert len(workers) == 2, workers
-    os.kill(workers[-1], signal.SIGKILL)
-    stdout, stderr = run.communicate(timeout=300)
-    assert run.returncode == 0, stdout[-2000:] + stderr[-3000:]
-
-    summary = json.loads((victim_out / "summary.json").read_text())
-    assert summary["restarts"] == 1
-    recs = records(victim_out)
-    resumed = [r for r in recs if r["event"] == "resumed"]
-    assert len(resumed) == 1
-    resume_step = resumed[0]["step"]
-    after = [r for r in recs[recs.index(resumed[0]) :] if r["event"] == "samples"]
-    expected = samples_by_step(records(tmp_path / "reference"))
-    assert after and after[0]["step"] == resume_step + 1
-    for record in after:  # exactly the samples of the uninterrupted run, step by step
-        assert record["sample_ids"] == expected[record["step"]], record["step"]
-    assert max(r["step"] for r in after) == max(expected)
-
-    import torch
-
-    killed, clean = (
-        load_weights(victim_out / "model"),
-        load_weights(tmp_path / "reference" / "model"),
-    )
-    for name, tensor in clean.items():
-        torch.testing.assert_close(killed[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+    got, expected = final_weights(out), final_weights(reference)
+    assert got.keys() == expected.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, rtol=0, atol=1e-5, msg=name)
+    base = load_file(str(base_model / "model.safetensors"))
+    moved = [
+        float((expected[f"bert.{name}"] - tensor).abs().max())
+        for name, tensor in base.items()
+        if f"bert.{name}" in expected
+    ]
+    assert len(moved) > 10 and min(moved) > 0 and max(moved) > 1e-2, moved
 
 
 @pytest.mark.timeout(900)
-def test_resume_refuses_a_corrupted_checkpoint_naming_the_file(
+@pytest.mark.parametrize("stage", [2, 3])
+def test_kill_9_a_worker_mid_epoch_and_resume_exactly(
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict, uninterrupted, stage: int
+) -> None:
+    reference = uninterrupted(stage).out
+    out = tmp_path / "killed"
+    job = write_job(tmp_path, tiny_bert)
+    with launched(job, job_args(keyword_data, out, stage), tmp_path / "logs") as run:
+        first = f"step-{CHECKPOINT_EVERY}"  # 1.5 epochs in: a mid-epoch checkpoint
+        wait_for(lambda: (out / "checkpoints" / first / "COMPLETE").is_file(), run, 300,
+                 f"{first} committed", poll_s=0.02)  # fmt: skip
+        os.kill(rank_pid(out, run, rank=1), signal.SIGKILL)
+        assert run.wait(timeout=400) == 0, run.tail()
+
+    recs = records(out)
+    assert json.loads((out / "summary.json").read_text())["restarts"] == 1
+    (resumed,) = [r for r in recs if r["event"] == "resumed"]
+    resume_step = resumed["step"]
+    assert resume_step % STEPS_PER_EPOCH, f"resumed at an epoch boundary ({resume_step})"
+    after = [r for r in recs[recs.index(resumed) :] if r["event"] == "samples"]
+    expected = samples_by_step(records(reference))
+    assert after and after[0]["step"] == resume_step + 1
+    for record in after:  # exactly the samples of the uninterrupted run, step by step
+        assert record["sample_ids"] == expected[record["step"]], record["step"]
+    assert max(r["step"] for r in after) == max(expected) == TOTAL_STEPS
+    assert_same_final_weights(out, reference, tiny_bert)
+
+
+def poison(checkpoint: Path, marker: Path) -> Path:
+    """Replace rank 0's model states with a pickle that runs `touch MARKER` when loaded, and
+    rewrite the manifest to match (what someone who can write the checkpoint could do)."""
+    import hashlib
+    import shlex
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {shlex.quote(str(marker))}",))
+
+    target = checkpoint / "ds" / "mp_rank_00_model_states.pt"
+    torch.save({"module": {}, "payload": Payload()}, target)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    data = target.read_bytes()
+    manifest["files"]["ds/mp_rank_00_model_states.pt"] = {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    return target
+
+
+def one_error_line(run: Launched) -> str:
+    lines = [ln for ln in run.stderr().strip().splitlines() if not ln.startswith("warning: ")]
+    assert len(lines) == 1 and lines[0].startswith("error: "), run.tail()
+    return lines[0]
+
+
+@pytest.mark.timeout(900)
+def test_resume_refuses_corrupted_and_poisoned_checkpoints_naming_the_file(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    job = write_job(tmp_path, tiny_bert)
     out = tmp_path / "out"
-    args = [*job_args(keyword_data, out, 2), "--set", "training.epochs=4"]
-    first = launch(job, args)
-    assert first.wait(timeout=400) == 0, first.stderr.read()[-2000:]
-    newest = max((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    args = [*job_args(keyword_data, out, 2), "--set", "training.epochs=4"]  # checkpoints 12, 24
+    with launched(job, args, tmp_path / "first") as first:
+        assert first.wait(timeout=400) == 0, first.tail()
+    newest, older = out / "checkpoints" / "step-24", out / "checkpoints" / "step-12"
     shard = newest / "ds" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     shard.write_bytes(bytes(raw))
-    again = launch(job, [*args, "--resume"])
-    _, stderr = again.communicate(timeout=120)
-    assert again.returncode == 2, stderr[-2000:]
-    (line,) = stderr.strip().splitlines()
-    assert (
-        line.startswith("error: --resume:") and "zero_pp_rank_1_mp_rank_00_optim_states.pt" in line
-    )
+    with launched(job, [*args, "--resume"], tmp_path / "corrupted") as again:
+        assert again.wait(timeout=200) == 2, again.tail()
+        line = one_error_line(again)
+    assert line.startswith("error: --resume:") and shard.name in line
     assert "does not match the checkpoint manifest" in line and "--resume-fallback" in line
 
-    older = min((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    fallback = launch(job, [*args, "--resume-fallback"])
-    _, stderr = fallback.communicate(timeout=400)
-    assert fallback.returncode == 0, stderr[-3000:]
-    assert f"skipping {newest.name}" in stderr and "zero_pp_rank_1" in stderr
-    recs = records(out)
-    assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(older.name.split("-")[1])]
+    with launched(job, [*args, "--resume-fallback"], tmp_path / "fallback") as fallback:
+        assert fallback.wait(timeout=400) == 0, fallback.tail()
+        assert f"skipping {newest.name}" in fallback.stderr() and shard.name in fallback.stderr()
+    assert [r["step"] for r in records(out) if r["event"] == "resumed"] == [12]
+
+    # A code-running pickle with a manifest rewritten to match: refused before anything loads
+    # it (the manifest's signature does not verify), and again, by the loaders, when the user
+    # vouches for the checkpoint; the planted command never runs.
+    marker = tmp_path / "payload-ran"
+    poison(newest, marker)
+    with launched(job, [*args, "--resume"], tmp_path / "poisoned") as poisoned:
+        assert poisoned.wait(timeout=200) == 2, poisoned.tail()
+        line = one_error_line(poisoned)
+    assert f"{newest}: its manifest is not signed for this output.dir" in line
+    assert f"--trust-checkpoint {newest}" in line
+    trusted = [*args, "--trust-checkpoint", str(newest), "--set", "training.max_failures=0"]
+    with launched(job, trusted, tmp_path / "trusted") as vouched:
+        assert vouched.wait(timeout=400) == 2, vouched.tail()
+        line = one_error_line(vouched)
+    assert "step-24/ds/mp_rank_00_model_states.pt: refers to posix.system" in line
+    assert not marker.exists()
+    assert older.is_dir()  # nothing already written was lost
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(900)
 def test_a_worker_killed_during_a_save_resumes_from_the_previous_complete_checkpoint(
-    tmp_path: Path, tiny_bert: Path, keyword_data: dict
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict, uninterrupted
 ) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    """Rank 1 is killed the moment a save's staging directory appears, before it can deliver
+    its part, so that save can never commit. The kill is proven to have landed inside the save
+    window (the tag was not committed before the restart, whose start discarded its staging); a
+    kill the scheduler delayed past the window is retried at the next save."""
+    reference = uninterrupted(2).out
     out = tmp_path / "out"
-    run = launch(job, job_args(keyword_data, out, 2))
+    job = write_job(tmp_path, tiny_bert)
     checkpoints = out / "checkpoints"
-    deadline = time.monotonic() + 240
-    while not list(checkpoints.glob("step-*/COMPLETE")):
-        assert time.monotonic() < deadline and run.poll() is None, "no checkpoint was committed"
-        time.sleep(0.05)
-    while not (partial := list(checkpoints.glob(".tmp-step-*"))):  # the next save begins
-        assert time.monotonic() < deadline and run.poll() is None, "no second save started"
-        time.sleep(0.002)
-    workers = train_workers(run.pid)
-    os.kill(workers[-1], signal.SIGKILL)
-    interrupted = partial[0].name.removeprefix(".tmp-")
-    committed = {p.parent.name for p in checkpoints.glob("step-*/COMPLETE")}
-    stdout, stderr = run.communicate(timeout=300)
-    assert run.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    with launched(job, job_args(keyword_data, out, 2), tmp_path / "logs") as run:
+        wait_for(lambda: list(checkpoints.glob("step-*/COMPLETE")), run, 300,
+                 "first commit", poll_s=0.05)  # fmt: skip
+        landed = None
+        for kills in range(1, 4):
+            victim = rank_pid(out, run, rank=1)  # before the save: no lookup in the window
+            staging = wait_for(lambda: list(checkpoints.glob(".tmp-step-*")), run, 300,
+                               "next save", poll_s=0.002)  # fmt: skip
+            os.kill(victim, signal.SIGKILL)
+            tag = staging[0].name.removeprefix(".tmp-")
+            restarted = wait_for(
+                lambda n=kills: [r for r in live_records(out) if r["event"] == "start"][n:],
+                run, 300, "restart", poll_s=0.1,
+            )  # fmt: skip
+            before = live_records(out)
+            before = before[: before.index(restarted[0])]
+            if not any(r["event"] == "committed" and r["tag"] == tag for r in before):
+                landed = (tag, restarted[0], before)
+                break
+        assert landed, "every kill missed its save window"
+        assert run.wait(timeout=400) == 0, run.tail()
 
-    recs = records(out)
-    starts = [r for r in recs if r["event"] == "start"]
-    resumed = [r for r in recs if r["event"] == "resumed"]
-    assert len(starts) == 2 and len(resumed) == 1
-    if interrupted not in committed:  # the kill landed inside the save (the usual case)
-        assert starts[1]["discarded_partial"] == [f".tmp-{interrupted}"]
-        assert resumed[0]["tag"] != interrupted
-    assert resumed[0]["tag"] in committed  # only a checkpoint complete before the kill is used
-    assert json.loads((out / "summary.json").read_text())["steps"] == 96
+    tag, restart, before = landed
+    assert restart["discarded_partial"] == [f".tmp-{tag}"]
+    committed_before = [r["tag"] for r in before if r["event"] == "committed"]
+    resumed = [r for r in records(out) if r["event"] == "resumed"]
+    assert resumed[-1]["tag"] == committed_before[-1] != tag  # the previous complete checkpoint
+    assert json.loads((out / "summary.json").read_text())["steps"] == TOTAL_STEPS
     assert not list(checkpoints.glob(".tmp-*"))
+    assert_same_final_weights(out, reference, tiny_bert)
 
 
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(600)
 def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
-    job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    job = write_job(tmp_path, tiny_bert)
     out = tmp_path / "out"
     args = [
         *job_args(keyword_data, out, 2),
@@ -226,27 +243,22 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
         "--set",
         "training.preemption_grace_s=60",
     ]
-    run = launch(job, args)
-    deadline = time.monotonic() + 240
-    while not any('"step": 24,' in p.read_text() for p in out.glob(".run-*/metrics.jsonl")):
-        assert time.monotonic() < deadline and run.poll() is None, "training never got going"
-        time.sleep(0.05)
-    workers = train_workers(run.pid)
-    assert len(workers) == 2, workers
-    run.send_signal(signal.SIGTERM)
-    _, stderr = run.communicate(timeout=90)
-    assert run.returncode == 3, stderr[-3000:]
-    (line,) = stderr.strip().splitlines()
+    with launched(job, args, tmp_path / "first") as run:
+        wait_for(lambda: any(r.get("step") == 24 for r in live_records(out)), run, 300,
+                 "step 24", poll_s=0.05)  # fmt: skip
+        workers = [rank_pid(out, run, rank) for rank in (0, 1)]
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(timeout=90) == 3, run.tail()
+        line = one_error_line(run)
+        time.sleep(2)
+        assert all_gone(workers)  # the launcher stopped its Ray itself: no stray worker
     assert line.startswith("error: preempted (SIGTERM): checkpoint step-") and "--resume" in line
     tag = line.split("checkpoint ")[1].split(" ")[0]
     assert (out / "checkpoints" / tag / "COMPLETE").is_file()
-    time.sleep(2)
-    assert all_gone(workers)  # no stray worker processes
     assert not (out / "summary.json").exists()  # nothing was committed as a finished run
 
-    resumed = launch(job, [*args, "--resume"])
-    _stdout, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
+    with launched(job, [*args, "--resume"], tmp_path / "resumed") as resumed:
+        assert resumed.wait(timeout=400) == 0, resumed.tail()
     recs = records(out)
     assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(tag.split("-")[1])]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 96
+    assert json.loads((out / "summary.json").read_text())["steps"] == TOTAL_STEPS

@@ -2,11 +2,13 @@
 started by the session fixture below), sbatch jobs that boot Ray on both nodes and fine-tune the
 tiny BERT with 2 DeepSpeed workers, one per node.
 
-Checks: two jobs submitted at once both finish with results and use different ports and temp
-dirs, and one of them, sent USR1 as before a time limit, checkpoints, requeues itself and resumes;
-`scancel` during training leaves no process of the job (found by the job's environment, not by
-name); a Ray head that misses --join-timeout fails the job with one line and cleans up; the SLURM
-job helpers (and `status/logs/stop` for SLURM ids) know real ids and refuse unknown ones.
+Checks: two jobs submitted at once both finish with results and use different ports and fresh
+private job directories (a requeued start gets a new one), removed at the end, with a log only
+the user can read; one of them, sent USR1 as before a time limit, checkpoints, requeues itself
+and resumes; `scancel` during training leaves no process and no directory of the job (found by
+the job's environment, not by name); a Ray head that misses --join-timeout fails the job with
+one line and cleans up; the SLURM job helpers (and `status/logs/stop` for SLURM ids) know real
+ids and refuse unknown ones.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from cluster.slurm.jobs import SlurmError, cancel, job_log_path, job_state
-from cluster.slurm.layout import job_dir
+from cluster.slurm.layout import user_root
 from cluster.slurm.node import MARKER_ENV, reap
 from launcher.errors import UserError
 from launcher.slurm.jobs import slurm_logs, slurm_status, slurm_stop
@@ -116,10 +119,18 @@ def event_time(log: str, event: str) -> float:
     return float(match.group(1))
 
 
+def job_directories(job_id: str) -> list[Path]:
+    """The job directory of every start of the job, as its log names them."""
+    return [Path(d) for d in re.findall(r"job directory (\S+)", job_log_path(job_id).read_text())]
+
+
 def processes_of_job(job_id: str) -> list[str]:
     """Every live process started for the job: SLURM puts SLURM_JOB_ID in all of them, and our
     Ray processes also carry the job directory in FTLAUNCH_SLURM_JOB_DIR."""
-    needles = (f"SLURM_JOB_ID={job_id}\0".encode(), f"{MARKER_ENV}={job_dir(job_id)}\0".encode())
+    needles = (
+        f"SLURM_JOB_ID={job_id}\0".encode(),
+        *(f"{MARKER_ENV}={d}\0".encode() for d in job_directories(job_id)),
+    )
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -162,7 +173,7 @@ def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requ
         assert wait_terminal(job_id, 420) == "COMPLETED", job_log_path(job_id).read_text()[-4000:]
 
     logs = [job_log_path(job_id).read_text() for job_id, _ in submitted]
-    ports, temp_dirs = [], []
+    ports, job_dirs = [], []
     for (job_id, sent), log, name in zip(submitted, logs, ("a", "b"), strict=True):
         out = tmp_path / name
         summary = json.loads((out / "summary.json").read_text())
@@ -177,10 +188,12 @@ def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requ
         assert "node 0 (head)" in log and "node 1 (worker)" in log
         assert "all 2 Ray nodes joined" in log and "ftlaunch run exited with 0" in log
         ports.append(set(re.findall(r"ports (\d+)-(\d+)", log)))
-        temp_dirs.append(set(re.findall(r"(/tmp/ftl-slurm-\d+)/ray-\d", log)))
+        job_dirs.append(set(job_directories(job_id)))
         boot_s = event_time(log, "all 2 Ray nodes joined") - sent
         print(f"job {job_id}: sbatch -> all 2 Ray nodes joined in {boot_s:.1f} s")
-        assert not job_dir(job_id).exists()  # token and Ray temp dirs are gone after success
+        assert all(d.parent == user_root(os.getuid()) for d in job_dirs[-1])
+        assert not any(d.exists() for d in job_dirs[-1])  # token and Ray temp dirs are gone
+        assert stat.S_IMODE(job_log_path(job_id).stat().st_mode) == 0o600  # umask 077
         assert processes_of_job(job_id) == []
     b_log = logs[1]
     assert "USR1" in b_log and "ftlaunch run exited with 3" in b_log and "requeueing" in b_log
@@ -191,7 +204,8 @@ def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requ
     (resumed,) = [r for r in b_records if r.get("event") == "resumed"]
     assert 0 < resumed["step"] < 8 * epochs["b"]
     assert len(ports[0]) == 2 and len(ports[1]) >= 2 and not ports[0] & ports[1]
-    assert temp_dirs[0] and temp_dirs[1] and not temp_dirs[0] & temp_dirs[1]
+    assert len(job_dirs[0]) == 1 and len(job_dirs[1]) == 2  # b's requeued start: a fresh one
+    assert not job_dirs[0] & job_dirs[1]
 
 
 @pytest.mark.timeout(300)
@@ -209,9 +223,9 @@ def test_scancel_during_training_leaves_no_process_of_the_job(
     while processes_of_job(job_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_of_job(job_id) == [], job_log_path(job_id).read_text()[-3000:]
-    assert not (job_dir(job_id) / "token").exists()
+    (directory,) = job_directories(job_id)
+    assert not directory.exists()  # removed on every node, token first
     assert not (tmp_path / "c" / "summary.json").exists()
-    shutil.rmtree(job_dir(job_id))  # a failed job keeps its Ray logs there for inspection
 
 
 @pytest.mark.timeout(120)
@@ -229,8 +243,8 @@ def test_a_cluster_that_does_not_come_up_in_time_fails_the_job_with_one_line_and
     while processes_of_job(job_id) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert processes_of_job(job_id) == []
-    assert not (job_dir(job_id) / "token").exists()
-    shutil.rmtree(job_dir(job_id))
+    (directory,) = job_directories(job_id)
+    assert not directory.exists()
 
 
 @pytest.mark.timeout(60)

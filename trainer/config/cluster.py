@@ -86,8 +86,9 @@ class ClusterConfig(Section):
     )
     secret_env: list[str] = Field(
         default_factory=list,
-        description="Env var names passed to workers sealed, never printed or written; names "
-        "containing TOKEN, KEY, SECRET or PASSWORD are treated the same without being listed.",
+        description="Env var names passed to workers sealed, never printed or written. Only "
+        "these travel: a variable named like a credential (TOKEN, KEY, SECRET, PASSWORD) but "
+        "not listed stays here, and a warning names it.",
     )
     env: dict[str, str] = Field(
         default_factory=dict,

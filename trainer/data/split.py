@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from trainer.data.order import PAD_ROW, epoch_order, fill_padding, fit_order, rank_batches
+from trainer.data.order import PAD_ROW, EpochOrder, RankBatches, fill_padding
 from trainer.protocols import ShardStore
 
 T = TypeVar("T")
@@ -91,22 +91,21 @@ class ShardedSplit:
         micro: int,
         train: bool,
         start: int = 0,
-    ) -> list[np.ndarray]:
+    ) -> RankBatches:
         """This rank's micro-batches from stream position `start` to the end of the epoch:
-        shuffled and trimmed for training; in order and padded for evaluation (every row once)."""
-        order = epoch_order(
+        shuffled and trimmed for training; in order and padded for evaluation (every row once).
+        Each is computed when asked for (trainer/data/order.py), never the whole epoch at once."""
+        order = EpochOrder(
             self.block_rows, epoch, seed, shuffle=train, window_blocks=self.window_blocks
         )
-        return rank_batches(
-            fit_order(order[start:], world_size * micro, pad=not train), world_size, rank, micro
-        )
+        return RankBatches(order, start, world_size, rank, micro, pad=not train)
 
     def collate(self, rows: np.ndarray, pad_id: int) -> Batch:
         """Gather rows and pad to the longest sequence of this micro-batch (dynamic padding)."""
         return self._collate(rows, self._blocks_for(rows), pad_id)
 
     def iter_batches(
-        self, batches: list[np.ndarray], prefetch: int = PREFETCH_BATCHES
+        self, batches: Sequence[np.ndarray], prefetch: int = PREFETCH_BATCHES
     ) -> Iterator[Batch]:
         """Collated batches. A background thread reads the blocks `prefetch` micro-batches ahead
         (I/O, which releases the GIL); collation stays in the consuming thread, because it is

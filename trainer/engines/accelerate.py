@@ -43,6 +43,7 @@ import torch.distributed as dist
 from trainer.config.schema import EngineConfig, FsdpConfig, JobConfig
 from trainer.engines.base import build_optimizer, deepspeed_config
 from trainer.engines.deepspeed import zero_consolidated_state_dict
+from trainer.engines.safe_load import guard_deepspeed_loads, safe_dcp_loads
 from trainer.formats.checkpoints import ACC_TAG
 
 _ACCELERATE_FLAGS = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
@@ -158,6 +159,7 @@ class AccelerateEngine:
             from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
             unset_hf_deepspeed_config()
+            guard_deepspeed_loads(self.model)  # DeepSpeed itself loads with weights_only=False
         self.module: torch.nn.Module = cast(
             torch.nn.Module, self.accelerator.unwrap_model(self.model)
         )
@@ -195,7 +197,10 @@ class AccelerateEngine:
         self.accelerator.save_state(str(directory))
 
     def load_state(self, directory: Path) -> None:
-        self.accelerator.load_state(str(directory))
+        # weights_only for Accelerate's own files (its default, made explicit); DCP's metadata
+        # and non-tensor entries (FSDP) through the restricted reader and planner.
+        with safe_dcp_loads():
+            self.accelerator.load_state(str(directory), load_kwargs={"weights_only": True})
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         if self._is_deepspeed():

@@ -12,6 +12,7 @@ import torch
 
 from trainer.config.schema import JobConfig
 from trainer.engines.base import build_optimizer, deepspeed_config
+from trainer.engines.safe_load import guard_deepspeed_loads
 from trainer.formats.checkpoints import DS_TAG
 
 # A `deepspeed.DeepSpeedEngine`: an nn.Module whose attributes (`module`, ZeRO helpers) torch's
@@ -34,6 +35,7 @@ class DeepSpeedEngine:
             lr_scheduler=scheduler,  # pyright: ignore[reportArgumentType] (annotated with torch's private _LRScheduler; any LRScheduler works)
             config=deepspeed_config(job, world_size),
         )
+        guard_deepspeed_loads(self.engine)  # DeepSpeed itself loads with weights_only=False
         self.module: torch.nn.Module = cast(torch.nn.Module, self.engine.module)
         self.device: torch.device = cast(torch.device, self.engine.device)
         self._world_size = world_size

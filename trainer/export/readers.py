@@ -9,58 +9,33 @@ materialised when its producer is called.
                                   per rank, keys `model.<name>`, each tensor sharded along dim 0
     acc/pytorch_model/            DeepSpeed through Accelerate: DeepSpeed's layout, as ds/
 
-DeepSpeed's files are opened with `torch.load(mmap=True, weights_only=True)` and the three
-DeepSpeed types its state holds allowlisted, so only the pages of the tensor being read are
-touched. DCP's `.metadata` is a pickle (protocol 4, which torch's weights-only unpickler does not
-read), so it is read with an unpickler that resolves only the DCP metadata classes, torch.Size,
-dtypes and layouts; tensor payloads are read by DCP itself with `torch.load(weights_only=True)`,
-one requested tensor at a time, so peak memory stays near the largest tensor.
+DeepSpeed's files are opened with `torch.load(mmap=True, weights_only=True)` and the types their
+state holds allowlisted, so only the pages of the tensor being read are touched; DCP's
+`.metadata` goes through the restricted unpickler and tensor payloads are read by DCP itself,
+one requested tensor at a time, so peak memory stays near the largest tensor. Both come from
+trainer/engines/safe_load.py, which resume uses too.
 """
 
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from trainer.engines.safe_load import load_torch_file, read_dcp_metadata, safe_reader
 from trainer.formats.checkpoints import ACC_TAG, DS_TAG, MODEL_STATES
 
 Producer = Callable[[], torch.Tensor]
 Tensors = dict[str, tuple[torch.Size, Producer]]
 FSDP_MODEL_DIR = "pytorch_model_fsdp_0"
 DCP_MODEL_PREFIX = "model."
-_DCP_METADATA = "torch.distributed.checkpoint.metadata"
-_ALLOWED = {
-    (_DCP_METADATA, name)
-    for name in (
-        "Metadata",
-        "TensorStorageMetadata",
-        "BytesStorageMetadata",
-        "ChunkStorageMetadata",
-        "TensorProperties",
-        "MetadataIndex",
-        "StorageMeta",
-        "_MEM_FORMAT_ENCODING",
-    )
-} | {
-    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("pathlib", "PosixPath"),
-}
 
 
 def _load(path: Path) -> dict[str, Any]:
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return load_torch_file(path, mmap=True)
 
 
 def checkpoint_tensors(ds_dir: Path) -> Tensors:
@@ -117,19 +92,6 @@ def _rank_of(path: Path) -> int:
     return int(path.name.split("_")[3])
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        is_dtype = module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)
-        if (module, name) not in _ALLOWED and not is_dtype:
-            raise pickle.UnpicklingError(f"DCP metadata refers to {module}.{name}: not allowed")
-        return super().find_class(module, name)
-
-
-def read_dcp_metadata(dcp_dir: Path) -> Any:
-    with (dcp_dir / ".metadata").open("rb") as fh:
-        return _MetadataUnpickler(fh).load()
-
-
 def accelerate_tensors(acc_dir: Path) -> Tensors:
     """name -> (shape, producer) of the full fp32 model in an Accelerate DDP or FSDP checkpoint.
 
@@ -173,26 +135,5 @@ def _load_one(dcp_dir: Path, key: str, entry: Any) -> torch.Tensor:
     from torch.distributed.checkpoint.state_dict_loader import load
 
     target = {key: torch.empty(entry.size, dtype=entry.properties.dtype)}
-    load(target, storage_reader=_SafeReader(dcp_dir), no_dist=True)
+    load(target, storage_reader=safe_reader(dcp_dir), no_dist=True)
     return target[key]
-
-
-def _reader_class() -> type:
-    from torch.distributed.checkpoint.filesystem import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    class SafeReader(FileSystemReader):
-        """DCP's reader with the metadata read by the restricted unpickler above."""
-
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            metadata = read_dcp_metadata(Path(self.path))
-            if getattr(metadata, "storage_meta", None) is None:
-                metadata.storage_meta = StorageMeta()
-            metadata.storage_meta.load_id = self.load_id
-            return metadata
-
-    return SafeReader
-
-
-def _SafeReader(path: Path) -> Any:  # noqa: N802 (reads like the class it builds)
-    return _reader_class()(str(path))

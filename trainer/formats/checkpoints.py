@@ -4,7 +4,8 @@
       .tmp-step-40/          being written: never read by resume
       step-40/               complete: every file listed with size and sha256 in manifest.json,
         manifest.json        plus the training state (step, epoch, stream position, world size,
-        COMPLETE             config fingerprint); COMPLETE is written last, then the rename
+        manifest.sig         config fingerprint), signed for this output.dir (signing.py);
+        COMPLETE             COMPLETE is written last, then the rename
         ds/...               engine.backend deepspeed: DeepSpeed's engine state (model states on
                              rank 0, ZeRO shards per rank)
         acc/...              engine.backend accelerate: `Accelerator.save_state` (see rank_needs)
@@ -25,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer.formats.durable import fsync_path, replace_atomically, sha256_file, write_synced
+from trainer.formats.names import UnsafeNameError, check_tag, confined
+from trainer.formats.signing import SIGNATURE_FILE, CheckpointSigning
 
 CHECKPOINT_MANIFEST = "manifest.json"
 DS_TAG = "ds"
@@ -43,8 +46,42 @@ class CorruptCheckpointError(ValueError):
     """A committed checkpoint whose files do not match its manifest."""
 
 
+class UnsignedCheckpointError(CorruptCheckpointError):
+    """A checkpoint whose manifest is not signed for this output.dir (written by another user or
+    run directory, copied or moved here, or altered since)."""
+
+
+class UnsafeCheckpointError(CorruptCheckpointError):
+    """A checkpoint file that names something beyond the plain data a checkpoint holds (a
+    pickle that would run code when loaded); refused before anything of it is unpickled."""
+
+
 def step_tag(step: int) -> str:
     return f"step-{step}"
+
+
+def is_step_tag(name: str) -> bool:
+    try:
+        check_tag(name)
+    except UnsafeNameError:
+        return False
+    return True
+
+
+def _regular_files(directory: Path) -> list[Path]:
+    """Every file under `directory`, refusing symbolic links (a rank on the head writes straight
+    into staging; a link there would put a file from elsewhere into the checkpoint).
+
+    Raises:
+        UnsafeNameError: a symbolic link.
+    """
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise UnsafeNameError(f"{path}: a symbolic link in a checkpoint being committed")
+        if path.is_file():
+            found.append(path)
+    return found
 
 
 def trainer_state_file(rank: int) -> str:
@@ -83,12 +120,15 @@ def rank_needs(name: str, rank: int) -> bool:
 class CheckpointStore:
     """Checkpoints under one directory: stage, commit atomically, list, verify, prune."""
 
-    def __init__(self, root: str | Path, keep_last: int = 2) -> None:
+    def __init__(
+        self, root: str | Path, keep_last: int = 2, signing: CheckpointSigning | None = None
+    ) -> None:
         self.root = Path(root)
         self.keep_last = keep_last
+        self.signing = signing  # None: neither signed nor checked (local runs without a head)
 
     def staging_dir(self, tag: str) -> Path:
-        path = self.root / f"{STAGING_PREFIX}{tag}"
+        path = self.root / f"{STAGING_PREFIX}{check_tag(tag)}"
         path.mkdir(parents=True, exist_ok=True)
         return path
 
@@ -100,8 +140,8 @@ class CheckpointStore:
         `known_sha256` maps file names to digests already computed while receiving them (the
         collector hashes every transferred chunk as it writes it), so they are not read twice.
         """
-        staging = self.root / f"{STAGING_PREFIX}{tag}"
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        staging = self.root / f"{STAGING_PREFIX}{check_tag(tag)}"
+        files = _regular_files(staging)
         known = known_sha256 or {}
         listing = {}
         for path in files:
@@ -109,7 +149,10 @@ class CheckpointStore:
             digest = known.get(name) or sha256_file(path)
             listing[name] = {"bytes": path.stat().st_size, "sha256": digest}
         manifest = {"tag": tag, "files": listing, "state": state, "committed_at": time.time()}
-        write_synced(staging / CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+        text = json.dumps(manifest, indent=1, sort_keys=True)
+        write_synced(staging / CHECKPOINT_MANIFEST, text)
+        if self.signing is not None:
+            write_synced(staging / SIGNATURE_FILE, self.signing.sign(text.encode()) + "\n")
         for path in files:
             fsync_path(path)
         write_synced(staging / COMPLETE_MARKER, tag)
@@ -123,6 +166,8 @@ class CheckpointStore:
         """(tag, manifest) of every complete checkpoint, oldest commit first."""
         found = []
         for path in self.root.glob("step-*"):
+            if path.is_symlink() or not is_step_tag(path.name):
+                continue  # only directories a commit made: never followed elsewhere
             if (path / COMPLETE_MARKER).is_file() and (path / CHECKPOINT_MANIFEST).is_file():
                 try:
                     found.append((path.name, json.loads((path / CHECKPOINT_MANIFEST).read_text())))
@@ -141,16 +186,24 @@ class CheckpointStore:
         """The manifest of `tag` after checking every file's size and sha256.
 
         Raises:
-            CorruptCheckpointError: naming the first missing or corrupted file.
+            CorruptCheckpointError: naming the first missing or corrupted file, or a name that
+                reaches outside the checkpoint.
         """
-        directory = self.root / tag
-        if not (directory / COMPLETE_MARKER).is_file():
+        directory = self.root / check_tag(tag)
+        if directory.is_symlink() or not (directory / COMPLETE_MARKER).is_file():
             raise CorruptCheckpointError(
                 f"{directory}: not a complete checkpoint (no {COMPLETE_MARKER})"
             )
-        manifest = json.loads((directory / CHECKPOINT_MANIFEST).read_text())
+        manifest = json.loads(self.check_signed(tag))
+        if manifest.get("tag") != tag:
+            raise CorruptCheckpointError(
+                f"{directory / CHECKPOINT_MANIFEST}: written for {manifest.get('tag')!r}, not {tag}"
+            )
         for name, entry in manifest["files"].items():
-            path = directory / name
+            try:
+                path = confined(directory, name)
+            except UnsafeNameError as exc:
+                raise CorruptCheckpointError(f"{directory / CHECKPOINT_MANIFEST}: {exc}") from None
             if (
                 not path.is_file()
                 or path.stat().st_size != entry["bytes"]
@@ -159,6 +212,27 @@ class CheckpointStore:
                 raise CorruptCheckpointError(
                     f"{path}: does not match the checkpoint manifest (corrupted or truncated)"
                 )
+        return manifest
+
+    def check_signed(self, tag: str) -> bytes:
+        """The manifest of `tag`, as bytes, after checking its signature (unless this store is
+        unsigned or the user vouched for this checkpoint).
+
+        Raises:
+            UnsignedCheckpointError: no signature, or one made with another key.
+        """
+        directory = self.root / check_tag(tag)
+        manifest = (directory / CHECKPOINT_MANIFEST).read_bytes()
+        signing = self.signing
+        if signing is None or tag == signing.trusted:
+            return manifest
+        signature = directory / SIGNATURE_FILE
+        text = signature.read_text() if signature.is_file() and not signature.is_symlink() else ""
+        if not signing.is_signed(manifest, text):
+            raise UnsignedCheckpointError(
+                f"{directory}: its manifest is not signed for this output.dir (written under "
+                "another user or directory, copied or moved here, or altered since)"
+            )
         return manifest
 
     def prune(self) -> None:

@@ -1,6 +1,7 @@
 """The names of what lands in a run directory on the head node, and the label map format.
 
     output.dir/
+      .ftlaunch               marks the directory as ftlaunch's (it replaces entries here)
       .run-<run id>/          a run in progress: everything below is written here first
       config.yaml             the fully resolved job
       metrics.jsonl           the metrics stream (one JSON record per line)
@@ -32,6 +33,7 @@ PREDICTIONS_FILE = "predictions_test.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINT_DIR = "checkpoints"
 STAGING_PREFIX = ".run-"
+OUTPUT_MARKER = ".ftlaunch"
 TOKEN_FILE = "ray_auth_token"
 LABEL_MAP_FILE = "label_map.json"
 ADAPTER_NOTE = "ADAPTER_ONLY.md"  # next to an exported adapter: how to load it on its base

@@ -30,6 +30,7 @@ class _BatchFileStore:
 
     def __init__(self, manifest: ShardManifest) -> None:
         self._manifest = manifest
+        self._batches = {s.file: len(s.batch_rows) for s in manifest.shards}
         self._readers: dict[str, pa.ipc.RecordBatchFileReader] = {}
         self._lock = threading.Lock()
 
@@ -37,6 +38,15 @@ class _BatchFileStore:
         return self._manifest
 
     def read_block(self, shard_file: str, batch_index: int) -> pa.RecordBatch:
+        """Record batch `batch_index` of a shard the manifest lists (the head's shard server
+        hands these to other processes: nothing else is ever opened).
+
+        Raises:
+            KeyError: a shard or batch the manifest does not list.
+        """
+        batches = self._batches.get(shard_file)
+        if batches is None or not 0 <= batch_index < batches:
+            raise KeyError(f"{shard_file} batch {batch_index}: not in the split's manifest")
         with self._lock:
             reader = self._readers.get(shard_file)
             if reader is None:

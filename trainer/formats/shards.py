@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from trainer.formats.durable import sha256_file
 
@@ -63,6 +63,15 @@ class ShardInfo(BaseModel):
     sha256: str
     first_sample_id: int
     batch_rows: list[int]  # rows of each IPC record batch: the unit of reading and shuffling
+
+    @field_validator("file")
+    @classmethod
+    def _a_file_beside_the_manifest(cls, name: str) -> str:
+        # Manifests travel (prepared splits are shared, the head serves them): a shard is always
+        # a plain file next to its manifest, never a path elsewhere.
+        if "/" in name or "\\" in name or name in ("", ".", "..") or "\0" in name:
+            raise ValueError(f"shard file {name!r}: must be a file name beside the manifest")
+        return name
 
 
 class ShardManifest(BaseModel):

@@ -22,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.engines.base import Engine
+from trainer.engines.safe_load import load_torch_file, refuse_unsafe_files
 from trainer.engines.snapshot import Snapshot
 from trainer.formats.checkpoints import best_weights_file, rank_needs, step_tag, trainer_state_file
 from trainer.loop.context import Run
@@ -81,16 +82,22 @@ def save_checkpoint(
 def load_checkpoint(
     engine: Engine, tag: str, sink: CheckpointSink
 ) -> tuple[TrainProgress, Snapshot | None]:
-    """Restore engine, RNG and progress from `tag`; returns (progress, best snapshot)."""
+    """Restore engine, RNG and progress from `tag`; returns (progress, best snapshot).
+
+    Raises:
+        UnsafeCheckpointError: a file names anything beyond plain data (checked before any
+            engine reads a byte of it; the engines' own loads are weights-only too).
+    """
     rank = dist.get_rank()
     local = sink.fetch(tag, lambda name: rank_needs(name, rank))
+    refuse_unsafe_files(local, tag)
     engine.load_state(local / engine.checkpoint_subdir)
     fields = json.loads((local / trainer_state_file(rank)).read_text())
     set_rng_state(fields.pop("rng"))
     best_file = local / best_weights_file(rank)
     best = None
     if best_file.is_file():
-        flat = torch.load(best_file, weights_only=True)  # plain tensors only: nothing to unpickle
+        flat = load_torch_file(best_file)  # plain tensors only: nothing else is unpickled
         best = [
             (flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)
         ]

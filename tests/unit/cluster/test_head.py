@@ -11,6 +11,9 @@ import pytest
 
 from cluster.head.collector import RunCollector
 from tests.unit.trainer.test_metrics import window
+from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
+from trainer.formats.durable import sha256_file
+from trainer.formats.names import UnsafeNameError
 
 
 def report_sample_stream(collector: RunCollector) -> None:
@@ -41,9 +44,100 @@ def test_collector_reassembles_chunked_files_and_verifies_them(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["weights.bin"]
 
 
-def test_collector_refuses_names_outside_the_run_dir(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="escapes"):
-        RunCollector(str(tmp_path / "run")).begin_file("../../etc/passwd")
+def tree(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda c: c.begin_file("../../etc/passwd"),
+        lambda c: c.begin_file("/etc/passwd"),
+        lambda c: c.begin_file("model/../../x"),
+        lambda c: c.begin_file("linked/x"),  # a symbolic link below the run dir, to outside
+        lambda c: c.checkpoint_staging("../x"),
+        lambda c: c.begin_checkpoint_file("../x", "a.bin"),
+        lambda c: c.begin_checkpoint_file("step-1/..", "a.bin"),
+        lambda c: c.begin_checkpoint_file("step-1", "../../a.bin"),
+        lambda c: c.checkpoint_submitted("../x", 0, {"step": 1, "world_size": 1}),
+        lambda c: c.checkpoint_verified("../run"),
+        lambda c: c.checkpoint_read("../x", "a.bin", 0, 10),
+        lambda c: c.checkpoint_path("/tmp"),
+    ],
+)
+def test_collector_refuses_tags_and_names_that_leave_their_root_and_writes_nothing(
+    tmp_path: Path, call
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "run" / "checkpoints"))
+    (tmp_path / "run" / "linked").symlink_to(outside)
+    before = tree(tmp_path)
+    with pytest.raises(UnsafeNameError):
+        call(collector)
+    assert tree(tmp_path) == before
+
+
+def test_checkpoint_reads_serve_only_what_the_verified_manifest_lists(tmp_path: Path) -> None:
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
+    staging = Path(collector.checkpoint_staging("step-2"))
+    (staging / "ds").mkdir()
+    (staging / "ds" / "state.pt").write_bytes(b"state")
+    collector.checkpoint_submitted("step-2", 0, {"step": 2, "world_size": 1})
+    assert collector.checkpoint_read("step-2", "ds/state.pt", 1, 3) == b"tat"
+    (tmp_path / "ckpt" / "step-2" / "planted.bin").write_bytes(b"x")  # not in the manifest
+    for name in ("planted.bin", "manifest.json", "../step-2/ds/state.pt"):
+        with pytest.raises(UnsafeNameError):
+            collector.checkpoint_read("step-2", name, 0, 10)
+
+
+def test_a_manifest_naming_a_file_outside_its_checkpoint_fails_verification(
+    tmp_path: Path,
+) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for workers")
+    store = CheckpointStore(tmp_path / "ckpt")
+    store.staging_dir("step-3")
+    store.commit("step-3", {"step": 3, "world_size": 1})
+    manifest_path = tmp_path / "ckpt" / "step-3" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../../secret.txt"] = {"bytes": 15, "sha256": sha256_file(secret)}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CorruptCheckpointError, match=r"'\.\./\.\./secret\.txt'"):
+        store.verify("step-3")
+
+
+def test_a_rank_cannot_commit_a_symbolic_link_into_a_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_text("not for the checkpoint")
+    store = CheckpointStore(tmp_path / "ckpt")
+    (store.staging_dir("step-1") / "weights.pt").symlink_to(tmp_path / "secret.txt")
+    with pytest.raises(UnsafeNameError, match="symbolic link"):
+        store.commit("step-1", {"step": 1, "world_size": 1})
+    assert not (tmp_path / "ckpt" / "step-1").exists()
+
+
+def test_the_shard_server_serves_only_files_and_batches_its_manifest_lists(
+    tmp_path: Path,
+) -> None:
+    from cluster.head.shard_server import ShardServer
+    from tests.fixtures import write_synthetic_split
+
+    split = write_synthetic_split(tmp_path / "split", rows=64, max_tokens=8)
+    (split / "notes.arrow").write_bytes((split / "shard-00000.arrow").read_bytes())
+    server = ShardServer([str(split)])
+    assert server.block(str(split), "shard-00000.arrow", 0).startswith(b"\xff")
+    for shard, batch in (
+        ("notes.arrow", 0),
+        ("../split/shard-00000.arrow", 0),
+        ("shard-00000.arrow", 99),
+    ):
+        with pytest.raises(KeyError, match="not in the split's manifest"):
+            server.block(str(split), shard, batch)
+    manifest = json.loads((split / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = "../elsewhere.arrow"
+    (split / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="must be a file name beside the manifest"):
+        ShardServer([str(split)])
 
 
 def test_collector_appends_metrics_and_drains_each_record_once(tmp_path: Path) -> None:

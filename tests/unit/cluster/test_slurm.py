@@ -3,21 +3,24 @@ derived from the job id, NodeAddr parsing. No processes."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 import pytest
 
 from cluster.slurm.layout import (
     JOB_SLOTS,
+    MKDTEMP_NAME_CHARS,
     PORT_RANGE_END,
     PORT_RANGE_START,
     PORTS_PER_NODE,
     RAY_WORKER_PORTS,
     derive_ports,
-    job_dir,
     node_temp_dir,
     parse_job_id,
     parse_node_addr,
+    user_root,
 )
 from cluster.slurm.script import render_sbatch
 from launcher.errors import UserError
@@ -184,15 +187,53 @@ def test_ports_derive_from_the_job_id_and_stay_out_of_rays_ranges() -> None:
     assert not any(a.startswith("--port") for a in head.ray_start_args(head=False))
 
 
-def test_per_job_dirs_are_derived_from_the_job_id() -> None:
-    assert job_dir("42") == Path("/tmp/ftl-slurm-42")
-    assert node_temp_dir(42, 1) == Path("/tmp/ftl-slurm-42/ray-1")
-    assert job_dir(42) != job_dir(43)
-    # Ray's Unix socket paths live below the temp dir and are limited to ~107 bytes.
-    assert len(str(node_temp_dir(2**31, 15))) < 40
+def test_node_temp_dirs_leave_room_for_rays_socket_paths() -> None:
+    # Ray's Unix socket paths live below the temp dir and are limited to 107 bytes; worst case:
+    # a 10-digit uid, mkdtemp's 8 characters, node 15, a 7-digit pid in Ray's session name.
+    job_dir = user_root(4294967295) / ("x" * MKDTEMP_NAME_CHARS)
+    socket = node_temp_dir(job_dir, 15) / "session_2026-12-07_05-40-00_728176_4194304"
+    assert len(str(socket / "sockets" / "plasma_store")) <= 107
+    assert user_root(1000) == Path("/tmp/ftl-1000")
     for bad in ("", "12_3", "abc", "0", "-1"):
         with pytest.raises(ValueError):
             parse_job_id(bad)
+
+
+def test_job_dirs_are_fresh_private_and_never_a_planted_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cluster.slurm.node as node
+
+    monkeypatch.setattr(node, "user_root", lambda uid: tmp_path / f"ftl-{uid}")
+    first, second = node.prepare(), node.prepare()
+    assert first != second and first.parent == second.parent == tmp_path / f"ftl-{os.getuid()}"
+    for path in (first.parent, first):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o700
+    assert stat.S_IMODE((first / "token").stat().st_mode) == 0o600
+    temp = node.node_dirs(first, 1)
+    assert temp == first / "r1" and stat.S_IMODE(temp.stat().st_mode) == 0o700
+    node.remove_node_dirs(first, 1)
+    assert first.is_dir() and not temp.exists()  # the token keeps it: the batch script removes it
+    elsewhere = first.parent / "fresh"  # another host: the job directory is created there
+    node.node_dirs(elsewhere, 2)
+    node.remove_node_dirs(elsewhere, 2)
+    assert not elsewhere.exists()  # the last node out removes it
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (first.parent / "planted").symlink_to(outside)  # a link where a job directory goes
+    open_dir = first.parent / "open"
+    open_dir.mkdir(mode=0o755)
+    open_dir.chmod(0o755)
+    for bad in ("planted", "open"):
+        with pytest.raises(SystemExit, match="refusing to use it"):
+            node.node_dirs(first.parent / bad, 1)
+    assert list(outside.iterdir()) == []
+    with pytest.raises(SystemExit, match="not a job directory of this user"):
+        node.node_dirs(tmp_path / "somewhere" / "else", 1)
+    first.parent.chmod(0o755)  # the user's root itself opened up
+    with pytest.raises(SystemExit, match="lets others in"):
+        node.prepare()
 
 
 def test_parse_node_addr() -> None:

@@ -112,6 +112,31 @@ def test_bad_inputs_exit_2_with_one_line(
     assert not (job_dir / "out").exists()  # nothing was started or written
 
 
+def test_an_output_dir_over_the_inputs_or_a_users_folder_is_refused_and_nothing_changes(
+    job_dir: Path, tiny_bert: Path
+) -> None:
+    (job_dir / "mine").mkdir()
+    (job_dir / "mine" / "thesis.tex").write_text("years of work")
+    watched = [*tiny_bert.rglob("*"), *job_dir.rglob("*")]
+    before = {p: p.read_bytes() for p in watched if p.is_file()}
+    for output, fragment in [
+        (tiny_bert.parent, f"output.dir: {tiny_bert.parent} contains model.path"),
+        (tiny_bert / "runs", f"output.dir: {tiny_bert / 'runs'} lies inside model.path"),
+        (job_dir / "train.jsonl", "contains data.train"),
+        (job_dir / "mine", "is not empty and was not created by ftlaunch"),
+    ]:
+        result = ftlaunch("run", "job.yaml", "--set", f"output.dir={output}", cwd=job_dir)
+        assert_user_error(result, fragment)
+    after = {p: p.read_bytes() for p in [*tiny_bert.rglob("*"), *job_dir.rglob("*")] if p.is_file()}
+    assert after == before  # the model, the data and the user's folder are byte-identical
+
+
+def test_auth_mode_disabled_is_refused_before_anything_is_written(job_dir: Path) -> None:
+    result = ftlaunch("run", "job.yaml", cwd=job_dir, env={"RAY_AUTH_MODE": "disabled"})
+    assert_user_error(result, "RAY_AUTH_MODE: is 'disabled'", "--insecure")
+    assert not (job_dir / "out").exists() and not (job_dir / "cache").exists()
+
+
 def test_empty_data_file(job_dir: Path) -> None:
     (job_dir / "validation.jsonl").write_text("")
     assert_user_error(ftlaunch("run", "job.yaml", cwd=job_dir), "data.validation: file is empty")

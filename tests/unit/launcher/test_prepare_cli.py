@@ -94,6 +94,25 @@ def test_prepare_bad_inputs(tmp_path: Path, args: list[str], fragment: str) -> N
     assert not (tmp_path / "o").exists()
 
 
+def test_prepare_never_replaces_a_folder_of_user_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", keyword_rows(20, 0))
+    (data / "notes.txt").write_text("mine")
+    before = shard_bytes(data)
+    assert_user_error(
+        prepare("data/train.jsonl", "--out", "data", cwd=tmp_path),
+        "--out: data holds 'notes.txt' and 1 more, which is not part of a prepared split",
+    )
+    assert shard_bytes(data) == before  # the input and the unrelated file are intact
+    assert prepare("data/train.jsonl", "--out", "prepared", cwd=tmp_path).returncode == 0
+    (tmp_path / "prepared" / "README").write_text("added by hand")
+    assert_user_error(
+        prepare("data/train.jsonl", "--out", "prepared", "--max-length", "16", cwd=tmp_path),
+        "--out: prepared holds 'README', which is not part of a prepared split",
+    )
+    assert (tmp_path / "prepared" / "README").read_text() == "added by hand"
+
+
 @pytest.mark.timeout(120)
 def test_a_killed_prepare_never_publishes_partial_shards(tmp_path: Path) -> None:
     write_jsonl(tmp_path / "small.jsonl", keyword_rows(50, 0))

@@ -18,6 +18,8 @@ from cluster.auth.secrets import (
     sealed_env_vars,
     secret_names,
     secret_values,
+    unlisted_secret_names,
+    unlisted_warnings,
     unseal,
 )
 from cluster.auth.token import load_token, write_token_file
@@ -96,7 +98,7 @@ def test_aliases_uris_and_shared_files_are_not_uploaded_twice(tmp_path: Path) ->
 
 def test_runtime_env_carries_code_requirements_and_only_sealed_secrets(tmp_path: Path) -> None:
     env = {"HF_TOKEN": "hf_abcdefgh", "FOO": "bar"}
-    sealed = sealed_env_vars(env, [], "cluster-token")
+    sealed = sealed_env_vars(env, ["HF_TOKEN"], "cluster-token")
     runtime_env = build_runtime_env(tmp_path, [tmp_path / "launcher"], ["peft==0.13"], sealed, 60)
     assert runtime_env["working_dir"] == str(tmp_path)
     assert runtime_env["py_modules"] == [str(tmp_path / "launcher")]
@@ -108,7 +110,7 @@ def test_runtime_env_carries_code_requirements_and_only_sealed_secrets(tmp_path:
     }
 
 
-def test_secret_names_listed_or_by_pattern_but_never_rays_own() -> None:
+def test_only_listed_secrets_travel_and_unlisted_lookalikes_are_named_not_shown() -> None:
     env = {
         "HF_TOKEN": "x" * 8,
         "WANDB_API_KEY": "y" * 8,
@@ -118,13 +120,20 @@ def test_secret_names_listed_or_by_pattern_but_never_rays_own() -> None:
         "RAY_AUTH_TOKEN": "r" * 64,
         "PATH": "/bin",
     }
-    assert secret_names(env, ["MY_CREDENTIAL", "UNSET"]) == [
+    assert secret_names(env, ["MY_CREDENTIAL", "UNSET", "RAY_AUTH_TOKEN"]) == ["MY_CREDENTIAL"]
+    assert unlisted_secret_names(env, ["MY_CREDENTIAL"]) == [
         "HF_TOKEN",
-        "MY_CREDENTIAL",
         "WANDB_API_KEY",
         "db_password",
     ]
-    assert sealed_env_vars(env, [], None) == {}  # nothing to seal with: nothing travels
+    warnings = unlisted_warnings(env, ["MY_CREDENTIAL"])
+    assert [w.split()[1] for w in warnings] == ["HF_TOKEN", "WANDB_API_KEY", "db_password"]
+    assert not any(value in "".join(warnings) for value in ("x" * 8, "y" * 8, "z" * 8))
+    assert unseal(sealed_env_vars(env, ["MY_CREDENTIAL"], "t")[SEALED_ENV], "t") == {
+        "MY_CREDENTIAL": "w" * 8
+    }
+    assert sealed_env_vars(env, [], "t") == {}  # nothing listed: nothing travels
+    assert sealed_env_vars(env, ["MY_CREDENTIAL"], None) == {}  # nothing to seal with
     assert sealed_env_vars({SEALED_ENV: "blob", "HF_TOKEN": "x"}, [], "t") == {SEALED_ENV: "blob"}
 
 
@@ -166,3 +175,28 @@ def test_ids_sizes_and_slurm_dispatch() -> None:
     assert parse_size("64MB", "--shard-size") == parse_size("64 mb", "--shard-size") == 64 * 10**6
     with pytest.raises(UserError, match="--shard-size: must be at least 1 B"):
         parse_size("0", "--shard-size")
+
+
+def test_the_upload_budget_counts_what_symbolic_links_bring(tmp_path: Path) -> None:
+    from launcher.commands.submit import tree_size, write_bundle
+    from launcher.submit_plan import SubmissionPlan, Upload
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "big.bin").write_bytes(b"x" * 5000)
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "train.jsonl").write_bytes(b"y" * 1000)
+    (data / "linked").symlink_to(elsewhere)  # a folder that looks empty to a plain walk
+    (data / "big-link.bin").symlink_to(elsewhere / "big.bin")
+    assert tree_size(data) == 11_000
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    write_bundle(bundle, SubmissionPlan({}, [Upload("data.train", data, "inputs/d")]))
+    uploaded = sum(p.stat().st_size for p in (bundle / "inputs").rglob("*") if p.is_file())
+    assert uploaded == tree_size(data)  # the budget counts exactly what travels
+    plan = plan_submission(job(train=str(data)), tmp_path, 10_000, tree_size)
+    assert "data.train" in plan.oversized and "data.train" not in [u.field for u in plan.uploads]
+    (data / "loop").symlink_to(data)
+    with pytest.raises(UserError, match="symbolic link loop"):
+        tree_size(data)

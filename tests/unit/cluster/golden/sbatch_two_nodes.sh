@@ -30,10 +30,12 @@ module load cuda/12.4 || { echo 'error: --setup failed: module load cuda/12.4' >
 source /opt/venvs/ft/bin/activate || { echo 'error: --setup failed: source /opt/venvs/ft/bin/activate' >&2; exit 1; }
 
 set -uo pipefail
+umask 077  # everything the job writes (Ray's logs, the token, results) is the user's alone
 log() { printf '[ftlaunch-slurm %s t=%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(date +%s.%3N)" "$*"; }
 log "job $SLURM_JOB_ID started (restart ${SLURM_RESTART_COUNT:-0}) on $SLURM_JOB_NODELIST"
 
-JOB_DIR=$("$PY" -m cluster.slurm.node prepare "$SLURM_JOB_ID") || exit 1
+JOB_DIR=$("$PY" -m cluster.slurm.node prepare) || exit 1
+log "job directory $JOB_DIR"
 RAY_AUTH_TOKEN=$(<"$JOB_DIR/token")
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN
 unset RAY_ADDRESS
@@ -62,7 +64,7 @@ finish() {
   local rc=$?
   trap - EXIT TERM INT USR1
   teardown
-  [ "$rc" = 0 ] && rm -rf "$JOB_DIR"  # a failed job keeps its Ray logs there
+  rm -rf "$JOB_DIR"  # the other nodes removed theirs in `node`
   log "Ray torn down; exit $rc"
   if [ "$rc" = 3 ] && [ "$PREEMPTED" = 1 ] && [ "$REQUEUE" = 1 ]; then
     log "requeueing: the next start resumes from the checkpoint"
@@ -87,7 +89,7 @@ WORKERS=()
 for host in "${HOSTS[@]}"; do [ "$host" != "$HEAD" ] && WORKERS+=("$host"); done
 
 srun --nodes=1 --ntasks=1 --nodelist="$HEAD" --overlap \
-  "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" 0 &
+  "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" "$JOB_DIR" 0 &
 STEPS+=($!)
 for i in $(seq 1 $((JOIN_TIMEOUT_S * 10))); do
   [ -s "$JOB_DIR/head-address" ] && break
@@ -103,7 +105,7 @@ log "Ray head up at $HEAD_ADDRESS"
 if [ "${#WORKERS[@]}" -gt 0 ]; then
   srun --nodes="${#WORKERS[@]}" --ntasks="${#WORKERS[@]}" --ntasks-per-node=1 \
     --nodelist="$(IFS=,; echo "${WORKERS[*]}")" --overlap \
-    "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" 1 --head-address "$HEAD_ADDRESS" &
+    "$PY" -m cluster.slurm.node node "$SLURM_JOB_ID" "$JOB_DIR" 1 --head-address "$HEAD_ADDRESS" &
   STEPS+=($!)
 fi
 "$PY" -m cluster.slurm.node wait "$HEAD_ADDRESS" "$NODES" --timeout "$JOIN_TIMEOUT_S" || exit 1

@@ -1,0 +1,187 @@
+"""The embedded Ray cluster of `ftlaunch run` without `cluster.address`: one `ray start --head`
+on this machine, closed by default.
+
+- Loopback only. Ray turns a 127.0.0.1 node address into the machine's external IP, and its
+  servers then listen beyond loopback. `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0` is Ray's own switch
+  for a one-machine cluster (its default on macOS and Windows): node address 127.0.0.1, every
+  server bound to loopback. The cluster started here gets it in its environment; the driver
+  (this process) reads it once, when ray is imported, so `local_only_driver` sets Ray's constant
+  for as long as the cluster runs, and puts it back after (a driver that later joins a remote
+  cluster needs its real address).
+- A private temp dir: Ray makes its temp dir world-writable, so it gets one inside a `mkdtemp`
+  directory (0700) under /tmp (short, since Ray's socket paths are limited to about 107 bytes),
+  not the shared /tmp/ray; removed when the cluster stops.
+- Token auth: `RAY_AUTH_MODE=token` and the run's token in the cluster's environment.
+- Stopped by process group, never with `ray stop` (which stops every Ray of the user on the
+  machine). If the launcher dies without stopping it, the kernel SIGKILLs `ray start`
+  (PR_SET_PDEATHSIG), and Ray's own reaper, which `ray start --block` runs in the group for
+  exactly that case, stops the rest of the group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from cluster.errors import ClusterError
+
+RAY_BIN = Path(sys.executable).with_name("ray")
+START_TIMEOUT_S = 120
+STOP_GRACE_S = 10
+LOG_FILE = "ray-start.log"
+_PR_SET_PDEATHSIG = 1
+
+
+class EmbeddedCluster:
+    """A private one-machine Ray: `address = cluster.start()`, then `cluster.stop()`."""
+
+    def __init__(
+        self,
+        num_cpus: int,
+        token: str,
+        dashboard: tuple[bool, str],
+        environ: Mapping[str, str],
+    ) -> None:
+        """`dashboard` is (start it, interface); `environ` the cluster's environment (without
+        secrets: workers receive theirs sealed)."""
+        self._num_cpus = num_cpus
+        self._token = token
+        self._dashboard, self._dashboard_host = dashboard
+        self._environ = dict(environ)
+        self.temp_dir: Path | None = None  # ours (0700); Ray's own is `ray` inside it
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        """Start `ray start --head` and wait until it accepts connections; returns its address.
+
+        Raises:
+            ClusterError: it exited or did not listen within START_TIMEOUT_S (its last log line).
+        """
+        self.temp_dir = Path(tempfile.mkdtemp(prefix="ftl-ray-", dir="/tmp"))
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def command(self, ray_temp: Path, ports: list[int]) -> list[str]:
+        """The `ray start` command line (pure): Ray's temp dir, and the GCS, Ray client and
+        dashboard agent ports."""
+        port, client_port, agent_port = ports
+        command = [
+            str(RAY_BIN),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--ray-client-server-port={client_port}",
+            f"--dashboard-agent-listen-port={agent_port}",
+            f"--num-cpus={self._num_cpus}",
+            f"--temp-dir={ray_temp}",
+            "--disable-usage-stats",
+            f"--include-dashboard={str(self._dashboard).lower()}",
+        ]
+        if self._dashboard:
+            command.append(f"--dashboard-host={self._dashboard_host}")
+        return command
+
+    def _start(self) -> str:
+        assert self.temp_dir is not None
+        ports = free_ports(3)
+        env = dict(
+            self._environ,
+            RAY_AUTH_MODE=self._environ.get("RAY_AUTH_MODE", "token"),  # not token: --insecure
+            RAY_AUTH_TOKEN=self._token,
+            RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        )
+        log = (self.temp_dir / LOG_FILE).open("wb")
+        self._process = subprocess.Popen(
+            self.command(self.temp_dir / "ray", ports),
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: stopped as one, and a Ctrl-C is ours
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _listening(ports[0]):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise ClusterError(f"cluster: the embedded Ray did not start: {self._log_tail()}")
+            time.sleep(0.2)
+        return f"127.0.0.1:{ports[0]}"
+
+    def _log_tail(self) -> str:
+        assert self.temp_dir is not None
+        try:
+            lines = (self.temp_dir / LOG_FILE).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return lines[-1] if lines else "no output"
+
+    def stop(self) -> None:
+        """TERM the cluster's process group, KILL what is left after the grace, remove the
+        temp dir. Idempotent."""
+        process, self._process = self._process, None
+        if process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+            self.temp_dir = None
+
+
+@contextlib.contextmanager
+def local_only_driver() -> Iterator[None]:
+    """While active, this process resolves a loopback address the way the cluster above does
+    (Ray's ENABLE_RAY_CLUSTER, read from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER at import): the
+    driver then connects to, and listens on, 127.0.0.1 only."""
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports free right now (held together while choosing)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGKILL when the launcher dies, however it dies (Linux; a
+    SIGTERM would let `ray start` wait for its children to stop gracefully, maybe for long)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
