@@ -75,7 +75,7 @@ def run(
             if exc.committed
             else "no checkpoint within the grace period"
         )
-        fail(PREEMPTED_EXIT_CODE, f"preempted (SIGTERM): {saved}; continue with --resume")
+        fail(PREEMPTED_EXIT_CODE, f"preempted ({exc.signal_name}): {saved}; continue with --resume")
     except TrainingFailed as exc:
         if exc.is_data_error:
             fail(USER_ERROR_EXIT_CODE, exc.message)

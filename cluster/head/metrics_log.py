@@ -9,22 +9,29 @@ trainer/formats/metrics.py), so every reader of the stream sees the same figures
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
-from cluster.head.mlflow import MlflowLogger
+from cluster.head.mlflow import MlflowMirror
 from trainer.formats.metrics import StragglerDetector, summarize_window
 from trainer.formats.rundir import METRICS_FILE, TENSORBOARD_DIR
 
 
 class MetricsLog:
+    """Thread-safe: the collector's control thread, its commit thread and its watchdog write."""
+
     def __init__(self, run_dir: Path, mlflow_run: tuple[str, str] | None = None) -> None:
         self.run_dir = run_dir
         self._file = (run_dir / METRICS_FILE).open("a")
         self._pending: list[dict[str, Any]] = []
         self._tensorboard: Any = None
         self._stragglers = StragglerDetector()
-        self._mlflow = MlflowLogger(*mlflow_run) if mlflow_run else None
+        self._lock = threading.RLock()
+        self._mlflow = MlflowMirror(*mlflow_run, warn=self._warn) if mlflow_run else None
+
+    def _warn(self, message: str) -> None:
+        self.write({"event": "warning", "message": message})
 
     def restart(self) -> None:
         """A worker group (re)started: stragglers are judged afresh."""
@@ -32,25 +39,28 @@ class MetricsLog:
 
     def write(self, record: dict[str, Any]) -> dict[str, Any]:
         """Store one record (summarized if it is a gathered window); returns what was stored."""
-        record = summarize_window(record, self._stragglers)
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
-        self._write_scalars(record)
+        with self._lock:
+            record = summarize_window(record, self._stragglers)
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+            self._write_scalars(record)
+            self._pending.append(record)
         if self._mlflow is not None:
-            self._mlflow.log(record)
-        self._pending.append(record)
+            self._mlflow.log(record)  # queued: never waits for MLflow
         return record
 
     def drain(self) -> list[dict[str, Any]]:
         """Records stored since the last call, for the live display (its only consumer)."""
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
         return pending
 
     def close(self, status: str) -> None:
         """`status` is MLflow's: FINISHED, FAILED or KILLED (preempted)."""
         if self._mlflow is not None:
             self._mlflow.finish(status)
-        self._file.close()
+        with self._lock:
+            self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
 

@@ -3,18 +3,31 @@
 Only the collector on the head talks to MLflow: workers never need its credentials or network
 access. The client is explicit (MlflowClient with a run id), not mlflow's global "active run",
 so nothing leaks between runs started in one process.
+
+MLflow is never in the collector's critical path: `MlflowMirror` sends from a queue on a thread
+of its own, keeps a record that failed to go and retries it, and at the end waits a bounded time
+for the backlog. An outage is a warning (the records are all in metrics.jsonl), never a lost
+record or a failed run.
 """
 
 from __future__ import annotations
 
+import collections
+import logging
 import os
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 # Fail within seconds when the tracking server is unreachable, instead of mlflow's default
 # minutes of retries (we check reachability before any worker starts).
 CHECK_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 SKIPPED_FIELDS = ("step", "event", "epoch", "attempt")
+RETRY_S = 5.0
+CLOSE_WAIT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 class MlflowUnavailable(Exception):
@@ -101,3 +114,77 @@ def start_mlflow_run(uri: str, experiment: str, run_name: str, config: dict[str,
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MlflowUnavailable(f"output.mlflow_uri: cannot use {uri!r}: {first_line}") from exc
     return run.info.run_id
+
+
+class MlflowMirror:
+    """MlflowLogger behind a queue and a thread; `warn` hears about outages (once each)."""
+
+    def __init__(self, uri: str, run_id: str, warn: Callable[[str], None]) -> None:
+        # The collector runs in a Ray actor, not in the launcher that checked the URI: fail fast
+        # here too, so one attempt costs seconds and the queue, not the run, waits.
+        os.environ.update({k: v for k, v in CHECK_ENV.items() if k not in os.environ})
+        self._logger = MlflowLogger(uri, run_id)
+        self._warn = warn
+        self._queue: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._failing = False
+        self._thread = threading.Thread(target=self._send_all, name="ftlaunch-mlflow", daemon=True)
+        self._thread.start()
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self._wake:
+            self._queue.append(record)
+            self._wake.notify()
+
+    def finish(self, status: str, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Send the backlog (at most `wait_s`), then the run's status; warn about what is left."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join(wait_s)
+        left = len(self._queue)
+        if left or self._thread.is_alive():
+            self._warn(
+                f"MLflow unreachable at the end: {left} records not mirrored (all are in metrics.jsonl)"
+            )
+            return
+        try:
+            self._logger.finish(status)
+        except Exception as exc:  # mlflow raises many types
+            self._warn(f"MLflow: could not set the run's status {status}: {_first_line(exc)}")
+
+    def _send_all(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._closing:
+                    self._wake.wait()
+                if not self._queue:
+                    return
+                record = self._queue[0]
+            if self._send(record):
+                self._queue.popleft()
+            elif self._closing:
+                return
+            else:
+                time.sleep(RETRY_S)
+
+    def _send(self, record: dict[str, Any]) -> bool:
+        try:
+            self._logger.log(record)
+        except Exception as exc:  # kept at the head of the queue and retried
+            if not self._failing:
+                self._warn(
+                    f"MLflow unreachable ({_first_line(exc)}); records queue and are retried"
+                )
+            self._failing = True
+            return False
+        if self._failing:
+            log.warning("MLflow reachable again; sending the queued records")
+        self._failing = False
+        return True
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -15,6 +15,7 @@ from launcher.data.prepared import check_prepared, load_prepared
 from launcher.data.sources import SplitSource, collect_label_names
 from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
+from launcher.lock import output_lock
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
@@ -62,27 +63,29 @@ def run_from_file(
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
-    fingerprint = config_fingerprint(job, label_names)
-    resume_tag = choose_resume_tag(
-        output_dir,
-        resume or resume_fallback,
-        fingerprint,
-        job.output.keep_last,
-        fallback=resume_fallback,
-        warn=Console(stderr=True, highlight=False, soft_wrap=True).print,
-    )
-    if resume_tag:
-        console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
-    spec = RunSpec(
-        job=job,
-        model_dir=str(model_dir),
-        split_dirs=locations,
-        label_names=label_names,
-        run_id=run_id,
-        config_fingerprint=fingerprint,
-        resume_tag=resume_tag,
-    )
-    return train_and_commit(spec, output_dir, console)
+    # One run per output.dir, before anything in it is read or written (checkpoints included).
+    with output_lock(output_dir, run_id):
+        fingerprint = config_fingerprint(job, label_names)
+        resume_tag = choose_resume_tag(
+            output_dir,
+            resume or resume_fallback,
+            fingerprint,
+            job.output.keep_last,
+            fallback=resume_fallback,
+            warn=Console(stderr=True, highlight=False, soft_wrap=True).print,
+        )
+        if resume_tag:
+            console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
+        spec = RunSpec(
+            job=job,
+            model_dir=str(model_dir),
+            split_dirs=locations,
+            label_names=label_names,
+            run_id=run_id,
+            config_fingerprint=fingerprint,
+            resume_tag=resume_tag,
+        )
+        return train_and_commit(spec, output_dir, console)
 
 
 def prepare_splits(

@@ -5,12 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from cluster.head.collector import RunCollector
 from tests.unit.trainer.test_metrics import window
+
+
+def wait_for_outcome(collector: RunCollector, tag: str) -> tuple[str, str]:
+    """Commits run on the committer's thread: the status a rank would get once it is known."""
+    deadline = time.monotonic() + 10
+    while (status := collector.checkpoint_status(tag))[0] in ("pending", "unknown"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.01)
+    return status
 
 
 def test_collector_reassembles_chunked_files_and_verifies_them(tmp_path: Path) -> None:
@@ -58,6 +68,7 @@ def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Pa
     collector.checkpoint_submitted("step-4", 1, None)
     assert not collector.checkpoint_is_committed("step-4")  # rank 0's part not announced yet
     collector.checkpoint_submitted("step-4", 0, {"step": 4, "world_size": 2})
+    assert wait_for_outcome(collector, "step-4") == ("committed", "")
     assert collector.checkpoint_is_committed("step-4")
     manifest = json.loads((tmp_path / "ckpt" / "step-4" / "manifest.json").read_text())
     assert manifest["files"]["rank1.bin"]["sha256"] == hashlib.sha256(payload).hexdigest()
@@ -76,6 +87,7 @@ def test_a_restarted_worker_group_drops_what_a_crashed_save_left(tmp_path: Path)
     restart = [r for r in collector.drain() if r["event"] == "start"][-1]
     assert restart["attempt"] == 2 and restart["discarded_partial"] == [".tmp-step-8"]
     collector.checkpoint_submitted("step-8", 0, {"step": 8, "world_size": 2})
+    assert collector.checkpoint_status("step-8") == ("unknown", "")
     assert not collector.checkpoint_is_committed("step-8")  # rank 1's old delivery does not count
 
 

@@ -1,0 +1,56 @@
+"""The embedded Ray dies with the launcher, however the launcher ends (even SIGKILL).
+
+    python -m cluster.ray.reaper PARENT_PID MARKER
+
+Started by the launcher in a session of its own (a terminal's Ctrl-C does not reach it), it
+waits for the launcher to exit, then stops every process carrying the run's marker in its
+environment (Ray's GCS, raylet, dashboard and workers all inherit it from the launcher): TERM,
+then KILL after a grace. After a clean exit there is nothing left to stop and it just exits.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MARKER_ENV = "FTLAUNCH_RUN_MARKER"
+POLL_S = 0.5
+GRACE_S = 3.0
+
+
+def start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): tells a reused PID apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def start_reaper(marker: str) -> subprocess.Popen[bytes]:
+    """Watch this process; the caller sets MARKER_ENV=marker in the environment Ray inherits."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cluster.ray.reaper", str(os.getpid()), marker],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env={k: v for k, v in os.environ.items() if k != MARKER_ENV},  # never reap itself
+    )
+
+
+def main(argv: list[str]) -> int:
+    parent, marker = int(argv[0]), argv[1]
+    born = start_time(parent)
+    while born is not None and start_time(parent) == born:
+        time.sleep(POLL_S)
+    from cluster.procs import kill_marked
+
+    kill_marked(f"{MARKER_ENV}={marker}", grace_s=GRACE_S)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
