@@ -317,10 +317,10 @@ def collector_actor(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    actor_cls: ActorHandle = ray.remote(RunCollector)
+    as_actor: Any = ray.remote  # its overloads do not cover keyword-only use (see actors.py)
+    actor_cls: ActorHandle = as_actor(concurrency_groups=CONCURRENCY_GROUPS)(RunCollector)
     return actor_cls.options(
         num_cpus=0,
         max_concurrency=1,
-        concurrency_groups=CONCURRENCY_GROUPS,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run, liveness)

@@ -9,6 +9,7 @@ trainer/formats/metrics.py), so every reader of the stream sees the same figures
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from cluster.head.mlflow import MlflowMirror
 from trainer.formats.metrics import StragglerDetector, summarize_window
 from trainer.formats.rundir import METRICS_FILE, TENSORBOARD_DIR
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLog:
@@ -43,8 +46,11 @@ class MetricsLog:
             record = summarize_window(record, self._stragglers)
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
-            self._write_scalars(record)
             self._pending.append(record)
+            try:
+                self._write_scalars(record)
+            except OSError as exc:  # a full disk: metrics.jsonl is the record, TensorBoard a view
+                log.warning("TensorBoard events not written: %s", exc)
         if self._mlflow is not None:
             self._mlflow.log(record)  # queued: never waits for MLflow
         return record
