@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 
 from launcher.errors import (
+    INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
     TRAINING_FAILED_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -80,6 +81,8 @@ def run(
         if exc.is_data_error:
             fail(USER_ERROR_EXIT_CODE, exc.message)
         fail(TRAINING_FAILED_EXIT_CODE, f"{exc} (earlier contents of output.dir are untouched)")
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before training began): stop at once
+        fail(INTERRUPTED_EXIT_CODE, "interrupted: stopped at once, no checkpoint was taken")
 
 
 @app.command()
@@ -393,7 +396,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

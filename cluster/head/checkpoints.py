@@ -40,6 +40,7 @@ class CheckpointCommitter:
         self._on_result = on_result
         self._lock = threading.Lock()  # the collector's file and control threads both call in
         self._status: dict[str, tuple[str, str]] = {}  # tag -> (PENDING|COMMITTED|FAILED, why)
+        self._failed: set[str] = set()
         self._commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftlaunch-commit")
         self._files: dict[str, tuple[str, str]] = {}  # handle -> (tag, name)
         self._received: dict[str, dict[str, str]] = {}  # tag -> name -> sha256
@@ -97,13 +98,15 @@ class CheckpointCommitter:
     def failed(self, tag: str, reason: str) -> None:
         """A rank could not write or deliver its part of `tag`: it cannot be committed."""
         with self._lock:
+            if tag in self._failed:
+                return
+            self._failed.add(tag)
             self._submitted.pop(tag, None)
             self._received.pop(tag, None)
-            if self._status.get(tag, ("",))[0] == FAILED:
-                return
-            self._status[tag] = (FAILED, reason)
         shutil.rmtree(self.store.root / f"{STAGING_PREFIX}{tag}", ignore_errors=True)
         self._on_result({"event": "commit_failed", "tag": tag, "error": reason})
+        with self._lock:  # recorded first: a rank told "failed" finds the record there
+            self._status[tag] = (FAILED, reason)
 
     def status(self, tag: str) -> tuple[str, str]:
         """(PENDING, COMMITTED or FAILED, the reason of a failure); ("unknown", "") before every

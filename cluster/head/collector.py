@@ -84,8 +84,6 @@ class RunCollector:
         self._agents: dict[str, ActorHandle] = {}
         self._stall: tuple[int, str] | None = None  # (attempt, line) of the newest stall
         self._commit_failures: list[tuple[int, str, str]] = []  # (attempt, tag, reason)
-        if liveness is not None and liveness.start_agent is not None:  # i.e. inside Ray
-            threading.Thread(target=self._watch, name="ftlaunch-watchdog", daemon=True).start()
 
     # --- metrics
     @ray.method(concurrency_group=CONTROL)
@@ -156,6 +154,12 @@ class RunCollector:
         failed = [(tag, why) for a, tag, why in self._commit_failures if a == self.attempt]
         return {"attempt": self.attempt, "stall": stall, "commit_failures": failed}
 
+    @ray.method(concurrency_group=CONTROL)
+    def watch(self) -> None:
+        """Start the watchdog's thread (the actor does, once; tests call check_liveness)."""
+        if self._liveness is not None:
+            threading.Thread(target=self._watch, name="ftlaunch-watchdog", daemon=True).start()
+
     def check_liveness(self, now: float) -> str | None:
         """Act on a stall, if there is one now: save every rank's stacks, report the one line,
         kill the named ranks (Ray Train restarts the group). Returns the line."""
@@ -215,10 +219,17 @@ class RunCollector:
             for node, args in by_node.items()
             if node in self._agents
         }
+        if not refs:
+            return {}
+        ready, _ = ray.wait(
+            list(refs.values()), num_returns=len(refs), timeout=AGENT_CALL_TIMEOUT_S
+        )
         answers = {}
         for node, ref in refs.items():
             try:
-                answers[node] = get(ref, timeout=AGENT_CALL_TIMEOUT_S)
+                if ref not in ready:
+                    raise TimeoutError(f"no answer within {AGENT_CALL_TIMEOUT_S:.0f} s")
+                answers[node] = get(ref, timeout=1)
             except Exception as exc:  # a dead or hung node: note it, go on with the others
                 log.warning("node agent %s: %s failed: %s", node, method, exc)
         return answers
@@ -319,8 +330,10 @@ def collector_actor(
     here = ray.get_runtime_context().get_node_id()
     as_actor: Any = ray.remote  # its overloads do not cover keyword-only use (see actors.py)
     actor_cls: ActorHandle = as_actor(concurrency_groups=CONCURRENCY_GROUPS)(RunCollector)
-    return actor_cls.options(
+    collector = actor_cls.options(
         num_cpus=0,
         max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
     ).remote(str(run_dir), str(checkpoint_dir), keep_last, mlflow_run, liveness)
+    get(collector.watch.remote(), timeout=120)  # also: the actor is up before workers start
+    return collector

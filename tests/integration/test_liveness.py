@@ -3,8 +3,9 @@ ranks, faults from outside (SIGSTOP, a debugger attach, a duty cycle of SIGSTOP/
 Ctrl-C, a second launcher, a disk that fills).
 
 To fit CI's time, each launcher run proves several things:
-- run 1: rank 1 SIGSTOPped -> named silent with both ranks' stacks -> restart; then rank 1
-  made to sleep in its forward pass (gdb attach) -> named stuck -> restart -> the run finishes;
+- run 1: rank 1 SIGSTOPped -> named silent with both ranks' stacks -> restart; then rank 1's
+  training thread held by a debugger (ptrace) in its forward pass, so it never joins the
+  all-reduce while its heartbeat goes on -> named stuck -> restart -> the run finishes;
 - run 2: rank 1 slowed by a SIGSTOP/SIGCONT duty cycle -> flagged straggler; then the launcher
   is SIGKILLed -> nothing of the run is left after 30 s;
 - run 3: a second launcher on the same output.dir -> exit 2 naming the first; Ctrl-C on the
@@ -16,9 +17,10 @@ To fit CI's time, each launcher run proves several things:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
-import shutil
+import random
 import signal
 import subprocess
 import sys
@@ -35,17 +37,8 @@ from tests.conftest import REPO_ROOT
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
-# Make rank 1 sleep at its next forward pass instead of joining the step's all-reduce: the
-# code is run in the rank's main thread by the interpreter itself (Py_AddPendingCall), from
-# gdb attached for a moment. Its heartbeat thread keeps beating.
-SLEEP_IN_FORWARD = (
-    "import sys, time\\n"
-    "def _hang(frame, event, arg):\\n"
-    "    if event == 'call' and frame.f_code.co_name == 'loss':\\n"
-    "        sys.setprofile(None)\\n"
-    "        time.sleep(600)\\n"
-    "sys.setprofile(_hang)\\n"
-)
+PTRACE_DETACH, PTRACE_SEIZE, PTRACE_INTERRUPT, WALL = 17, 0x4206, 0x4207, 0x40000000
+PY_SPY = Path(sys.executable).with_name("py-spy")
 
 
 def job_file(tmp_path: Path, tiny_bert: Path) -> Path:
@@ -136,25 +129,66 @@ def kill_run(run: subprocess.Popen) -> None:
         run.communicate(timeout=30)
 
 
-def sleep_in_forward(pid: int) -> None:
-    """Attach gdb to `pid` for a moment and queue SLEEP_IN_FORWARD for its main thread."""
-    code = SLEEP_IN_FORWARD.replace('"', '\\"')
-    result = subprocess.run(
-        [
-            "gdb", "-p", str(pid), "-batch", "-nx",
-            "-ex", f'call (int)Py_AddPendingCall((void *)PyRun_SimpleString, (void *)"{code}")',
-        ],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert "$1 = 0" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+def py_spy_dump(pid: int) -> str:
+    command = [str(PY_SPY), "dump", "--nonblocking", "--pid", str(pid)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=30).stdout
+
+
+def thread_section(dump: str, marker: str) -> tuple[int, str]:
+    """(native thread id, its lines) of the first thread whose header line holds `marker`."""
+    for section in dump.split("\nThread ")[1:]:
+        header = section.splitlines()[0]
+        if marker in header:
+            return int(header.split()[0], 0), section
+    raise AssertionError(f"no thread {marker!r} in:\n{dump}")
+
+
+class FrozenThread:
+    """A debugger's stop of one thread: the rank's training thread (Ray Train runs the training
+    function in a thread of its own) is held in ptrace-stop while the process's other threads,
+    the heartbeat among them, run on. It is taken at a moment the thread runs its forward pass
+    without holding the GIL (checked with py-spy, retried otherwise): the rank then never joins
+    the step's gradient all-reduce, which the other rank waits in, and it keeps beating."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.tid, _ = thread_section(py_spy_dump(pid), '"TrainingThread')
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._libc.ptrace.argtypes = [
+            ctypes.c_long,
+            ctypes.c_long,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+        ]
+
+    def freeze_in_forward(self, attempts: int = 300) -> str:
+        """Returns py-spy's view of the frozen rank."""
+        for _ in range(attempts):
+            self._ptrace(PTRACE_SEIZE)
+            self._ptrace(PTRACE_INTERRUPT)
+            os.waitpid(self.tid, WALL)
+            dump = py_spy_dump(self.pid)
+            _, section = thread_section(dump, f"{self.tid} ")
+            if "gil" not in section.splitlines()[0] and "\n    loss (" in section:
+                return dump
+            self.release()
+            time.sleep(random.uniform(0.01, 0.05))
+        raise AssertionError(f"rank {self.pid} never caught in its forward pass without the GIL")
+
+    def release(self) -> None:
+        with contextlib.suppress(OSError):
+            self._ptrace(PTRACE_DETACH)
+
+    def _ptrace(self, request: int) -> None:
+        if self._libc.ptrace(request, self.tid, None, None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"ptrace({request:#x}, {self.tid}): {os.strerror(errno)}")
 
 
 @pytest.mark.timeout(420)
 def test_a_stopped_rank_then_a_stuck_rank_are_named_with_stacks_and_the_run_recovers(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
-    if shutil.which("gdb") is None:
-        pytest.fail("gdb is needed to make a rank sleep in a collective (installed by .ci/run)")
     out = tmp_path / "out"
     args = run_args(
         keyword_data,
@@ -193,7 +227,8 @@ def test_a_stopped_rank_then_a_stuck_rank_are_named_with_stacks_and_the_run_reco
             return pid if pid != stopped and later else None
 
         slept = wait_for("a restart", restarted_and_training, run, 120)
-        sleep_in_forward(slept)
+        frozen = FrozenThread(slept)
+        frozen.freeze_in_forward()
         started = time.monotonic()
         stuck = wait_for("a second stall", lambda: events(out, "stalled")[1:], run, 15 + 15)[0]
         stuck_s = time.monotonic() - started
@@ -211,6 +246,8 @@ def test_a_stopped_rank_then_a_stuck_rank_are_named_with_stacks_and_the_run_reco
         assert summary["restarts"] == 2 and summary["steps"] == 96
         print(f"named silent after {silent_s:.1f} s, stuck after {stuck_s:.1f} s")
     finally:
+        if "frozen" in locals():
+            frozen.release()
         kill_run(run)
 
 
@@ -281,7 +318,7 @@ def test_a_second_run_on_one_output_dir_is_refused_and_ctrl_c_checkpoints_and_ex
             run=first,
             timeout=240,
         )
-        run_id = events(out, "rank_start") and next(out.glob(".run-*")).name.removeprefix(".run-")
+        run_id = next(out.glob(".run-*")).name.removeprefix(".run-")
         second = launch(job, args)
         _, stderr = second.communicate(timeout=120)
         assert second.returncode == 2, stderr[-3000:]
@@ -317,8 +354,9 @@ def test_a_second_run_on_one_output_dir_is_refused_and_ctrl_c_checkpoints_and_ex
 def test_a_disk_that_fills_during_a_save_fails_the_commit_and_keeps_the_previous_checkpoint(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
-    """output.dir is a 36 MB tmpfs in a private mount namespace: the first checkpoint (24 MB)
-    fits, the second does not. What the run left is copied out before the namespace goes."""
+    """output.dir is a 24 MB tmpfs in a private mount namespace: the first checkpoint (16 MB:
+    no best weights yet) fits, the second does not. What the run left is copied out before the
+    namespace goes."""
     from launcher.resume import choose_resume_tag
 
     out, kept = tmp_path / "out", tmp_path / "kept"
@@ -329,7 +367,7 @@ def test_a_disk_that_fills_during_a_save_fails_the_commit_and_keeps_the_previous
         + [f"'{a}'" for a in args]
     )
     script = (
-        f"mount -t tmpfs -o size=36m tmpfs {out} && {{ {command}; rc=$?; "
+        f"mount -t tmpfs -o size=24m tmpfs {out} && {{ {command}; rc=$?; "
         f"df -k {out} | tail -1 > {tmp_path}/df; cp -a {out} {kept}; exit $rc; }}"
     )
     run = subprocess.Popen(

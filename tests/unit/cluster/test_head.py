@@ -131,3 +131,35 @@ def test_unusable_mlflow_uri_is_one_clear_line() -> None:
     message = str(caught.value)
     assert message.startswith("output.mlflow_uri: cannot use 'http://127.0.0.1:9'")
     assert "\n" not in message
+
+
+def test_a_failed_commit_is_recorded_answered_to_every_rank_and_keeps_the_previous_one(
+    tmp_path: Path,
+) -> None:
+    from trainer.formats.checkpoints import CheckpointStore
+
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
+    collector.report({"event": "rank_start", "rank": 0})
+    for tag, in_the_way in (("step-4", False), ("step-8", True)):
+        staging = Path(collector.checkpoint_staging(tag))
+        (staging / "rank0.bin").write_bytes(b"zero")
+        if in_the_way:  # the commit cannot write its manifest: the fault lands in the commit
+            (staging / "manifest.json").mkdir()
+        collector.checkpoint_submitted(tag, 1, None)
+        collector.checkpoint_submitted(tag, 0, {"step": int(tag[5:]), "world_size": 2})
+    assert wait_for_outcome(collector, "step-4") == ("committed", "")
+    state, reason = wait_for_outcome(collector, "step-8")
+    assert state == "failed" and reason.startswith("IsADirectoryError:") and "manifest.json" in reason
+    failed = [r for r in collector.drain() if r["event"] == "commit_failed"]
+    assert [r["tag"] for r in failed] == ["step-8"]
+    assert collector.outcome()["commit_failures"] == [("step-8", reason)]
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.verify("step-4")["state"]["step"] == 4  # the previous one is whole
+    assert [tag for tag, _ in store.complete()] == ["step-4"]
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))  # the failed save's files are gone
+
+    collector.checkpoint_failed("step-12", 1, "RuntimeError: file write failed")  # a rank's write
+    assert collector.checkpoint_status("step-12") == (
+        "failed",
+        "rank 1 could not save its part: RuntimeError: file write failed",
+    )
