@@ -18,7 +18,6 @@ import argparse
 import os
 import pickle
 import socket
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,9 +26,7 @@ from typing import Any
 import psutil
 import ray
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cluster.head.collector import Liveness, collector_actor  # noqa: E402
+from cluster.head.collector import Liveness, collector_actor
 
 
 def beat(rank: int, seq: int, step: int) -> dict[str, Any]:
@@ -121,7 +118,9 @@ def drive(args: argparse.Namespace, collector: Any, run_dir: Path) -> dict[str, 
             state = {"step": step, "world_size": args.ranks, "run_id": "bench"}
             ray.get([collector.checkpoint_submitted.remote(tag, r, state if r == 0 else None)
                      for r in range(args.ranks)], timeout=120)  # fmt: skip
-            ray.get([collector.checkpoint_status.remote(tag) for _ in range(args.ranks)], timeout=120)
+            ray.get(
+                [collector.checkpoint_status.remote(tag) for _ in range(args.ranks)], timeout=120
+            )
             next_ckpt += args.checkpoint_s
         collector.drain.remote()
         time.sleep(0.2)

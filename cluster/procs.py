@@ -11,6 +11,15 @@ import time
 from pathlib import Path
 
 
+def process_start(pid: int) -> str | None:
+    """The kernel's start time of `pid` (field 22 of /proc/PID/stat: tells a reused PID apart),
+    None if there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 def ancestors(pid: int) -> set[int]:
     """`pid` and its parents up to init."""
     chain = {pid}

@@ -22,18 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cluster.procs import process_start
 from launcher.errors import UserError
 from trainer.formats.rundir import LOCK_FILE
 
 ATTEMPTS = 5
-
-
-def process_start(pid: int) -> str | None:
-    """The kernel's start time of `pid` (tells a reused PID apart), None if there is none."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def holder_record(run_id: str) -> dict[str, Any]:

@@ -14,19 +14,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from cluster.procs import kill_marked, process_start
 
 MARKER_ENV = "FTLAUNCH_RUN_MARKER"
 POLL_S = 0.5
 GRACE_S = 3.0
-
-
-def start_time(pid: int) -> str | None:
-    """The kernel's start time of `pid` (field 22 of /proc/PID/stat): tells a reused PID apart."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
 
 
 def start_reaper(marker: str) -> subprocess.Popen[bytes]:
@@ -43,11 +36,9 @@ def start_reaper(marker: str) -> subprocess.Popen[bytes]:
 
 def main(argv: list[str]) -> int:
     parent, marker = int(argv[0]), argv[1]
-    born = start_time(parent)
-    while born is not None and start_time(parent) == born:
+    born = process_start(parent)
+    while born is not None and process_start(parent) == born:
         time.sleep(POLL_S)
-    from cluster.procs import kill_marked
-
     kill_marked(f"{MARKER_ENV}={marker}", grace_s=GRACE_S)
     return 0
 

@@ -259,6 +259,7 @@ def test_a_slowed_rank_is_a_straggler_and_a_killed_launcher_leaves_nothing(
     args = run_args(keyword_data, out, epochs=100, log_every=4)
     run = launch(job_file(tmp_path, tiny_bert), args)
     done = threading.Event()
+    slowed = None
     try:
         wait_for("training", lambda: events(out, "train"), run, 240)
         slowed = rank_pids(out)[1]
@@ -295,8 +296,9 @@ def test_a_slowed_rank_is_a_straggler_and_a_killed_launcher_leaves_nothing(
         )
     finally:
         done.set()
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(slowed, signal.SIGCONT) if "slowed" in locals() else None
+        if slowed is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slowed, signal.SIGCONT)
         kill_run(run)
 
 

@@ -149,7 +149,9 @@ def test_a_failed_commit_is_recorded_answered_to_every_rank_and_keeps_the_previo
         collector.checkpoint_submitted(tag, 0, {"step": int(tag[5:]), "world_size": 2})
     assert wait_for_outcome(collector, "step-4") == ("committed", "")
     state, reason = wait_for_outcome(collector, "step-8")
-    assert state == "failed" and reason.startswith("IsADirectoryError:") and "manifest.json" in reason
+    assert (
+        state == "failed" and reason.startswith("IsADirectoryError:") and "manifest.json" in reason
+    )
     failed = [r for r in collector.drain() if r["event"] == "commit_failed"]
     assert [r["tag"] for r in failed] == ["step-8"]
     assert collector.outcome()["commit_failures"] == [("step-8", reason)]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cluster.procs import process_start
 from launcher.errors import UserError
-from launcher.lock import output_lock, process_start
+from launcher.lock import output_lock
 
 
 def test_a_second_holder_is_refused_naming_the_first(tmp_path: Path) -> None:
