@@ -20,6 +20,16 @@ def process_start(pid: int) -> str | None:
         return None
 
 
+def is_running(pid: int, started: str) -> bool:
+    """Whether the process `pid` that started at `started` (process_start) still runs: not
+    gone, not another process under a reused PID, not a zombie its parent has yet to reap."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[19] == started and fields[0] not in ("Z", "X")
+
+
 def ancestors(pid: int) -> set[int]:
     """`pid` and its parents up to init."""
     chain = {pid}

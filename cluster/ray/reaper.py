@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 
-from cluster.procs import kill_marked, process_start
+from cluster.procs import is_running, kill_marked, process_start
 
 MARKER_ENV = "FTLAUNCH_RUN_MARKER"
 POLL_S = 0.5
@@ -37,7 +37,7 @@ def start_reaper(marker: str) -> subprocess.Popen[bytes]:
 def main(argv: list[str]) -> int:
     parent, marker = int(argv[0]), argv[1]
     born = process_start(parent)
-    while born is not None and process_start(parent) == born:
+    while born is not None and is_running(parent, born):
         time.sleep(POLL_S)
     kill_marked(f"{MARKER_ENV}={marker}", grace_s=GRACE_S)
     return 0
