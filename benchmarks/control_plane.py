@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import secrets
 import socket
 import tempfile
 import time
@@ -24,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-import ray
 
+# cluster first: it sets RAY_AUTH_MODE=token, which Ray reads when it is imported (below, lazily)
 from cluster.head.collector import Liveness, collector_actor
 
 
@@ -62,7 +63,6 @@ def window(ranks: int, step: int, steps_per_window: int) -> dict[str, Any]:
     }
 
 
-@ray.remote(num_cpus=0)
 class SimulatedNodes:
     """Plays a set of nodes: their agents' heartbeat batches, once a second each."""
 
@@ -71,9 +71,11 @@ class SimulatedNodes:
 
     def run(self, seconds: float, silent: tuple[int, float] | None) -> int:
         """Send for `seconds`; rank `silent[0]` stops beating `silent[1]` s in. Returns calls."""
-        started, seq, calls = time.monotonic(), 0, 0
+        import ray
+
+        started, calls, interval = time.monotonic(), 0, 1.0
         while (elapsed := time.monotonic() - started) < seconds:
-            seq += 1
+            seq = int(elapsed) + 1  # ranks beat once a second; the agents forward the newest
             refs = []
             for node, ranks in self.nodes.items():
                 beats = []
@@ -81,26 +83,30 @@ class SimulatedNodes:
                     frozen = silent and rank == silent[0] and elapsed > silent[1]
                     beats.append(beat(rank, 1 if frozen else seq, seq))
                 refs.append(self.collector.heartbeats.remote(node, beats))
-            ray.get(refs, timeout=30)
+            interval = max(reply[1] for reply in ray.get(refs, timeout=30))
             calls += len(refs)
-            time.sleep(max(0.0, started + seq - time.monotonic()))
+            time.sleep(max(0.0, started + elapsed + interval - time.monotonic()))
         return calls
 
 
 def collector_process() -> psutil.Process:
-    for process in psutil.process_iter(["cmdline"]):
-        if "ray::RunCollector" in " ".join(process.info["cmdline"] or []):
+    """Ours: among this driver's descendants (its Ray), not another Ray's on the machine."""
+    for process in psutil.Process().children(recursive=True):
+        if "ray::RunCollector" in " ".join(process.cmdline()):
             return process
     raise RuntimeError("no collector process found")
 
 
 def drive(args: argparse.Namespace, collector: Any, run_dir: Path) -> dict[str, float]:
+    import ray
+
+    simulated: Any = ray.remote(num_cpus=0)(SimulatedNodes)
     nodes = {f"node-{n}": list(range(n * args.ranks_per_node, (n + 1) * args.ranks_per_node))
              for n in range(args.ranks // args.ranks_per_node)}  # fmt: skip
     names = sorted(nodes)
     shares = [names[i :: args.clients] for i in range(args.clients)]
     silent_rank, silent_at = args.ranks - 1, args.seconds + args.warmup
-    clients = [SimulatedNodes.remote(collector, {n: nodes[n] for n in share}) for share in shares]
+    clients = [simulated.remote(collector, {n: nodes[n] for n in share}) for share in shares]
     total = args.seconds + args.warmup + args.heartbeat_timeout + 10
     running = [c.run.remote(total, (silent_rank, silent_at)) for c in clients]
     head = collector_process()
@@ -154,6 +160,9 @@ def main() -> None:
     parser.add_argument("--checkpoint-s", type=float, default=30.0, help="checkpoint period")
     parser.add_argument("--heartbeat-timeout", type=float, default=10.0)
     args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))  # as the launcher's Ray
+    import ray
+
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     with tempfile.TemporaryDirectory(prefix="ftl-bench-") as tmp:
         run_dir = Path(tmp)

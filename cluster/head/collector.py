@@ -38,6 +38,11 @@ from trainer.formats.rundir import CHECKPOINT_DIR
 CONTROL, FILES = "control", "files"
 CONCURRENCY_GROUPS = {CONTROL: 1, FILES: 1}
 AGENT_CALL_TIMEOUT_S = 40.0
+# The head takes at most this many heartbeat batches a second: node agents forward every
+# max(1 s, nodes / this) (at most MAX_FORWARD_S, and a fifth of the heartbeat timeout), so its
+# load stays flat as nodes are added; a silence is seen that much later at most.
+MAX_BATCHES_PER_S = 32
+MAX_FORWARD_S = 4.0
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +87,7 @@ class RunCollector:
         )
         self._watch_lock = threading.Lock()
         self._agents: dict[str, ActorHandle] = {}
+        self._nodes_seen: set[str] = set()
         self._stall: tuple[int, str] | None = None  # (attempt, line) of the newest stall
         self._commit_failures: list[tuple[int, str, str]] = []  # (attempt, tag, reason)
 
@@ -140,12 +146,21 @@ class RunCollector:
         return self._agents[node_id]
 
     @ray.method(concurrency_group=CONTROL)
-    def heartbeats(self, node_id: str, beats: list[dict[str, Any]]) -> bool:
-        """A node agent's batch of its ranks' newest beats; returns the stop flag."""
+    def heartbeats(self, node_id: str, beats: list[dict[str, Any]]) -> tuple[bool, float]:
+        """A node agent's batch of its ranks' newest beats; returns the stop flag and when to
+        send the next batch."""
+        self._nodes_seen.add(node_id)
         if self._watchdog is not None:
             with self._watch_lock:
                 self._watchdog.observe([b | {"node_id": node_id} for b in beats], time.monotonic())
-        return self._stop_requested
+        return self._stop_requested, self.forward_interval_s()
+
+    def forward_interval_s(self) -> float:
+        nodes = max(len(self._nodes_seen), 1)
+        limit = MAX_FORWARD_S
+        if self._liveness is not None:
+            limit = min(limit, self._liveness.heartbeat_timeout_s / 5)
+        return max(1.0, min(nodes / MAX_BATCHES_PER_S, limit))
 
     @ray.method(concurrency_group=CONTROL)
     def outcome(self) -> dict[str, Any]:

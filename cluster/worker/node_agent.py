@@ -1,5 +1,6 @@
 """One small actor per node: it collects its ranks' heartbeats and forwards them to the head as
-one batch a second, so the head's load grows with nodes, not ranks x frequency; it relays the
+one batch a second (less often on large clusters: the head says when), so the head's load grows
+with nodes, not ranks x frequency, and stays bounded; it relays the
 launcher's stop request back; and when the head's watchdog names a stall, it collects the stacks
 of its ranks (py-spy, or faulthandler where py-spy cannot read a process) and kills the ranks it
 is told to. Created by the collector (which owns it, so it lives as long as the run) on the
@@ -79,11 +80,11 @@ class NodeAgent:
         failing = False
         while True:
             try:
-                reply = get(
+                stop, self._interval_s = get(
                     self._collector.heartbeats.remote(self._node_id, self.batch()),
                     timeout=CALL_TIMEOUT_S,
                 )
-                self._stop = self._stop or bool(reply)
+                self._stop = self._stop or stop
                 failing = False
             except Exception as exc:  # retried next interval; the head judges the silence
                 if not failing:
