@@ -151,13 +151,15 @@ class FrozenThread:
     """A debugger's stop of one thread: the rank's training thread (Ray Train runs the training
     function in a thread of its own) is held in ptrace-stop while the process's other threads,
     the heartbeat among them, run on. It is taken at a moment the thread reads its next batch or
-    runs its forward pass, without holding the GIL (checked with py-spy, retried otherwise): the
-    rank then never joins the step's gradient all-reduce, which the other rank waits in, and it
-    keeps beating."""
+    runs its forward pass, without holding the GIL (checked with py-spy) and while the heartbeat
+    thread still runs (checked from /proc: freezing a thread inside the interpreter's own locks
+    would stop every thread), else let go and retried: the rank then never joins the step's
+    gradient all-reduce, which the other rank waits in, and it keeps beating."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.tid, _ = thread_section(py_spy_dump(pid), '"TrainingThread')
+        self.frozen_at = 0.0
         self._libc = ctypes.CDLL(None, use_errno=True)
         self._libc.ptrace.argtypes = [
             ctypes.c_long,
@@ -173,13 +175,30 @@ class FrozenThread:
             self._ptrace(PTRACE_SEIZE)
             self._ptrace(PTRACE_INTERRUPT)
             os.waitpid(self.tid, WALL)
+            self.frozen_at = time.monotonic()
             dump = py_spy_dump(self.pid)
             _, section = thread_section(dump, f"{self.tid} ")
             if "gil" not in section.splitlines()[0] and BEFORE_THE_ALL_REDUCE.search(section):
-                return dump
+                beating, _ = thread_section(dump, '"ftlaunch-heartbeat"')
+                if self._still_beats(beating):
+                    return dump
             self.release()
             time.sleep(random.uniform(0.01, 0.05))
         raise AssertionError(f"rank {self.pid} never caught before its all-reduce without the GIL")
+
+    def _still_beats(self, tid: int) -> bool:
+        """Whether the heartbeat thread goes on: it wakes a few times a second (its 1 s sleep,
+        its call to the node agent). A thread blocked on a lock the frozen one holds never wakes;
+        one waiting for the GIL wakes every 5 ms."""
+        status = Path(f"/proc/{self.pid}/task/{tid}/status")
+
+        def switches() -> int:
+            line = next(x for x in status.read_text().splitlines() if x.startswith("voluntary"))
+            return int(line.split()[1])
+
+        before = switches()
+        time.sleep(2.5)
+        return 2 <= switches() - before <= 100
 
     def release(self) -> None:
         with contextlib.suppress(OSError):
@@ -235,7 +254,7 @@ def test_a_stopped_rank_then_a_stuck_rank_are_named_with_stacks_and_the_run_reco
         slept = wait_for("a restart", restarted_and_training, run, 120)
         frozen = FrozenThread(slept)
         frozen.freeze_before_the_all_reduce()
-        started = time.monotonic()
+        started = frozen.frozen_at
         stuck = wait_for("a second stall", lambda: events(out, "stalled")[1:], run, 15 + 15)[0]
         stuck_s = time.monotonic() - started
         assert stuck["ranks"] == [1] and stuck["pids"] == [slept], stuck
