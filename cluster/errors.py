@@ -19,12 +19,15 @@ class TrainingFailed(Exception):
     is_data_error: bool = False
 
     def __str__(self) -> str:
-        where = f"rank {self.rank}" if self.rank is not None else "the training controller"
-        return f"training failed on {where}: {self.message}"
+        if self.rank is None:  # the head's own verdict (a stall, a failed commit) says where
+            return f"training failed: {self.message}"
+        return f"training failed on rank {self.rank}: {self.message}"
 
 
 @dataclass
 class Preempted(Exception):
-    """SIGTERM arrived; `committed` is the checkpoint saved for it (None if the grace ran out)."""
+    """SIGTERM (or a Ctrl-C) arrived; `committed` is the checkpoint saved for it (None if the
+    grace ran out)."""
 
     committed: str | None
+    signal_name: str = "SIGTERM"

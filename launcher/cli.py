@@ -14,6 +14,7 @@ from launcher.cli_infer import generate, predict
 from launcher.cli_jobs import list_, logs, status, stop, submit
 from launcher.cli_support import err_console, fail
 from launcher.errors import (
+    INTERRUPTED_EXIT_CODE,
     PREEMPTED_EXIT_CODE,
     TRAINING_FAILED_EXIT_CODE,
     USER_ERROR_EXIT_CODE,
@@ -92,11 +93,13 @@ def run(
             if exc.committed
             else "no checkpoint within the grace period"
         )
-        fail(PREEMPTED_EXIT_CODE, f"preempted (SIGTERM): {saved}; continue with --resume")
+        fail(PREEMPTED_EXIT_CODE, f"preempted ({exc.signal_name}): {saved}; continue with --resume")
     except TrainingFailed as exc:
         if exc.is_data_error:
             fail(USER_ERROR_EXIT_CODE, exc.message)
         fail(TRAINING_FAILED_EXIT_CODE, f"{exc} (earlier contents of output.dir are untouched)")
+    except KeyboardInterrupt:  # a second Ctrl-C (or one before training began): stop at once
+        fail(INTERRUPTED_EXIT_CODE, "interrupted: stopped at once, no checkpoint was taken")
 
 
 @app.command()
@@ -341,7 +344,7 @@ def main() -> None:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(INTERRUPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

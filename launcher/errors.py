@@ -6,6 +6,7 @@ USER_ERROR_EXIT_CODE = 2
 TRAINING_FAILED_EXIT_CODE = 1
 # SIGTERM (preemption): training stopped after committing a checkpoint; `--resume` continues it.
 PREEMPTED_EXIT_CODE = 3
+INTERRUPTED_EXIT_CODE = 130  # a second Ctrl-C: stopped at once (128 + SIGINT, as shells report)
 
 
 class UserError(Exception):

@@ -52,6 +52,8 @@ class RunDisplay:
                 self._progress.console.print(f"eval @ step {record['step']}: {values}")
             elif event == "train" and record.get("straggler") is not None:
                 self._warn_straggler(record)
+            elif event in ("stalled", "commit_failed", "warning"):
+                self._progress.console.print(alert_line(record), markup=False)
         train = self.latest.get("train")
         if train:
             stats = self._stats(train, self.latest.get("eval"))
@@ -123,3 +125,14 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def alert_line(record: dict[str, Any]) -> str:
+    """What the head reported going wrong, as one line: a stalled rank (restarted within
+    training.max_failures), a checkpoint that could not be committed, an MLflow outage."""
+    event = record["event"]
+    if event == "stalled":
+        return f"stalled: {record['message']}"
+    if event == "commit_failed":
+        return f"commit failed: checkpoint {record['tag']} was not committed: {record['error']}"
+    return f"warning: {record['message']}"

@@ -80,6 +80,9 @@ class LocalCheckpointSink:
         done = self.store.root / tag / COMPLETE_MARKER
         _wait_until(done.exists, timeout_s, f"{tag}: commit")
 
+    def abandon(self, tag: str, error: str) -> None:
+        return None  # rank 0 commits here, and only once every rank wrote its part
+
     def latest(self) -> str | None:
         return self._resume_tag
 

@@ -48,7 +48,13 @@ class CheckpointSink(Protocol):
         ...
 
     def wait_committed(self, tag: str, timeout_s: float) -> None:
-        """Block until this rank's deliveries are done and `tag` is committed on the head."""
+        """Block until this rank's deliveries are done and `tag` is committed on the head.
+        Raises if the head could not commit it."""
+        ...
+
+    def abandon(self, tag: str, error: str) -> None:
+        """This rank could not write its part of `tag` (the caller raises next): the head
+        records the checkpoint as failed, so nobody waits for it and the run says why."""
         ...
 
     def latest(self) -> str | None:
@@ -60,7 +66,23 @@ class CheckpointSink(Protocol):
         ...
 
     def cleanup(self) -> None:
-        """Remove node-local scratch copies."""
+        """Remove node-local scratch copies. Raises if the last checkpoint this rank submitted
+        was not committed (the run must not end as if it had been)."""
+        ...
+
+
+# What a rank can be doing, published by the training loop (trainer/loop/train.py); "setup" comes
+# before the first step and "done" after the last. The head's watchdog reads them from heartbeats
+# (cluster/head/watchdog.py) and, when ranks wait for each other, names the one furthest behind
+# in this order. "collective" is last: a rank inside a collective has finished its own work of
+# the step and waits for the others.
+PHASES = ("setup", "data", "forward", "backward", "optimizer", "eval", "save", "collective", "done")
+
+
+class PhaseBoard(Protocol):
+    def enter(self, phase: str, step: int) -> None:
+        """This rank now works on `phase` of optimizer step `step`. Called by the training loop at
+        every phase change, so it must cost next to nothing: a heartbeat thread reads it."""
         ...
 
 
@@ -89,3 +111,4 @@ class WorkerIO:
     open_store: Callable[[str], ShardStore]
     checkpoints: CheckpointSink | None = None
     stop: StopSignal | None = None
+    phases: PhaseBoard | None = None

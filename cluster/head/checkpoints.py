@@ -8,22 +8,44 @@ remote ranks read committed files back in chunks, each checkpoint verified once 
 
 Tags and names come from workers: every tag must be `step-<n>`, every name is confined below the
 checkpoint (trainer/formats/names.py), and reads serve only files the verified manifest lists.
+
+Commits (hashing, fsync, rename, prune) run on a thread of their own, so the collector keeps
+receiving files and answering while one is in progress. Every tag's outcome is kept
+(`status`): each rank asks for it before its next save and at the end, so a commit that failed
+(a full disk) is never lost; `on_result` gets a `committed` or `commit_failed` record.
 """
 
 from __future__ import annotations
 
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from cluster.head.files import FileReceiver
-from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.checkpoints import COMPLETE_MARKER, STAGING_PREFIX, CheckpointStore
 from trainer.formats.names import UnsafeNameError, check_name, check_tag, confined
+
+PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
 
 
 class CheckpointCommitter:
-    def __init__(self, store: CheckpointStore, receiver: FileReceiver) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        receiver: FileReceiver,
+        on_result: Callable[[dict[str, Any]], None] = lambda record: None,
+    ) -> None:
         self.store = store
         self._receiver = receiver
+        self._on_result = on_result
+        self._lock = threading.Lock()  # the collector's file and control threads both call in
+        self._status: dict[str, tuple[str, str]] = {}  # tag -> (PENDING|COMMITTED|FAILED, why)
+        self._failed: set[str] = set()
+        self._commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftlaunch-commit")
         self._files: dict[str, tuple[str, str]] = {}  # handle -> (tag, name)
         self._received: dict[str, dict[str, str]] = {}  # tag -> name -> sha256
         self._submitted: dict[str, tuple[set[int], dict[str, Any]]] = {}  # ranks, rank 0's state
@@ -33,8 +55,10 @@ class CheckpointCommitter:
     def restart(self) -> list[str]:
         """A worker group (re)started: what a crashed save left is discarded, so stale files
         never leak into this attempt's save of the same step. Returns the names removed."""
-        self._received.clear()
-        self._submitted.clear()
+        with self._lock:
+            self._received.clear()
+            self._submitted.clear()
+        self._commits.submit(lambda: None).result()  # a commit in flight finishes first
         return self.store.discard_incomplete()
 
     def staging(self, tag: str) -> Path:
@@ -55,20 +79,67 @@ class CheckpointCommitter:
     def is_checkpoint_file(self, handle: str) -> bool:
         return handle in self._files
 
-    def submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> dict[str, Any] | None:
-        """Rank `rank` has delivered all its files of `tag`. Commits when every rank has; returns
-        the commit's state then, else None."""
+    def tag_of(self, handle: str) -> str | None:
+        """The checkpoint a file being received belongs to (None: not a checkpoint file)."""
+        entry = self._files.get(handle)
+        return entry[0] if entry else None
+
+    def submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> bool:
+        """Rank `rank` has delivered all its files of `tag`. When every rank has, the commit is
+        queued on the commit thread; returns whether it was."""
         check_tag(tag)
-        ranks, known_state = self._submitted.setdefault(tag, (set(), {}))
-        ranks.add(rank)
-        if state is not None:
-            known_state.update(state)
-        if not known_state or len(ranks) < known_state["world_size"]:
-            return None
-        self.store.commit(tag, known_state, self._received.pop(tag, {}))
-        del self._submitted[tag]
-        self._committed.add(tag)
-        return known_state
+        with self._lock:
+            ranks, known_state = self._submitted.setdefault(tag, (set(), {}))
+            ranks.add(rank)
+            if state is not None:
+                known_state.update(state)
+            if not known_state or len(ranks) < known_state["world_size"]:
+                return False
+            del self._submitted[tag]
+            received = self._received.pop(tag, {})
+            self._status[tag] = (PENDING, "")
+        self._commits.submit(self._commit, tag, known_state, received)
+        return True
+
+    def failed(self, tag: str, reason: str) -> None:
+        """A rank could not write or deliver its part of `tag`: it cannot be committed."""
+        check_tag(tag)
+        with self._lock:
+            if tag in self._failed:
+                return
+            self._failed.add(tag)
+            self._submitted.pop(tag, None)
+            self._received.pop(tag, None)
+        shutil.rmtree(self.store.root / f"{STAGING_PREFIX}{tag}", ignore_errors=True)
+        self._on_result({"event": "commit_failed", "tag": tag, "error": reason})
+        with self._lock:  # recorded first: a rank told "failed" finds the record there
+            self._status[tag] = (FAILED, reason)
+
+    def status(self, tag: str) -> tuple[str, str]:
+        """(PENDING, COMMITTED or FAILED, the reason of a failure); ("unknown", "") before every
+        rank has submitted."""
+        with self._lock:
+            return self._status.get(tag, ("unknown", ""))
+
+    def failures(self) -> list[dict[str, str]]:
+        with self._lock:
+            return [{"tag": t, "error": why} for t, (s, why) in self._status.items() if s == FAILED]
+
+    def _commit(self, tag: str, state: dict[str, Any], received: dict[str, str]) -> None:
+        started = time.perf_counter()
+        try:
+            self.store.commit(tag, state, received)
+        except Exception as exc:  # a full disk, an I/O error: recorded, raised on the ranks
+            if not (self.store.root / tag / COMPLETE_MARKER).is_file():  # else: only pruning failed
+                self.failed(tag, f"{type(exc).__name__}: {exc}")
+                return
+        with self._lock:
+            self._status[tag] = (COMMITTED, "")
+            self._committed.add(tag)
+        commit_s = time.perf_counter() - started
+        self._on_result(
+            {"event": "committed", "tag": tag, "step": state.get("step"), "commit_s": commit_s}
+        )
 
     def is_committed(self, tag: str) -> bool:
         return check_tag(tag) in self._committed

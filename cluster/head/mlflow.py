@@ -3,6 +3,9 @@
 Only the collector on the head talks to MLflow: workers never need its credentials or network
 access. The client is explicit (MlflowClient with a run id), not mlflow's global "active run",
 so nothing leaks between runs started in one process.
+
+MLflow is never in the collector's critical path: MetricsLog puts the logger behind a
+`QueuedMirror` (mirror.py), which sends from a queue on a thread of its own.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ class MlflowLogger:
     metrics at the end, and the final status."""
 
     def __init__(self, uri: str, run_id: str) -> None:
+        # The collector runs in a Ray actor, not in the launcher that checked the URI: fail fast
+        # here too, so one attempt costs seconds and the mirror's queue, not the run, waits.
+        os.environ.update({k: v for k, v in CHECK_ENV.items() if k not in os.environ})
         from mlflow.tracking import MlflowClient
 
         self.client, self.run_id = MlflowClient(tracking_uri=uri), run_id

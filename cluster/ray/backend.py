@@ -1,12 +1,13 @@
 """Run a job on Ray: an embedded local cluster by default, or an existing one by address.
 
 Ray Train's TorchTrainer owns the worker group and the torch process group; we add token auth,
-a fail-fast placement check, the head-side collector, and a progress feed for the terminal.
+a fail-fast placement check, the head-side collector with its heartbeat watchdog, a progress
+feed for the terminal, and a reaper that takes the embedded Ray down with the launcher.
 
 Closed by default: the running Ray must have token authentication and RAY_AUTH_MODE must be
 `token`, unless the user passes --insecure (cluster/auth/mode.py; the launcher checks it before
-anything is written, the backend again before it starts or joins a cluster). The embedded cluster listens on loopback only, in a private temp dir
-(cluster/ray/embedded.py).
+anything is written, the backend again before it starts or joins a cluster). The embedded
+cluster listens on loopback only, in a private temp dir (cluster/ray/embedded.py).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cluster.auth.mode import check_closed
 from cluster.auth.secrets import sealed_env_vars, without_secrets
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
-from cluster.head.collector import collector_actor
+from cluster.head.collector import Liveness, collector_actor
 from cluster.head.metrics_log import Trackers
 from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.shard_server import shard_server_actor
@@ -38,12 +39,14 @@ from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
 from cluster.ray.embedded import EmbeddedCluster, local_only_driver
+from cluster.ray.reaper import MARKER_ENV, start_reaper
 from cluster.worker.entry import train_worker
+from cluster.worker.node_agent import start_node_agent
 from trainer.config.cluster import ClusterConfig
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
 from trainer.formats.checkpoints import CorruptCheckpointError
-from trainer.formats.rundir import TOKEN_FILE
+from trainer.formats.rundir import STACKS_DIR, TOKEN_FILE
 from trainer.formats.shards import CorruptShardError
 from trainer.formats.signing import CheckpointSigning
 
@@ -64,6 +67,7 @@ class RayBackend:
         self.insecure = insecure
         self._embedded: EmbeddedCluster | None = None
         self._local_only = contextlib.ExitStack()
+        self._reaper: Any = None
 
     def __enter__(self) -> RayBackend:
         check_closed(ray.__version__, os.environ, self.insecure)
@@ -84,6 +88,7 @@ class RayBackend:
             self._embedded.stop()
             self._embedded = None
         self._local_only.close()
+        os.environ.pop(MARKER_ENV, None)
 
     def _start_embedded(self) -> None:
         # A fresh token per run unless the user brought one; the driver presents it too.
@@ -91,6 +96,11 @@ class RayBackend:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
                 write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
+        # Every process of the embedded Ray inherits the marker; the reaper stops them all
+        # when this process ends, even by SIGKILL (Ray's own parent-death signal covers only
+        # some of them). Ray blocks SIGINT in what it starts: a Ctrl-C reaches only us.
+        os.environ[MARKER_ENV] = secrets.token_hex(8)
+        self._reaper = start_reaper(os.environ[MARKER_ENV])
         c = self.cluster
         self._embedded = EmbeddedCluster(
             num_cpus=c.num_cpus or os.cpu_count() or 1,
@@ -154,9 +164,16 @@ class RayBackend:
         from cluster.ray.process_group import BoundStoreTorchConfig
 
         plan = self.check_placement()
+        t = spec.job.training
+        liveness = Liveness(
+            t.heartbeat_timeout_s,
+            t.stall_timeout_s,
+            str(checkpoint_dir.parent / STACKS_DIR),
+            start_agent=start_node_agent,
+        )
         trackers = Trackers(_mlflow_run(spec), _wandb_target(spec))
         collector = collector_actor(
-            run_dir, checkpoint_dir, spec.job.output.keep_last, trackers, signing
+            run_dir, checkpoint_dir, spec.job.output.keep_last, trackers, signing, liveness
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         c = self.cluster
@@ -168,7 +185,9 @@ class RayBackend:
                 "shard_server": shard_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
-            torch_config=BoundStoreTorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            torch_config=BoundStoreTorchConfig(
+                backend="nccl" if c.uses_gpu() else "gloo", timeout_s=int(t.collective_timeout_s)
+            ),
             scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
                 name=spec.run_id,
@@ -187,37 +206,48 @@ class RayBackend:
                 on_progress(_note_ranks(_poll(collector), ranks))
         on_progress(_note_ranks(_poll(collector), ranks))
         if stop.requested_at is not None:
-            get(collector.close.remote("KILLED"), timeout=30)
-            raise Preempted(committed=get(collector.preempted_tag.remote(), timeout=10))
-        get(collector.close.remote("FAILED" if "error" in outcome else "FINISHED"))
-        if "error" in outcome:
-            raise _as_training_failed(outcome["error"])
+            get(collector.close.remote("KILLED"), timeout=60)
+            tag = get(collector.preempted_tag.remote(), timeout=10)
+            raise Preempted(committed=tag, signal_name=stop.signal_name)
+        head = get(collector.outcome.remote(), timeout=30)
+        failed = "error" in outcome or head["commit_failures"]
+        get(collector.close.remote("FAILED" if failed else "FINISHED"), timeout=60)
+        if failed:
+            raise _as_training_failed(outcome.get("error"), head)
         restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
         return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
 
 
 class _StopOnSigterm:
-    """While active, SIGTERM asks the workers (through the collector) to checkpoint and stop,
-    and starts the grace period after which the launcher stops waiting for them."""
+    """While active, SIGTERM or a Ctrl-C (SIGINT) asks the workers (through the collector) to
+    checkpoint and stop, and starts the grace period after which the launcher stops waiting for
+    them. A second Ctrl-C stops at once (KeyboardInterrupt: Ray is shut down, exit 130)."""
 
     def __init__(self, collector: ActorHandle, grace_s: float) -> None:
         self._collector = collector
         self._grace_s = grace_s
         self.requested_at: float | None = None
-        self._previous: Any = None
+        self.signal_name = "SIGTERM"
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> _StopOnSigterm:
-        self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        if self.requested_at is None:
-            self.requested_at = time.monotonic()
-            self._collector.request_stop.remote()
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.requested_at is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested_at = time.monotonic()
+        self.signal_name = signal.Signals(signum).name
+        self._collector.request_stop.remote()
 
     def grace_exceeded(self) -> bool:
         return (
@@ -274,17 +304,25 @@ def _poll(collector: ActorHandle) -> list[dict[str, Any]]:
         return []
 
 
-def _as_training_failed(error: BaseException) -> TrainingFailed:
-    failures = getattr(error, "worker_failures", None)
-    if failures:
-        rank = min(failures)
-        cause = _root_cause(failures[rank])
+def _as_training_failed(error: BaseException | None, head: dict[str, Any]) -> TrainingFailed:
+    """The one reason to give: a stall the watchdog named in the last attempt, else a checkpoint
+    the head could not commit, else the first failing rank's error."""
+    failures = getattr(error, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        cause = _root_cause(failure)
         # Bad input rather than a failed run (exit 2): a shard or checkpoint that fails its
         # checks (an unsafe pickle included), or a config this worker cannot run.
         if isinstance(cause, (CorruptShardError, CorruptCheckpointError, UnsupportedConfigError)):
             return TrainingFailed(rank, str(cause), is_data_error=True)
+    if head["stall"]:
+        return TrainingFailed(None, head["stall"])
+    if head["commit_failures"]:
+        tag, reason = head["commit_failures"][0]
+        return TrainingFailed(None, f"checkpoint {tag} was not committed: {reason}")
+    if failures:
+        rank = min(failures)
         return TrainingFailed(rank, _last_line(failures[rank]))
-    return TrainingFailed(None, _last_line(error))
+    return TrainingFailed(None, _last_line(error) if error else "unknown failure")
 
 
 def _root_cause(error: BaseException) -> BaseException:

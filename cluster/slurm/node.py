@@ -34,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from cluster.procs import kill_marked
 from cluster.slurm.layout import (
     PORT_RANGE_END,
     NodePorts,
@@ -233,43 +234,9 @@ def stop_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def marked_pids(directory: Path) -> list[int]:
-    """PIDs (of this user) whose environment carries this job's marker, except us and our parents."""
-    needle = f"{MARKER_ENV}={directory}".encode() + b"\0"
-    spared = _ancestors(os.getpid())
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spared:
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
-            if needle in (entry / "environ").read_bytes() + b"\0":
-                found.append(int(entry.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-    return found
-
-
-def _ancestors(pid: int) -> set[int]:
-    chain = {pid}
-    while pid > 1:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat.rsplit(")", 1)[1].split()[1])
-        chain.add(pid)
-    return chain
-
-
 def reap(directory: Path) -> int:
     """KILL every leftover process of this job on this host; returns how many there were."""
-    pids = marked_pids(directory)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return len(pids)
+    return kill_marked(f"{MARKER_ENV}={directory}")
 
 
 def wait_for_nodes(address: str, nodes: int, timeout_s: float) -> int:

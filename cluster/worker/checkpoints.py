@@ -1,7 +1,11 @@
 """Worker side of checkpoints-to-head: ranks on the head node write straight into the head's
 staging directory; ranks elsewhere write to node-local scratch and stream their files to the
 collector in bounded chunks, then delete the scratch. On resume each remote rank downloads
-only the files it needs, each checked against the committed manifest."""
+only the files it needs, each checked against the committed manifest.
+
+Every rank learns the outcome of each checkpoint it submitted: before its next save and at the
+end it asks the head, and raises CheckpointNotCommitted if the commit failed (a full disk), so a
+run never ends as if a checkpoint existed that does not."""
 
 from __future__ import annotations
 
@@ -18,6 +22,16 @@ from cluster.actors import ActorHandle, get
 from cluster.worker.files import CHUNK_BYTES, CollectorSink
 from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.names import confined
+
+CALL_TIMEOUT_S = 60.0
+# How long a rank waits for the head to finish committing its previous checkpoint (hashing and
+# fsync of a large checkpoint take minutes; the commit runs while training goes on).
+COMMIT_WAIT_S = 1800.0
+POLL_S = 0.05
+
+
+class CheckpointNotCommitted(RuntimeError):
+    """The head could not commit a checkpoint (the message says which and why)."""
 
 
 class RayCheckpointSink:
@@ -38,6 +52,7 @@ class RayCheckpointSink:
         self._scratch: list[Path] = []
         self._delivery: threading.Thread | None = None
         self._delivery_error: BaseException | None = None
+        self._last_tag: str | None = None  # the newest checkpoint submitted, outcome not yet seen
 
     def local_dir(self, tag: str) -> Path:
         if self.on_head:
@@ -49,12 +64,21 @@ class RayCheckpointSink:
     def submit(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
         """Ranks on the head wrote straight into the head's staging: just say so. Ranks elsewhere
         stream their files in a background thread, one checkpoint at a time, so training goes on
-        while the bytes travel (the previous delivery is finished first: bounded disk use)."""
+        while the bytes travel (the previous delivery is finished first: bounded disk use).
+
+        Raises:
+            CheckpointNotCommitted: the previous checkpoint could not be committed.
+        """
         self._finish_delivery()
+        self._check_last()
+        self._last_tag = tag
         if state is not None:
             state = state | {"run_id": self._run_id}
         if self.on_head:
-            self._collector.checkpoint_submitted.remote(tag, self._rank, state)
+            get(
+                self._collector.checkpoint_submitted.remote(tag, self._rank, state),
+                timeout=CALL_TIMEOUT_S,
+            )
             return
         self._delivery = threading.Thread(
             target=self._deliver, args=(tag, local_dir, state), name="ftlaunch-ckpt", daemon=True
@@ -63,11 +87,34 @@ class RayCheckpointSink:
 
     def wait_committed(self, tag: str, timeout_s: float) -> None:
         self._finish_delivery()
+        self._await_commit(tag, timeout_s)
+        self._last_tag = None
+
+    def abandon(self, tag: str, error: str) -> None:
+        self._last_tag = None
+        get(
+            self._collector.checkpoint_failed.remote(tag, self._rank, error), timeout=CALL_TIMEOUT_S
+        )
+
+    def _check_last(self) -> None:
+        if self._last_tag is not None:
+            tag, self._last_tag = self._last_tag, None
+            self._await_commit(tag, COMMIT_WAIT_S)
+
+    def _await_commit(self, tag: str, timeout_s: float) -> None:
+        """Until the head has committed `tag`; a failed commit or no answer in time raises."""
         deadline = time.monotonic() + timeout_s
-        while not get(self._collector.checkpoint_is_committed.remote(tag)):
+        while True:
+            state, reason = get(
+                self._collector.checkpoint_status.remote(tag), timeout=CALL_TIMEOUT_S
+            )
+            if state == "committed":
+                return
+            if state == "failed":
+                raise CheckpointNotCommitted(f"checkpoint {tag} was not committed: {reason}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{tag}: not committed on the head within {timeout_s:.0f}s")
-            time.sleep(0.05)
+            time.sleep(POLL_S)
 
     def _deliver(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
         try:
@@ -78,6 +125,7 @@ class RayCheckpointSink:
             get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
         except BaseException as exc:  # re-raised in the training thread at the next save
             self._delivery_error = exc
+            self._collector.checkpoint_failed.remote(tag, self._rank, f"delivery failed: {exc}")
         finally:
             shutil.rmtree(local_dir, ignore_errors=True)
 
@@ -105,10 +153,13 @@ class RayCheckpointSink:
         return scratch
 
     def cleanup(self) -> None:
-        self._finish_delivery()
-        for scratch in self._scratch:
-            shutil.rmtree(scratch, ignore_errors=True)
-        self._scratch.clear()
+        try:
+            self._finish_delivery()
+            self._check_last()
+        finally:
+            for scratch in self._scratch:
+                shutil.rmtree(scratch, ignore_errors=True)
+            self._scratch.clear()
 
     def _download(self, tag: str, name: str, entry: dict[str, Any], target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,13 @@ from typing import Any
 
 import ray
 
+from cluster.actors import get
 from cluster.auth.secrets import unseal_into_environ
 from cluster.auth.token import load_token
 from cluster.worker.checkpoints import RayCheckpointSink
 from cluster.worker.files import CollectorSink
-from cluster.worker.reporting import CollectorReporter, CollectorStopSignal
+from cluster.worker.heartbeat import CALL_TIMEOUT_S, Heartbeat
+from cluster.worker.reporting import CollectorReporter
 from cluster.worker.shards import HeadShardStore
 from trainer.config.spec import RunSpec
 from trainer.formats.shard_stores import open_store
@@ -37,17 +39,25 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     names = unseal_into_environ(load_token())
     if names:
         collector.report.remote({"event": "secret_env", "rank": start["rank"], "names": names})
-    on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
+    node_id = ray.get_runtime_context().get_node_id()
+    agent = get(collector.node_agent.remote(node_id), timeout=CALL_TIMEOUT_S)
+    heartbeat = Heartbeat(agent, start["rank"], start["pid"]).start()
     io = WorkerIO(
         reporter=CollectorReporter(collector),
         artifacts=CollectorSink(collector),
         open_store=store_opener(loop_config["shard_server"]),
         checkpoints=RayCheckpointSink(
-            collector, on_head, spec.run_id, spec.resume_tag, start["rank"]
+            collector,
+            node_id == loop_config["head_node_id"],
+            spec.run_id,
+            spec.resume_tag,
+            start["rank"],
         ),
-        stop=CollectorStopSignal(collector),
+        stop=heartbeat,  # the stop request comes back with the heartbeat's answer
+        phases=heartbeat,
     )
     load_entry(TRAINER_ENTRY)(spec, io)
+    heartbeat.finish()
 
 
 def load_entry(dotted: str) -> Callable[[RunSpec, WorkerIO], Any]:

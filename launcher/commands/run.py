@@ -22,6 +22,7 @@ from launcher.data.sources import SplitSource, collect_label_names
 from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
 from launcher.hub import is_hub_dataset, resolve_hub_dataset
+from launcher.lock import output_lock
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
@@ -95,29 +96,32 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
-    fingerprint = config_fingerprint(job, label_names)
-    signing = checkpoint_signing(output_dir, request.trust_checkpoint)
-    resume_tag = choose_resume_tag(
-        output_dir,
-        request.resume or request.resume_fallback or signing.trusted is not None,
-        fingerprint,
-        job.output.keep_last,
-        signing=signing,
-        fallback=request.resume_fallback,
-        warn=warn,
-    )
-    if resume_tag:
-        console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
-    spec = RunSpec(
-        job=job,
-        model_dir=str(model_dir),
-        split_dirs=locations,
-        label_names=label_names,
-        run_id=run_id,
-        config_fingerprint=fingerprint,
-        resume_tag=resume_tag,
-    )
-    return train_and_commit(spec, output_dir, console, signing, request.insecure)
+    # One run per output.dir, before anything in it is read or written (checkpoints included).
+    claim_output_dir(output_dir)
+    with output_lock(output_dir, run_id):
+        fingerprint = config_fingerprint(job, label_names)
+        signing = checkpoint_signing(output_dir, request.trust_checkpoint)
+        resume_tag = choose_resume_tag(
+            output_dir,
+            request.resume or request.resume_fallback or signing.trusted is not None,
+            fingerprint,
+            job.output.keep_last,
+            signing=signing,
+            fallback=request.resume_fallback,
+            warn=warn,
+        )
+        if resume_tag:
+            console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
+        spec = RunSpec(
+            job=job,
+            model_dir=str(model_dir),
+            split_dirs=locations,
+            label_names=label_names,
+            run_id=run_id,
+            config_fingerprint=fingerprint,
+            resume_tag=resume_tag,
+        )
+        return train_and_commit(spec, output_dir, console, signing, request.insecure)
 
 
 def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:

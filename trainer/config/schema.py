@@ -153,6 +153,21 @@ class TrainingConfig(Section):
     preemption_grace_s: Annotated[float, Field(gt=0)] = Field(
         default=60.0, description="After SIGTERM, how long to wait for the final checkpoint."
     )
+    heartbeat_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=60.0,
+        description="A rank whose heartbeats (about one a second) stop for this long is "
+        "declared stalled: its stacks are saved and the worker group restarts.",
+    )
+    stall_timeout_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None,
+        description="A rank that stays in one phase (data, forward, backward, optimizer, "
+        "collective, save, eval) this long is declared stalled; default: 10x the median step "
+        "time, at least 300 s. Not below training.heartbeat_timeout_s.",
+    )
+    collective_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        default=600.0,
+        description="Timeout of the torch process group's collectives (all-reduce, barrier).",
+    )
     generate_samples: NonNegativeInt = Field(
         default=0,
         description="causal-lm: greedy continuations of this many validation prompts written to "
@@ -171,6 +186,15 @@ class TrainingConfig(Section):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward: less memory, more compute."
     )
+
+    @model_validator(mode="after")
+    def _stall_after_silence(self) -> TrainingConfig:
+        if self.stall_timeout_s is not None and self.stall_timeout_s < self.heartbeat_timeout_s:
+            raise ValueError(
+                f"training.stall_timeout_s: {self.stall_timeout_s:g} is below "
+                f"training.heartbeat_timeout_s ({self.heartbeat_timeout_s:g})"
+            )
+        return self
 
     def effective_eval_batch_size(self) -> int:
         return self.eval_batch_size or 2 * self.micro_batch_size

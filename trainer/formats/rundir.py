@@ -11,6 +11,8 @@
       predictions_test.jsonl  classification: one prediction per test example
       samples/step-N.jsonl    causal-lm: generation samples at each evaluation
       checkpoints/            see trainer/formats/checkpoints.py
+      stacks/attempt-N/rank-R.txt   every rank's Python stacks when attempt N stalled
+      .lock                   held by the run using this directory (pid, host, run id)
       ray_auth_token          (in .run-*) the embedded cluster's token, 0600
 
 Written by the head (collector, launcher) and read by `ftlaunch metrics/export`; the workers name
@@ -32,6 +34,8 @@ MODEL_DIR = "model"
 PREDICTIONS_FILE = "predictions_test.jsonl"
 SAMPLES_DIR = "samples"
 CHECKPOINT_DIR = "checkpoints"
+STACKS_DIR = "stacks"
+LOCK_FILE = ".lock"
 STAGING_PREFIX = ".run-"
 OUTPUT_MARKER = ".ftlaunch"
 TOKEN_FILE = "ray_auth_token"

@@ -66,15 +66,19 @@ def save_checkpoint(
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
-    engine.save_state(local / engine.checkpoint_subdir)
-    (local / trainer_state_file(rank)).write_text(json.dumps(progress | {"rng": rng_state()}))
-    if best is not None:
-        flat = [
-            t
-            for pair in best
-            for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
-        ]
-        torch.save(flat, local / best_weights_file(rank))
+    try:
+        engine.save_state(local / engine.checkpoint_subdir)
+        (local / trainer_state_file(rank)).write_text(json.dumps(progress | {"rng": rng_state()}))
+        if best is not None:
+            flat = [
+                t
+                for pair in best
+                for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
+            ]
+            torch.save(flat, local / best_weights_file(rank))
+    except Exception as exc:  # a full disk: torch reports it as RuntimeError, Python as OSError
+        sink.abandon(tag, f"{type(exc).__name__}: {exc}".splitlines()[0])
+        raise
     sink.submit(tag, local, state if rank == 0 else None)
     return time.perf_counter() - started
 

@@ -24,6 +24,11 @@ class Run:
     def is_rank_zero(self) -> bool:
         return self.rank == 0
 
+    def enter(self, phase: str, step: int) -> None:
+        """Publish what this rank does now (one of trainer.protocols.PHASES) for its heartbeat."""
+        if self.io.phases is not None:
+            self.io.phases.enter(phase, step)
+
     def report(self, record: dict[str, Any]) -> None:
         """Rank 0 reports; the others stay silent (every rank computed the same record)."""
         if self.is_rank_zero:

@@ -75,10 +75,11 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
     # --- train with periodic validation, early stopping, checkpoints and preemption
     outcome = train_epochs(run, recipe, train, validation, plan)
     if outcome.preempted:
-        _finish(run)
+        _finish(run, outcome.progress.step)
         return {"preempted": True, "step": outcome.progress.step, "tag": outcome.preempted_tag}
 
     # --- test the best weights, then save them
+    run.enter("eval", outcome.progress.step)
     restore_weights(run.engine.module, outcome.best_weights)
     test_result = recipe.evaluate(run.engine, test)
     state = run.engine.consolidated_state_dict()
@@ -92,11 +93,12 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
         "stopped_early": progress.stopped_early,
         "worker_wall_s": time.perf_counter() - wall_start,
     }
+    run.enter("save", progress.step)
     if state is not None:  # rank 0 holds the consolidated weights
         recipe.save(state, test_result, io.artifacts)
     run.report({"event": "summary", **summary})
     dist.barrier()  # nobody leaves before rank 0 has delivered the model
-    _finish(run)
+    _finish(run, progress.step)
     return summary
 
 
@@ -125,7 +127,8 @@ def common_facts(
     }
 
 
-def _finish(run: Run) -> None:
+def _finish(run: Run, step: int) -> None:
     if run.io.checkpoints is not None:
-        run.io.checkpoints.cleanup()
+        run.io.checkpoints.cleanup()  # raises if a checkpoint of this rank was not committed
     run.engine.destroy()
+    run.enter("done", step)

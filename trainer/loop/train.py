@@ -61,6 +61,7 @@ def train_epochs(
     window = RankWindow(t.log_every)
     slots = torch.zeros(2, dtype=torch.float64)
     while progress.epoch < t.epochs and not plan.is_finished(progress.step):
+        run.enter("data", progress.step + 1)
         stream = _epoch_stream(run, train, progress, plan)
         for batch in stream:
             _micro_step(run, task, batch, stream, window, progress.step + 1)
@@ -72,12 +73,15 @@ def train_epochs(
             window.end_step()
             paused_at = time.perf_counter()
             best = _between_steps(run, task, validation, plan, progress, window, best)
+            run.enter("collective", progress.step)
             if run.io.stop is not None and all_agree(run.io.stop.requested()):
+                run.enter("save", progress.step)
                 tag = checkpoint_now(run, progress, best, "preempted")
                 return TrainOutcome(progress, best or [], preempted=True, preempted_tag=tag)
             if progress.stopped_early or plan.is_finished(progress.step):
                 break
             window.exclude_pause(paused_at)
+            run.enter("data", progress.step + 1)
         if progress.stopped_early:
             break
         progress.next_epoch()
@@ -120,18 +124,24 @@ def _epoch_stream(
 def _micro_step(
     run: Run, task: Task, batch: Batch, stream: TimedIterator, window: RankWindow, step: int
 ) -> None:
-    """Forward, backward and (on the last micro-batch of `step`) the optimizer step."""
+    """Forward, backward and (on the last micro-batch of `step`) the optimizer step. Each phase
+    is published as it begins (Run.enter), so a stalled rank's heartbeat says where it stopped."""
     engine = run.engine
     with engine.accumulate():
+        run.enter("forward", step)
         forward_started = time.perf_counter()
         loss = task.loss(engine, batch)
         forward_s = time.perf_counter() - forward_started
+        run.enter("backward", step)
         engine.backward(loss)
+        run.enter("optimizer", step)
         engine.step()
     window.add_micro(loss.item(), batch, stream.wait_s, forward_s)
     stream.wait_s = 0.0
     if run.spec.job.training.record_sample_ids:
+        run.enter("collective", step)
         report_sample_ids(run, batch, step)
+    run.enter("data", step)  # the next micro-batch (or, after the last one, the next step's)
 
 
 def _between_steps(
@@ -149,9 +159,11 @@ def _between_steps(
     step, epoch = progress.step, plan.epoch_float(progress)
     end_of_epoch = plan.is_end_of_epoch(progress.micro_steps_in_epoch)
     if t.log_due(step, plan.total_steps):
+        run.enter("collective", step)
         record = {"event": "train", "step": step, "epoch": epoch} | window.flush()
         run.report(record | {"lr": run.engine.get_lr()[0]})
     if t.eval_due(step, end_of_epoch, plan.total_steps):
+        run.enter("eval", step)
         result = task.evaluate(run.engine, validation)
         if progress.record_evaluation(result, t):
             best = capture_weights(run.engine.module)
@@ -162,6 +174,7 @@ def _between_steps(
         )
         task.after_evaluation(run.engine, step, run, validation)
     if run.io.checkpoints is not None and t.checkpoint_due(step, end_of_epoch):
+        run.enter("save", step)
         checkpoint_now(run, progress, best, "checkpoint")
     return best
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,15 @@ def report_sample_stream(collector: RunCollector) -> None:
     collector.report({"event": "eval", "step": 4, "val_accuracy": 0.75})
     collector.report({"event": "summary", "steps": 4, "test": {"accuracy": 0.8}})
     collector.close()
+
+
+def wait_for_outcome(collector: RunCollector, tag: str) -> tuple[str, str]:
+    """Commits run on the committer's thread: the status a rank would get once it is known."""
+    deadline = time.monotonic() + 10
+    while (status := collector.checkpoint_status(tag))[0] in ("pending", "unknown"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.01)
+    return status
 
 
 def test_collector_reassembles_chunked_files_and_verifies_them(tmp_path: Path) -> None:
@@ -84,6 +94,7 @@ def test_checkpoint_reads_serve_only_what_the_verified_manifest_lists(tmp_path: 
     (staging / "ds").mkdir()
     (staging / "ds" / "state.pt").write_bytes(b"state")
     collector.checkpoint_submitted("step-2", 0, {"step": 2, "world_size": 1})
+    assert wait_for_outcome(collector, "step-2") == ("committed", "")
     assert collector.checkpoint_read("step-2", "ds/state.pt", 1, 3) == b"tat"
     (tmp_path / "ckpt" / "step-2" / "planted.bin").write_bytes(b"x")  # not in the manifest
     for name in ("planted.bin", "manifest.json", "../step-2/ds/state.pt"):
@@ -163,6 +174,7 @@ def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Pa
     collector.checkpoint_submitted("step-4", 1, None)
     assert not collector.checkpoint_is_committed("step-4")  # rank 0's part not announced yet
     collector.checkpoint_submitted("step-4", 0, {"step": 4, "world_size": 2})
+    assert wait_for_outcome(collector, "step-4") == ("committed", "")
     assert collector.checkpoint_is_committed("step-4")
     manifest = json.loads((tmp_path / "ckpt" / "step-4" / "manifest.json").read_text())
     assert manifest["files"]["rank1.bin"]["sha256"] == hashlib.sha256(payload).hexdigest()
@@ -181,6 +193,7 @@ def test_a_restarted_worker_group_drops_what_a_crashed_save_left(tmp_path: Path)
     restart = [r for r in collector.drain() if r["event"] == "start"][-1]
     assert restart["attempt"] == 2 and restart["discarded_partial"] == [".tmp-step-8"]
     collector.checkpoint_submitted("step-8", 0, {"step": 8, "world_size": 2})
+    assert collector.checkpoint_status("step-8") == ("unknown", "")
     assert not collector.checkpoint_is_committed("step-8")  # rank 1's old delivery does not count
 
 
@@ -220,3 +233,37 @@ def test_unusable_mlflow_uri_is_one_clear_line() -> None:
     message = str(caught.value)
     assert message.startswith("output.mlflow_uri: cannot use 'http://127.0.0.1:9'")
     assert "\n" not in message
+
+
+def test_a_failed_commit_is_recorded_answered_to_every_rank_and_keeps_the_previous_one(
+    tmp_path: Path,
+) -> None:
+    from trainer.formats.checkpoints import CheckpointStore
+
+    collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
+    collector.report({"event": "rank_start", "rank": 0})
+    for tag, in_the_way in (("step-4", False), ("step-8", True)):
+        staging = Path(collector.checkpoint_staging(tag))
+        (staging / "rank0.bin").write_bytes(b"zero")
+        if in_the_way:  # the commit cannot write its manifest: the fault lands in the commit
+            (staging / "manifest.json").mkdir()
+        collector.checkpoint_submitted(tag, 1, None)
+        collector.checkpoint_submitted(tag, 0, {"step": int(tag[5:]), "world_size": 2})
+    assert wait_for_outcome(collector, "step-4") == ("committed", "")
+    state, reason = wait_for_outcome(collector, "step-8")
+    assert (
+        state == "failed" and reason.startswith("IsADirectoryError:") and "manifest.json" in reason
+    )
+    failed = [r for r in collector.drain() if r["event"] == "commit_failed"]
+    assert [r["tag"] for r in failed] == ["step-8"]
+    assert collector.outcome()["commit_failures"] == [("step-8", reason)]
+    store = CheckpointStore(tmp_path / "ckpt")
+    assert store.verify("step-4")["state"]["step"] == 4  # the previous one is whole
+    assert [tag for tag, _ in store.complete()] == ["step-4"]
+    assert not list((tmp_path / "ckpt").glob(".tmp-*"))  # the failed save's files are gone
+
+    collector.checkpoint_failed("step-12", 1, "RuntimeError: file write failed")  # a rank's write
+    assert collector.checkpoint_status("step-12") == (
+        "failed",
+        "rank 1 could not save its part: RuntimeError: file write failed",
+    )

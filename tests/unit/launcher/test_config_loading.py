@@ -60,6 +60,15 @@ def test_defaults_fill_every_section() -> None:
             "training.micro_batch_size: input should be a valid integer",
         ),
         ("engine", "offload", "nvme", "engine.offload: must be one of 'none' or 'cpu'"),
+        ("training", "heartbeat_timeout_s", 0, "training.heartbeat_timeout_s: must be > 0"),
+        ("training", "stall_timeout_s", -5, "training.stall_timeout_s: must be > 0"),
+        ("training", "collective_timeout_s", 0, "training.collective_timeout_s: must be > 0"),
+        (
+            "training",
+            "stall_timeout_s",
+            30,
+            "training.stall_timeout_s: 30 is below training.heartbeat_timeout_s (60)",
+        ),
     ],
 )
 def test_bad_values_name_the_field(section: str, key: str, value: object, expected: str) -> None:
