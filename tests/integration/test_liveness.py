@@ -35,6 +35,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.integration.runs import live_records
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -75,16 +76,6 @@ def launch(job: Path, args: list[str], prefix: tuple[str, ...] = ()) -> subproce
         text=True,
         start_new_session=True,
     )
-
-
-def live_records(out: Path) -> list[dict[str, Any]]:
-    """The running attempt's metrics stream (in its staging directory)."""
-    found = []
-    for path in out.glob(".run-*/metrics.jsonl"):
-        for line in path.read_text().splitlines():
-            with contextlib.suppress(json.JSONDecodeError):  # a line being written
-                found.append(json.loads(line))
-    return found
 
 
 def wait_for(what: str, condition: Callable[[], Any], run: subprocess.Popen, timeout: float) -> Any:
