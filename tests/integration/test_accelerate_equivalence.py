@@ -129,8 +129,11 @@ def test_strategies_and_accumulation_give_the_same_weights(tiny_bert: Path, tmp_
     results = {(s, a): torch.load(tmp_path / f"{s}-{a}.pt", weights_only=True) for s, _, a in RUNS}
     initial, reference = plain_torch_reference(str(tiny_bert))
     moved = {name: float((reference[name] - initial[name]).abs().max()) for name in reference}
-    trained = [name for name, change in moved.items() if change > 0]
-    assert len(trained) > 30 and min(moved[n] for n in trained) > 1e-3, moved  # 100 x the atol
+    # An attention key bias adds the same q.b to every score of a query: softmax cancels it, so
+    # its gradient is zero and only weight-decay-free Adam noise moves it. Every other tensor
+    # must move 100 x the tolerance, so "equal" cannot pass with weights that stayed put.
+    trained = [name for name in moved if not name.endswith("attention.self.key.bias")]
+    assert len(trained) > 30 and min(moved[n] for n in trained) > 1e-3, moved
     for key, result in results.items():
         assert result["lr"] == pytest.approx(0.01 * 8 / 10), key  # two steps of linear decay
         assert result["state"].keys() == reference.keys(), key
