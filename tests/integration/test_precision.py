@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures import run_job_rank
 from tests.integration.conftest import free_port
-from tests.integration.test_loop_local import _spec, _worker
+from tests.integration.test_loop_local import _spec
 
 pytestmark = [pytest.mark.dist]
 
@@ -42,7 +43,9 @@ def test_bf16_with_gradient_checkpointing_trains_lora_under_zero3(
     spec["job"]["engine"]["zero_stage"] = 3
     spec["job"]["peft"] = {"method": "lora", "target_modules": ["query", "value", "dense"]}
     run_dir = tmp_path / "run"
-    mp.spawn(_worker, args=(2, free_port(), json.dumps(spec), str(run_dir)), nprocs=2, join=True)
+    mp.spawn(
+        run_job_rank, args=(2, free_port(), json.dumps(spec), str(run_dir)), nprocs=2, join=True
+    )
 
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = next(r for r in records if r["event"] == "summary")

@@ -11,7 +11,7 @@ import deepspeed
 import torch
 
 from trainer.config.schema import JobConfig
-from trainer.engines.base import build_optimizer, deepspeed_config
+from trainer.engines.base import build_optimizer, deepspeed_config, hidden_size_of
 from trainer.formats.checkpoints import DS_TAG
 
 # A `deepspeed.DeepSpeedEngine`: an nn.Module whose attributes (`module`, ZeRO helpers) torch's
@@ -32,7 +32,7 @@ class DeepSpeedEngine:
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,  # pyright: ignore[reportArgumentType] (annotated with torch's private _LRScheduler; any LRScheduler works)
-            config=deepspeed_config(job, world_size),
+            config=deepspeed_config(job, world_size, hidden_size_of(model)),
         )
         self.module: torch.nn.Module = cast(torch.nn.Module, self.engine.module)
         self.device: torch.device = cast(torch.device, self.engine.device)
