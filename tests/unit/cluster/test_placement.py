@@ -94,7 +94,13 @@ def test_memory_accepts_sizes_and_custom_resources_map_to_ray_names() -> None:
         ({"custom_resources": {"slot": 0}}, "cluster.custom_resources.slot: must be > 0"),
         ({"custom_resources": {"gpu": 1}}, "cluster.custom_resources.gpu: request GPU with"),
         ({"placement_timeout_s": 0}, "cluster.placement_timeout_s: must be > 0"),
-        ({"gpus_per_worker": 1.5}, "cluster.gpus_per_worker: above 1 must be a whole number"),
+        ({"gpus_per_worker": 1.5}, "cluster.gpus_per_worker: one worker is one process driving"),
+        (
+            {"gpus_per_worker": 8},
+            "cluster.gpus_per_worker: one worker is one process driving one GPU (got 8, which "
+            "would leave all but one idle); for G GPUs per node use gpus_per_worker: 1 and "
+            "cluster.num_workers: G x nodes",
+        ),
         (
             {"placement": "strict_spread", "num_workers": 4, "num_nodes": 2},
             "cluster.num_nodes: strict_spread puts every worker on its own node, so num_nodes "
