@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from launcher.commands.plan import check_fits
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.causal import CausalFormat
 from launcher.data.prepared import check_prepared, load_prepared
@@ -35,29 +37,35 @@ from trainer.formats.shards import ShardManifest, is_remote_uri
 SPLITS = ("train", "validation", "test")
 
 
-def run_from_file(
-    config_path: Path,
-    overrides: list[str],
-    address: str | None,
-    console: Console,
-    resume: bool = False,
-    resume_fallback: bool = False,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class RunRequest:
+    """What `ftlaunch run` was asked: the job file, overrides and flags."""
+
+    config: Path
+    overrides: list[str] = field(default_factory=list)
+    address: str | None = None
+    resume: bool = False
+    resume_fallback: bool = False
+    force: bool = False  # start even if the plan says the ranks run out of memory
+
+
+def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     """Everything `ftlaunch run` does; returns the summary.
 
     Raises:
-        UserError: bad config, data or model (exit 2).
+        UserError: bad config, data or model, or a job the plan says cannot fit (exit 2).
         cluster.errors.ClusterError: unreachable cluster or impossible placement (exit 2).
         cluster.errors.TrainingFailed: a worker failed (exit 1).
     """
-    job = load_job_config(config_path, overrides)
-    if address:
+    job = load_job_config(request.config, request.overrides)
+    if request.address:
         job = job.model_copy(
-            update={"cluster": job.cluster.model_copy(update={"address": address})}
+            update={"cluster": job.cluster.model_copy(update={"address": request.address})}
         )
     model_dir = resolve_model_path(job.model.path)
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
+    planned = check_fits(job, model_dir, console.print, refuse=not request.force)
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
@@ -65,10 +73,10 @@ def run_from_file(
     fingerprint = config_fingerprint(job, label_names)
     resume_tag = choose_resume_tag(
         output_dir,
-        resume or resume_fallback,
+        request.resume or request.resume_fallback,
         fingerprint,
         job.output.keep_last,
-        fallback=resume_fallback,
+        fallback=request.resume_fallback,
         warn=Console(stderr=True, highlight=False, soft_wrap=True).print,
     )
     if resume_tag:
@@ -82,7 +90,8 @@ def run_from_file(
         config_fingerprint=fingerprint,
         resume_tag=resume_tag,
     )
-    return train_and_commit(spec, output_dir, console)
+    planned_peak = planned.rank.peak_bytes if planned is not None else None
+    return train_and_commit(spec, output_dir, console, planned_peak)
 
 
 def prepare_splits(
@@ -170,7 +179,9 @@ def _check_task(field: str, location: str, manifest: ShardManifest, job: JobConf
         )
 
 
-def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[str, Any]:
+def train_and_commit(
+    spec: RunSpec, output_dir: Path, console: Console, planned_peak: int | None = None
+) -> dict[str, Any]:
     from cluster.registry import backend_for
 
     started = time.perf_counter()
@@ -190,12 +201,23 @@ def train_and_commit(spec: RunSpec, output_dir: Path, console: Console) -> dict[
             f"training finished without a summary; partial results kept in {staging}"
         )
     summary = {k: v for k, v in summary.items() if k != "event"} | head_stats
+    summary["memory"] = memory_summary(summary.get("memory"), planned_peak)
     summary["wall_s"] = time.perf_counter() - started
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     commit_run(staging, output_dir)
     console.print(summary_table(summary))
     console.print(f"model: {output_dir / MODEL_DIR}")
     return summary
+
+
+def memory_summary(measured: dict[str, Any] | None, planned_peak: int | None) -> dict[str, Any]:
+    """summary.json's `memory`: the plan's per-rank peak next to the largest one measured, and
+    planned / measured (1.0: exact; below 1: the plan was too low)."""
+    memory = dict(measured or {})
+    memory["planned_peak_bytes"] = planned_peak
+    got = memory.get("measured_peak_bytes")
+    memory["ratio"] = round(planned_peak / got, 3) if planned_peak and got else None
+    return memory
 
 
 def _check_max_length(job: JobConfig, model_dir: Path) -> None:
