@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cluster.head.files import FileReceiver, confined
+from cluster.head.files import FileReceiver
 from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.paths import confined
 
 
 class CheckpointCommitter:

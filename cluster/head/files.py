@@ -10,17 +10,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-
-def confined(root: Path, name: str) -> Path:
-    """`root / name`, refused if it resolves outside `root` (a name came from another process).
-
-    Raises:
-        ValueError: the name escapes the root.
-    """
-    target = (root / name).resolve()
-    if root.resolve() not in target.parents:
-        raise ValueError(f"artifact name {name!r} escapes {root}")
-    return target
+from trainer.formats.paths import confined
 
 
 class FileReceiver:

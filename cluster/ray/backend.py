@@ -25,6 +25,7 @@ from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import collector_actor
 from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
+from cluster.head.model_server import model_server_actor
 from cluster.head.shard_server import shard_server_actor
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
 from cluster.placement.reserve import live_nodes, reserve_or_fail
@@ -37,6 +38,11 @@ from trainer.formats.shards import CorruptShardError
 
 POLL_INTERVAL_S = 0.5
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# glibc raises its mmap threshold whenever a large block is freed, and blocks below the threshold
+# come from the heap, which is not given back: a CPU worker's resident memory then keeps the
+# high-water mark of loading and of the first step on top of what it holds (about 7 bytes per
+# parameter more, measured). A fixed threshold makes freed tensors go back to the system.
+CPU_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 class RayBackend:
@@ -103,7 +109,8 @@ class RayBackend:
     def _worker_env(self) -> dict[str, str]:
         """Offline flags plus this process's secrets, sealed (see cluster/auth/secrets.py)."""
         sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
-        return WORKER_ENV | sealed
+        cpu = {} if self.cluster.uses_gpu() else CPU_WORKER_ENV
+        return WORKER_ENV | cpu | sealed
 
     def run(
         self,
@@ -113,7 +120,7 @@ class RayBackend:
         on_progress: Callable[[list[dict[str, Any]]], None],
     ) -> dict[str, Any]:
         """Train on the cluster; results land in `run_dir` through the collector. Returns
-        head-side statistics (shards streamed from the head) for the summary.
+        head-side statistics (shards and model bytes streamed from the head) for the summary.
 
         Raises:
             ClusterError: the request cannot be placed.
@@ -127,6 +134,7 @@ class RayBackend:
             run_dir, checkpoint_dir, spec.job.output.keep_last, _mlflow_run(spec)
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
+        model_server = model_server_actor(spec.model_dir)
         c = self.cluster
         trainer = TorchTrainer(
             train_worker,
@@ -134,6 +142,7 @@ class RayBackend:
                 "spec": spec.model_dump(mode="json"),
                 "collector": collector,
                 "shard_server": shard_server,
+                "model_server": model_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
             torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
@@ -162,7 +171,9 @@ class RayBackend:
             raise _as_training_failed(outcome["error"])
         restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
-        return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
+        streamed = get(shard_server.stats.remote(), timeout=30)
+        streamed |= get(model_server.stats.remote(), timeout=30)
+        return streamed | {"restarts": restarts, "placement": placement}
 
 
 class _StopOnSigterm:

@@ -11,6 +11,7 @@ import importlib
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,6 +20,7 @@ from cluster.auth.secrets import unseal_into_environ
 from cluster.auth.token import load_token
 from cluster.worker.checkpoints import RayCheckpointSink
 from cluster.worker.files import CollectorSink
+from cluster.worker.model_cache import HeadModelSource, default_cache_root, local_model_dir
 from cluster.worker.reporting import CollectorReporter, CollectorStopSignal
 from cluster.worker.shards import HeadShardStore
 from trainer.config.spec import RunSpec
@@ -37,6 +39,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     names = unseal_into_environ(load_token())
     if names:
         collector.report.remote({"event": "secret_env", "rank": start["rank"], "names": names})
+    spec = with_local_model(spec, loop_config["model_server"])
     on_head = ray.get_runtime_context().get_node_id() == loop_config["head_node_id"]
     io = WorkerIO(
         reporter=CollectorReporter(collector),
@@ -48,6 +51,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         stop=CollectorStopSignal(collector),
     )
     load_entry(TRAINER_ENTRY)(spec, io)
+
+
+def with_local_model(spec: RunSpec, model_server: Any) -> RunSpec:
+    """The spec with `model_dir` where this node can read the model: the head's path if this
+    node sees it, else the node-local copy streamed from the head (fetched once per node)."""
+    configured = spec.job.model.node_cache_dir
+    root = Path(configured).expanduser() if configured else default_cache_root()
+    local = local_model_dir(HeadModelSource(model_server), spec.model_dir, root)
+    if local == Path(spec.model_dir):
+        return spec
+    return spec.model_copy(update={"model_dir": str(local)})
 
 
 def load_entry(dotted: str) -> Callable[[RunSpec, WorkerIO], Any]:
