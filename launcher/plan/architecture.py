@@ -10,6 +10,7 @@ block work the same either way.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,7 @@ class Architecture:
 
     @property
     def params(self) -> int:
-        return sum(_numel(shape) for shape in self.weights.values())
+        return sum(math.prod(shape) for shape in self.weights.values())
 
     def block_params(self) -> int:
         """Parameters of the largest repeated block (one transformer layer)."""
@@ -51,11 +52,11 @@ class Architecture:
         for name, shape in self.weights.items():
             key = _block_key(name)
             if key is not None:
-                blocks[key] = blocks.get(key, 0) + _numel(shape)
+                blocks[key] = blocks.get(key, 0) + math.prod(shape)
         return max(blocks.values(), default=self.params)
 
     def largest_tensor(self) -> int:
-        return max((_numel(s) for s in self.weights.values()), default=0)
+        return max((math.prod(s) for s in self.weights.values()), default=0)
 
 
 def read_architecture(model_dir: Path, task: str, num_labels: int) -> Architecture:
@@ -72,12 +73,14 @@ def read_architecture(model_dir: Path, task: str, num_labels: int) -> Architectu
     if header is not None:
         shapes = {name: entry["shape"] for name, entry in header.items()}
         weights = _task_weights(shapes, config, task, num_labels)
-        stored = sum(_numel(e["shape"]) * DTYPE_BYTES.get(e["dtype"], 4) for e in header.values())
+        stored = sum(
+            math.prod(e["shape"]) * DTYPE_BYTES.get(e["dtype"], 4) for e in header.values()
+        )
         counted_from = "safetensors header"
     else:
         base = family(config) if family else {}
         weights = _task_weights(base, config, task, num_labels)
-        stored = 4 * sum(_numel(s) for s in base.values())  # unknown: assume fp32 files
+        stored = _config_dtype_bytes(config) * sum(math.prod(s) for s in base.values())
         counted_from = "config.json"
     return Architecture(**dims, weights=weights, counted_from=counted_from, checkpoint_bytes=stored)
 
@@ -92,6 +95,13 @@ def _read_config(path: Path) -> dict[str, Any]:
     if not isinstance(config, dict) or "model_type" not in config:
         raise UserError(f"model.path: {path} has no model_type; not a Hugging Face model config")
     return config
+
+
+def _config_dtype_bytes(config: dict[str, Any]) -> int:
+    """Bytes per stored weight as config.json declares them (`torch_dtype`, or `dtype` in newer
+    files); fp32 when it does not say."""
+    declared = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    return 2 if declared in ("bfloat16", "float16", "half") else 4
 
 
 # config key -> the names architectures use for it (transformers' attribute_map, in effect)
@@ -257,13 +267,6 @@ def _linear(w: Shapes, name: str, n_in: int, n_out: int, bias: bool) -> None:
 def _norm(w: Shapes, name: str, size: int) -> None:
     w[f"{name}.weight"] = [size]
     w[f"{name}.bias"] = [size]
-
-
-def _numel(shape: list[int]) -> int:
-    total = 1
-    for dim in shape:
-        total *= dim
-    return total
 
 
 def _block_key(name: str) -> str | None:

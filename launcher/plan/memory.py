@@ -11,9 +11,10 @@ What each engine really does on top, written down where it differs:
   the parameters themselves (8 bytes).
 - Accelerate's DDP and FSDP paths keep fp32 parameters whatever training.precision says (they are
   the master weights there).
-- Temporary buffers: DeepSpeed's gradient bucket (and, under ZeRO-3, the parameters gathered
-  for the blocks being computed), sized by EngineConfig.zero_buckets; DDP's gradient buckets;
-  FSDP's gathered blocks; the optimizer step's scratch tensors.
+- Temporary buffers, alive in forward and backward: DeepSpeed's gradient bucket (under ZeRO-2
+  also a micro-batch's gradients before partitioning; under ZeRO-3 the parameters gathered for
+  the blocks being computed), sized by EngineConfig.zero_buckets; DDP's gradient buckets; FSDP's
+  gathered blocks. The optimizer step's scratch tensors are a separate, later peak.
 - On CPU workers the measured quantity is the process's peak resident memory, so the plan adds
   the fixed cost of the imported frameworks and the run's data readers (CPU_FIXED_BYTES,
   measured). On GPU workers it is torch's `max_memory_allocated`, which excludes the CUDA
@@ -33,12 +34,16 @@ from launcher.plan.peft_params import trainable_params
 from trainer.config import JobConfig
 
 # Measured on this project's CPU workers (torch 2.13, transformers 5, DeepSpeed 0.19, Ray 2.60;
-# benchmarks/plan_accuracy.py): resident memory of a worker that has imported the training stack
-# and read its first batches, before the model's own tensors.
-CPU_FIXED_BYTES = 600 * 2**20
-# The optimizer step's scratch tensors (foreach AdamW), in bytes per optimizer-state element held
-# by the rank, measured likewise.
-STEP_SCRATCH_PER_PARAM = 4
+# benchmarks/plan_accuracy.py): resident memory of a Ray worker that has imported the training
+# stack and read its first batches, before the model's own tensors.
+CPU_FIXED_BYTES = 660 * 2**20
+# ZeRO-3's partitioning machinery (zero.Init's hooks, the parameter coordinator) on top of that.
+ZERO3_FIXED_BYTES = 48 * 2**20
+# torch's AdamW step allocates two fp32 temporaries the size of the tensor it steps
+# (sqrt(v), and that over the bias correction): 8 bytes per element of the largest tensor stepped
+# at once. DeepSpeed ZeRO-1/2 steps its flat fp32 partition in one go, ZeRO-3 each sub-group.
+STEP_SCRATCH_BYTES = 8
+ZERO3_SUB_GROUP = 10**9  # DeepSpeed's default sub_group_size (elements)
 # Not in max_memory_allocated: the CUDA context and NCCL buffers, plus allocator fragmentation.
 GPU_RESERVE_BYTES = 2 * 2**30
 GPU_FRAGMENTATION = 0.05
@@ -55,13 +60,19 @@ class Layout:
 
 @dataclass(frozen=True)
 class RankMemory:
-    """Bytes one rank needs, by component. `peak_bytes` is what the run measures."""
+    """Bytes one rank needs, by component. `peak_bytes` is what the run measures.
+
+    Training has two peaks: backward, holding the activations and the communication buffers
+    (gathered weights, gradient buckets), and the optimizer step, holding its scratch tensors;
+    the larger one counts. Loading comes before both, before the optimizer states exist.
+    """
 
     weights_bytes: int
     grads_bytes: int
     optimizer_bytes: int
     activations_bytes: int
-    temporary_bytes: int
+    temporary_bytes: int  # communication buffers alive in forward and backward
+    step_bytes: int  # the optimizer step's scratch tensors
     overhead_bytes: int
     load_bytes: int  # host memory of rank 0 while loading (the checkpoint, or the full model)
     offloaded_bytes: int  # host memory per rank holding what offload moved off the GPU
@@ -73,20 +84,22 @@ class RankMemory:
 
     @property
     def peak_bytes(self) -> int:
-        training = self.model_states_bytes + self.activations_bytes + self.temporary_bytes
-        # Loading happens in host memory, before the optimizer states exist: on CPU workers
-        # that is the measured memory, on GPU workers it is not.
+        transient = max(self.activations_bytes + self.temporary_bytes, self.step_bytes)
+        training = self.model_states_bytes + transient
+        # Loading happens in host memory: on CPU workers that is the measured memory, on GPU
+        # workers it is not.
         loading = self.weights_bytes + self.load_bytes if self.device == "cpu" else 0
         return self.overhead_bytes + max(training, loading)
 
     def components(self) -> dict[str, int]:
-        """The components that add up to the peak, largest first (for naming the dominant one)."""
+        """The components, largest first (for naming the dominant one)."""
         parts = {
             "weights": self.weights_bytes,
             "gradients": self.grads_bytes,
             "optimizer states": self.optimizer_bytes,
             "activations": self.activations_bytes,
             "temporary buffers": self.temporary_bytes,
+            "optimizer step scratch": self.step_bytes,
             "framework overhead": self.overhead_bytes,
         }
         if self.device == "cpu":
@@ -98,6 +111,19 @@ class RankMemory:
             "model_states_bytes": self.model_states_bytes,
             "peak_bytes": self.peak_bytes,
         }
+
+
+@dataclass(frozen=True)
+class _States:
+    """An engine's share of the rank's memory (everything but activations and overhead)."""
+
+    weights: int
+    grads: int
+    optimizer: int
+    buffers: int
+    step: int
+    load: int
+    offloaded: int = 0
 
 
 def weight_bytes(job: JobConfig) -> int:
@@ -114,62 +140,101 @@ def plan_rank(job: JobConfig, arch: Architecture, layout: Layout) -> RankMemory:
         states = _deepspeed_states(job, arch, params, trainable, layout)
     else:
         states = _accelerate_states(job, arch, params, trainable, layout)
-    weights, grads, optimizer, temporary, load, offloaded = states
-    overhead = CPU_FIXED_BYTES if layout.device == "cpu" else 0
     return RankMemory(
-        weights_bytes=weights,
-        grads_bytes=grads,
-        optimizer_bytes=optimizer,
+        weights_bytes=states.weights,
+        grads_bytes=states.grads,
+        optimizer_bytes=states.optimizer,
         activations_bytes=activation_bytes(job, arch),
-        temporary_bytes=temporary,
-        overhead_bytes=overhead,
-        load_bytes=load,
-        offloaded_bytes=offloaded,
+        temporary_bytes=states.buffers,
+        step_bytes=states.step,
+        overhead_bytes=_fixed_bytes(job, layout),
+        load_bytes=states.load,
+        offloaded_bytes=states.offloaded,
         device=layout.device,
     )
 
 
+def _fixed_bytes(job: JobConfig, layout: Layout) -> int:
+    if layout.device != "cpu":
+        return 0
+    zero3 = job.engine.runs_deepspeed() and job.engine.zero_stage == 3
+    return CPU_FIXED_BYTES + (ZERO3_FIXED_BYTES if zero3 else 0)
+
+
 def _deepspeed_states(
     job: JobConfig, arch: Architecture, params: int, trainable: int, layout: Layout
-) -> tuple[int, int, int, int, int, int]:
+) -> _States:
     stage, n, bw = job.engine.zero_stage, layout.world, weight_bytes(job)
     optim_per_param = 8 if stage == 0 and bw == 4 else 12  # see the module docstring
-    weights = params * bw // (n if stage == 3 else 1)
-    grads = trainable * bw // (n if stage >= 2 else 1)
     optimizer = trainable * optim_per_param // (n if stage >= 1 else 1)
+    step = _step_scratch(stage, arch, trainable, n)
     offloaded = 0
-    if job.engine.offload == "cpu" and layout.device == "gpu":
-        offloaded, optimizer = optimizer + trainable * 4 // n, 0  # fp32 grads go along
+    if job.engine.offload == "cpu" and layout.device == "gpu":  # the step runs on the host too
+        offloaded, optimizer, step = optimizer + trainable * 4 // n + step, 0, 0
+    return _States(
+        weights=params * bw // (n if stage == 3 else 1),
+        grads=trainable * bw // (n if stage >= 2 else 1),
+        optimizer=optimizer,
+        buffers=_deepspeed_buffers(job, arch, params, trainable, n) * bw,
+        step=step,
+        load=arch.checkpoint_bytes,
+        offloaded=offloaded,
+    )
+
+
+def _deepspeed_buffers(
+    job: JobConfig, arch: Architecture, params: int, trainable: int, n: int
+) -> int:
+    """Elements of DeepSpeed's communication buffers in forward and backward: the gradient
+    bucket; under ZeRO-2 the gradients of a micro-batch, whole until they are partitioned;
+    under ZeRO-3 the parameters gathered for the blocks being computed (at most the live limit,
+    at least the largest block or tensor), the small ones kept whole, and the full gradient of
+    the largest tensor before it is reduce-scattered."""
+    stage = job.engine.zero_stage
     buckets = job.engine.zero_buckets(arch.hidden) if stage else {}
-    temporary = min(buckets.get("reduce_bucket_size", trainable), trainable) * bw
-    if stage == 3:
-        live = buckets["stage3_max_live_parameters"] + buckets["stage3_prefetch_bucket_size"]
-        persistent = _persistent_params(arch, buckets["stage3_param_persistence_threshold"])
-        gathered = max(min(live, params), arch.block_params(), arch.largest_tensor())
-        temporary += (gathered + persistent) * bw
-    temporary += STEP_SCRATCH_PER_PARAM * trainable // (n if stage >= 1 else 1)
-    return weights, grads, optimizer, temporary, arch.checkpoint_bytes, offloaded
+    bucket = min(buckets.get("reduce_bucket_size", trainable), trainable)
+    if stage == 2:
+        return bucket + trainable - trainable // n
+    if stage < 3:
+        return bucket
+    live = buckets["stage3_max_live_parameters"] + buckets["stage3_prefetch_bucket_size"]
+    persistent = _persistent_params(arch, buckets["stage3_param_persistence_threshold"])
+    gathered = max(min(live, params), arch.block_params(), arch.largest_tensor())
+    return bucket + gathered + persistent + arch.largest_tensor()
+
+
+def _step_scratch(stage: int, arch: Architecture, trainable: int, n: int) -> int:
+    """The optimizer step's scratch (see STEP_SCRATCH_BYTES): torch's AdamW over the weights one
+    by one at stage 0; DeepSpeed's flat fp32 partition at stages 1-2, and each sub-group of it
+    at stage 3, plus the fp32 copy of its gradients that DeepSpeed makes for the step."""
+    if stage == 0:
+        return STEP_SCRATCH_BYTES * min(arch.largest_tensor(), trainable)
+    partition = trainable // n
+    stepped = min(partition, ZERO3_SUB_GROUP) if stage == 3 else partition
+    return (STEP_SCRATCH_BYTES + 4) * stepped
 
 
 def _accelerate_states(
     job: JobConfig, arch: Architecture, params: int, trainable: int, layout: Layout
-) -> tuple[int, int, int, int, int, int]:
+) -> _States:
+    scratch = STEP_SCRATCH_BYTES * min(arch.largest_tensor(), trainable)
     if job.engine.strategy == "ddp":  # every rank holds everything; DDP's buckets copy the grads
-        scratch = STEP_SCRATCH_PER_PARAM * trainable
-        return params * 4, trainable * 4, trainable * 8, trainable * 4 + scratch, 0, 0
+        return _States(params * 4, trainable * 4, trainable * 8, trainable * 4, scratch, 0)
     fsdp = job.engine.fsdp_options()
     shards = layout.workers_per_node if fsdp.sharding == "hybrid" else layout.world
-    weights, grads, optimizer = (
-        params * 4 // shards,
-        trainable * 4 // shards,
-        trainable * 8 // shards,
-    )
     gathered = 2 * max(arch.block_params(), arch.largest_tensor()) * 4  # this block and the next
-    temporary = gathered + STEP_SCRATCH_PER_PARAM * trainable // shards
-    offloaded = 0
+    states = _States(
+        weights=params * 4 // shards,
+        grads=trainable * 4 // shards,
+        optimizer=trainable * 8 // shards,
+        buffers=gathered,
+        step=scratch // shards,
+        load=params * 4,
+    )
     if fsdp.cpu_offload and layout.device == "gpu":
-        offloaded, weights, grads, optimizer = weights + grads + optimizer, 0, 0, 0
-    return weights, grads, optimizer, temporary, params * 4, offloaded
+        held = states.weights + states.grads + states.optimizer + states.step
+        return _States(0, 0, 0, gathered, 0, states.load, offloaded=held)
+    return states
 
 
 def _persistent_params(arch: Architecture, threshold: int) -> int:

@@ -8,6 +8,8 @@ planner knows are repeated here.
 
 from __future__ import annotations
 
+import math
+
 from launcher.errors import UserError
 from launcher.peft_targets import matches
 from launcher.plan.architecture import Architecture, linear_modules
@@ -51,7 +53,7 @@ def trainable_params(peft: PeftConfig, arch: Architecture, task: str) -> int:
     if peft.method == "none":
         return arch.params
     # peft keeps a sequence-classification head trainable (modules_to_save).
-    head = sum(_numel(s) for n, s in arch.weights.items() if n.startswith(HEAD_PREFIXES))
+    head = sum(math.prod(s) for n, s in arch.weights.items() if n.startswith(HEAD_PREFIXES))
     head = head if task == "sequence-classification" else 0
     modules = linear_modules(arch.weights)
     if isinstance(peft, LoraPeft):
@@ -104,10 +106,3 @@ def _prefix(peft: PrefixTuningPeft, arch: Architecture) -> int:
     inner = peft.projection_hidden_size or arch.hidden
     embedding = peft.num_virtual_tokens * arch.hidden
     return embedding + arch.hidden * inner + inner + inner * width + width
-
-
-def _numel(shape: list[int]) -> int:
-    total = 1
-    for dim in shape:
-        total *= dim
-    return total

@@ -155,6 +155,30 @@ def test_cpu_ranks_share_the_node_and_pay_the_framework_overhead(tmp_path: Path)
     assert plan.rank.overhead_bytes > 0 and plan.rank.peak_bytes > plan.rank.model_states_bytes
 
 
+def test_the_optimizer_step_and_backward_peak_apart(tmp_path: Path) -> None:
+    """AdamW's step holds two fp32 temporaries per element it steps at once (8 bytes), DeepSpeed
+    also an fp32 copy of the gradients (4): the whole flat partition at ZeRO-1, the largest
+    tensor under torch's own step at ZeRO-0. That peak comes after backward's activations are
+    freed: the rank's peak is the larger of the two, not their sum."""
+    directory = model_dir(tmp_path, "qwen2.5-0.5b")
+    raw = {"model": {"path": str(directory), "task": "causal-lm"},
+           "data": {"train": "a", "validation": "b", "test": "c", "max_length": 16},
+           "engine": {"zero_stage": 1}, "cluster": {"num_workers": 2}}  # fmt: skip
+    job = validate_job_dict(raw)
+    arch = read_architecture(directory, "causal-lm", 2)
+    layout = Layout(world=2, workers_per_node=2, device="cpu")
+    p, embedding = 494_032_768, 151_936 * 896
+    short = plan_rank(job, arch, layout)
+    assert short.step_bytes == 12 * (p // 2) and short.step_bytes > short.activations_bytes
+    assert short.peak_bytes == short.overhead_bytes + short.model_states_bytes + short.step_bytes
+    zero0 = plan_rank(with_changes(job, {"engine.zero_stage": 0}), arch, layout)
+    assert zero0.step_bytes == 8 * embedding
+    long = plan_rank(with_changes(job, {"training.micro_batch_size": 64}), arch, layout)
+    backward = long.activations_bytes + long.temporary_bytes
+    assert backward > long.step_bytes == short.step_bytes
+    assert long.peak_bytes == long.overhead_bytes + long.model_states_bytes + backward
+
+
 def test_plan_cli_prints_json_and_refuses_bad_input(tmp_path: Path) -> None:
     directory = model_dir(tmp_path, "llama-3.1-70b")
     config = str(EXAMPLES / "llama-3.1-70b-lora-4x8.yaml")
