@@ -17,8 +17,8 @@ PLAN_ONLY=0
 [ "${1:-}" = "--plan-only" ] && PLAN_ONLY=1
 STEPS=30
 
-# The model directory: config.json (TinyLlama-1.1B's shape), a byte-level tokenizer trained here,
-# and, unless --plan-only, random bf16 weights (initialised on the GPU when there is one).
+# The model directory: config.json (TinyLlama-1.1B's shape) and, unless --plan-only, a byte-level
+# tokenizer trained here, random bf16 weights (initialised on the GPU) and generated text.
 "$PYTHON" - "$WORK" "$PLAN_ONLY" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -33,12 +33,12 @@ config = {
     "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 1,
 }
 (model / "config.json").write_text(json.dumps(config, indent=2))
-sys.path.insert(0, ".")
-from tests.fixtures import causal_text_rows, make_causal_tokenizer, write_jsonl
-make_causal_tokenizer(model, chat_template=False)
-for split, rows, seed in (("train", 20000, 1), ("validation", 64, 2), ("test", 64, 3)):
-    write_jsonl(work / "data" / f"{split}.jsonl", causal_text_rows(rows, seed, max_repeat=40))
-if not plan_only:
+if not plan_only:  # the plan needs config.json alone
+    sys.path.insert(0, ".")
+    from tests.fixtures import causal_text_rows, make_causal_tokenizer, write_jsonl
+    make_causal_tokenizer(model, chat_template=False)
+    for split, rows, seed in (("train", 20000, 1), ("validation", 64, 2), ("test", 64, 3)):
+        write_jsonl(work / "data" / f"{split}.jsonl", causal_text_rows(rows, seed, max_repeat=40))
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)

@@ -5,7 +5,10 @@ the CLI runs at the end (config.json only: no weights, no torch)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -197,3 +200,40 @@ def test_plan_cli_prints_json_and_refuses_bad_input(tmp_path: Path) -> None:
     (directory / "config.json").unlink()
     missing = ftlaunch("plan", config, "--set", f"model.path={directory}", "--gpu-memory", "80GB")
     assert_user_error(missing, "model.path:", "no config.json")
+
+
+def test_run_refuses_a_job_that_cannot_fit_before_anything_starts(tmp_path: Path) -> None:
+    from tests.fixtures import TOKENIZER_FILES, minilm_dir
+
+    directory = model_dir(tmp_path, "llama-3.1-70b")
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(minilm_dir() / name, directory / name)
+    job = tmp_path / "job.yaml"
+    out = tmp_path / "out"
+    job.write_text(
+        f"model: {{path: {directory}, task: causal-lm}}\n"
+        f"data: {{train: {tmp_path / 'absent.jsonl'}, validation: v, test: t, max_length: 512}}\n"
+        f"output: {{dir: {out}}}\n"
+    )
+    result = ftlaunch("run", str(job), "--set", f"data.cache_dir={tmp_path / 'cache'}")
+    assert_user_error(result, "plan: needs", "dominant: ", "(or run with --force)")
+    assert not out.exists() and not (tmp_path / "cache").exists()
+
+
+def test_the_gpu_check_script_plans_its_model(tmp_path: Path) -> None:
+    """benchmarks/gpu_check.sh is run on a GPU by hand; what CPU can check: its syntax and the
+    plan it makes (the 1.1B model's exact size, and that it fits an 80 GB GPU)."""
+    script = REPO_ROOT / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    result = subprocess.run(
+        ["bash", str(script), "--plan-only"],
+        env={**os.environ, "WORK": str(tmp_path), "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["params"] == 1_100_048_384 and plan["fits"] is True
+    assert plan["per_rank"]["device"] == "gpu" and plan["flops_per_token"] > 6 * plan["params"]
