@@ -135,7 +135,6 @@ class RayBackend:
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         model_server = model_server_actor(spec.model_dir)
-        c = self.cluster
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
@@ -145,7 +144,7 @@ class RayBackend:
                 "model_server": model_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
-            torch_config=TorchConfig(backend="nccl" if c.uses_gpu() else "gloo"),
+            torch_config=TorchConfig(backend=plan.process_group_backend()),
             scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
                 name=spec.run_id,
