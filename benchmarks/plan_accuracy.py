@@ -38,26 +38,9 @@ def make_bert(out_dir: Path, shape: tuple[int, int, int, int]) -> Path:
     """A randomly initialised BERT of `shape` with MiniLM's tokenizer (kept between runs)."""
     if (out_dir / "model.safetensors").is_file():
         return out_dir
-    import shutil
+    from tests.fixtures import make_random_bert
 
-    import torch
-    from transformers import BertConfig, BertModel
-
-    from tests.fixtures import TOKENIZER_FILES, minilm_dir
-
-    hidden, layers, heads, inter = shape
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=inter,
-        max_position_embeddings=512,
-    )
-    BertModel(config).save_pretrained(out_dir, safe_serialization=True)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(minilm_dir() / name, out_dir / name)
-    return out_dir
+    return make_random_bert(out_dir, *shape)
 
 
 def run_cell(
