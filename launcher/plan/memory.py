@@ -27,7 +27,7 @@ What each engine really does on top, written down where it differs:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from launcher.plan.architecture import Architecture
 from launcher.plan.peft_params import trainable_params
@@ -39,10 +39,12 @@ from trainer.config import JobConfig
 CPU_FIXED_BYTES = 660 * 2**20
 # ZeRO-3's partitioning machinery (zero.Init's hooks, the parameter coordinator) on top of that.
 ZERO3_FIXED_BYTES = 48 * 2**20
-# torch's AdamW step allocates two fp32 temporaries the size of the tensor it steps
-# (sqrt(v), and that over the bias correction): 8 bytes per element of the largest tensor stepped
-# at once. DeepSpeed ZeRO-1/2 steps its flat fp32 partition in one go, ZeRO-3 each sub-group.
-STEP_SCRATCH_BYTES = 8
+# torch's AdamW step on CPU goes tensor by tensor and allocates two fp32 temporaries the size of
+# the tensor it steps (sqrt(v), and that over the bias correction): 8 bytes per element of the
+# largest tensor. On GPU it steps all tensors of a group at once (foreach) with one temporary:
+# 4 bytes per element of everything stepped. DeepSpeed ZeRO-1/2 steps its flat fp32 partition as
+# one tensor, ZeRO-3 each sub-group, plus an fp32 copy of the gradients (4 bytes).
+STEP_SCRATCH_BYTES = {"cpu": 8, "gpu": 4}
 ZERO3_SUB_GROUP = 10**9  # DeepSpeed's default sub_group_size (elements)
 # Not in max_memory_allocated: the CUDA context and NCCL buffers, plus allocator fragmentation.
 GPU_RESERVE_BYTES = 2 * 2**30
@@ -167,10 +169,11 @@ def _deepspeed_states(
     stage, n, bw = job.engine.zero_stage, layout.world, weight_bytes(job)
     optim_per_param = 8 if stage == 0 and bw == 4 else 12  # see the module docstring
     optimizer = trainable * optim_per_param // (n if stage >= 1 else 1)
-    step = _step_scratch(stage, arch, trainable, n)
+    step = _step_scratch(stage, arch, trainable, layout)
     offloaded = 0
     if job.engine.offload == "cpu" and layout.device == "gpu":  # the step runs on the host too
-        offloaded, optimizer, step = optimizer + trainable * 4 // n + step, 0, 0
+        host_step = _step_scratch(stage, arch, trainable, replace(layout, device="cpu"))
+        offloaded, optimizer, step = optimizer + trainable * 4 // n + host_step, 0, 0
     return _States(
         weights=params * bw // (n if stage == 3 else 1),
         grads=trainable * bw // (n if stage >= 2 else 1),
@@ -203,21 +206,28 @@ def _deepspeed_buffers(
     return bucket + gathered + persistent + arch.largest_tensor()
 
 
-def _step_scratch(stage: int, arch: Architecture, trainable: int, n: int) -> int:
-    """The optimizer step's scratch (see STEP_SCRATCH_BYTES): torch's AdamW over the weights one
-    by one at stage 0; DeepSpeed's flat fp32 partition at stages 1-2, and each sub-group of it
-    at stage 3, plus the fp32 copy of its gradients that DeepSpeed makes for the step."""
+def _step_scratch(stage: int, arch: Architecture, trainable: int, layout: Layout) -> int:
+    """The optimizer step's scratch (see STEP_SCRATCH_BYTES): torch's AdamW over the weights at
+    stage 0; DeepSpeed's flat fp32 partition at stages 1-2, and each sub-group of it at stage 3,
+    plus the fp32 copy of its gradients that DeepSpeed makes for the step."""
+    per_element = STEP_SCRATCH_BYTES[layout.device]
     if stage == 0:
-        return STEP_SCRATCH_BYTES * min(arch.largest_tensor(), trainable)
-    partition = trainable // n
+        return per_element * _stepped_at_once(arch, trainable, layout.device)
+    partition = trainable // layout.world
     stepped = min(partition, ZERO3_SUB_GROUP) if stage == 3 else partition
-    return (STEP_SCRATCH_BYTES + 4) * stepped
+    return (per_element + 4) * stepped
+
+
+def _stepped_at_once(arch: Architecture, trainable: int, device: str) -> int:
+    """Elements torch's AdamW steps at once: one tensor at a time on CPU, all of them on GPU."""
+    return min(arch.largest_tensor(), trainable) if device == "cpu" else trainable
 
 
 def _accelerate_states(
     job: JobConfig, arch: Architecture, params: int, trainable: int, layout: Layout
 ) -> _States:
-    scratch = STEP_SCRATCH_BYTES * min(arch.largest_tensor(), trainable)
+    per_element = STEP_SCRATCH_BYTES[layout.device]
+    scratch = per_element * _stepped_at_once(arch, trainable, layout.device)
     if job.engine.strategy == "ddp":  # every rank holds everything; DDP's buckets copy the grads
         return _States(params * 4, trainable * 4, trainable * 8, trainable * 4, scratch, 0)
     fsdp = job.engine.fsdp_options()

@@ -159,9 +159,9 @@ def test_cpu_ranks_share_the_node_and_pay_the_framework_overhead(tmp_path: Path)
 
 
 def test_the_optimizer_step_and_backward_peak_apart(tmp_path: Path) -> None:
-    """AdamW's step holds two fp32 temporaries per element it steps at once (8 bytes), DeepSpeed
-    also an fp32 copy of the gradients (4): the whole flat partition at ZeRO-1, the largest
-    tensor under torch's own step at ZeRO-0. That peak comes after backward's activations are
+    """AdamW's step on CPU holds two fp32 temporaries per element it steps at once (8 bytes),
+    DeepSpeed also an fp32 copy of the gradients (4): the whole flat partition at ZeRO-1, the
+    largest tensor under torch's own step at ZeRO-0. That peak comes after backward's activations are
     freed: the rank's peak is the larger of the two, not their sum."""
     directory = model_dir(tmp_path, "qwen2.5-0.5b")
     raw = {"model": {"path": str(directory), "task": "causal-lm"},
@@ -180,6 +180,10 @@ def test_the_optimizer_step_and_backward_peak_apart(tmp_path: Path) -> None:
     backward = long.activations_bytes + long.temporary_bytes
     assert backward > long.step_bytes == short.step_bytes
     assert long.peak_bytes == long.overhead_bytes + long.model_states_bytes + backward
+    # On GPU torch steps every tensor of a group at once with one fp32 temporary (foreach).
+    gpu = Layout(world=2, workers_per_node=2, device="gpu")
+    assert plan_rank(job, arch, gpu).step_bytes == (4 + 4) * (p // 2)
+    assert plan_rank(with_changes(job, {"engine.zero_stage": 0}), arch, gpu).step_bytes == 4 * p
 
 
 def test_plan_cli_prints_json_and_refuses_bad_input(tmp_path: Path) -> None:
