@@ -66,8 +66,14 @@ def run(
             help="Allow a Ray without token authentication (RAY_AUTH_MODE, Ray < 2.52).",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Start even if `ftlaunch plan` says the ranks run out of memory."
+        ),
+    ] = False,
 ) -> None:
-    """Fine-tune as the YAML says: prepare data, start/reach Ray, train, bring results home."""
+    """Fine-tune as the YAML says: plan, prepare data, start/reach Ray, train, bring results home."""
     from cluster.errors import ClusterError, Preempted, TrainingFailed
     from launcher.commands.run import RunRequest, run_from_file
 
@@ -80,6 +86,7 @@ def run(
         resume_fallback=resume_fallback,
         trust_checkpoint=trust_checkpoint,
         insecure=insecure,
+        force=force,
     )
     try:
         run_from_file(request, console)
@@ -100,6 +107,57 @@ def run(
         fail(TRAINING_FAILED_EXIT_CODE, f"{exc} (earlier contents of output.dir are untouched)")
     except KeyboardInterrupt:  # a second Ctrl-C (or one before training began): stop at once
         fail(INTERRUPTED_EXIT_CODE, "interrupted: stopped at once, no checkpoint was taken")
+
+
+@app.command()
+def plan(
+    config: Annotated[Path, typer.Argument(help="Job YAML file.")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set engine.zero_stage=3")
+    ] = None,
+    gpu_memory: Annotated[
+        str | None, typer.Option(help="Memory of one GPU, e.g. 80GB (default: this machine's).")
+    ] = None,
+    cpu_memory: Annotated[
+        str | None, typer.Option(help="RAM of one node, e.g. 512GiB (default: the cluster's).")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Plan against this Ray cluster (overrides cluster.address).")
+    ] = None,
+    mfu: Annotated[
+        float, typer.Option(help="Model FLOPs utilisation for the throughput estimate.")
+    ] = 0.4,
+    peak_tflops: Annotated[
+        float | None,
+        typer.Option(help="Peak TFLOP/s of one worker (default: an H100, or a CPU core)."),
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Memory per rank (weights, gradients, optimizer, activations, buffers), whether it fits,
+    what to change if not, and the expected communication and throughput. Needs config.json only."""
+    from cluster.errors import ClusterError
+    from launcher.commands.plan import PlanOptions, run_plan
+    from launcher.sizes import parse_size
+
+    try:
+        options = PlanOptions(
+            gpu_memory=parse_size(gpu_memory, "--gpu-memory") if gpu_memory else None,
+            cpu_memory=parse_size(cpu_memory, "--cpu-memory") if cpu_memory else None,
+            mfu=_fraction(mfu, "--mfu"),
+            peak_tflops=peak_tflops,
+        )
+        overrides = [*(set_ or []), *([f"cluster.address={address}"] if address else [])]
+        run_plan(config, overrides, options, json_, typer.echo)
+    except UserError as exc:
+        fail(USER_ERROR_EXIT_CODE, *exc.messages)
+    except ClusterError as exc:
+        fail(USER_ERROR_EXIT_CODE, str(exc))
+
+
+def _fraction(value: float, option: str) -> float:
+    if not 0 < value <= 1:
+        raise UserError(f"{option}: must be in (0, 1] (got {value:g})")
+    return value
 
 
 @app.command()

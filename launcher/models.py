@@ -19,8 +19,11 @@ MODEL_ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_model_path(path_or_alias: str, field: str = "model.path") -> Path:
-    """Return the absolute model directory, checking it holds a Hugging Face model.
+def resolve_model_path(
+    path_or_alias: str, field: str = "model.path", need_tokenizer: bool = True
+) -> Path:
+    """Return the absolute model directory, checking it holds a Hugging Face model (config and,
+    unless `need_tokenizer` is false as for `ftlaunch plan`, a fast tokenizer).
 
     Raises:
         UserError: unknown alias whose package is missing, missing directory, or no config.json.
@@ -53,7 +56,7 @@ def resolve_model_path(path_or_alias: str, field: str = "model.path") -> Path:
         raise UserError(
             f"{field}: {config_file} has no model_type; not a Hugging Face model config"
         )
-    if not (directory / "tokenizer.json").is_file():
+    if need_tokenizer and not (directory / "tokenizer.json").is_file():
         raise UserError(
             f"{field}: {directory} has no tokenizer.json (a fast tokenizer is needed; "
             "save one with AutoTokenizer.from_pretrained(...).save_pretrained(dir))"

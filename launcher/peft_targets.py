@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from launcher.errors import UserError
 from trainer.config.peft import PeftConfig
@@ -21,26 +22,43 @@ HEADER_LIMIT = 100 << 20
 
 def read_weight_shapes(model_dir: Path) -> dict[str, list[int]] | None:
     """Weight name -> shape from the safetensors header(s); None if the model has none."""
+    header = read_weight_header(model_dir)
+    return None if header is None else {name: e["shape"] for name, e in header.items()}
+
+
+def read_weight_header(model_dir: Path) -> dict[str, dict[str, Any]] | None:
+    """Weight name -> its header entry (`shape`, `dtype`, offsets) from the safetensors file(s)
+    of `model_dir`, single or sharded; None if the model has none.
+
+    Raises:
+        UserError: a file that is not safetensors, or an unreadable index.
+    """
     single = model_dir / "model.safetensors"
     if single.is_file():
-        return _header_shapes(single)
+        return _header(single)
     index = model_dir / "model.safetensors.index.json"
-    if index.is_file():
+    if not index.is_file():
+        return None
+    try:
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        shapes: dict[str, list[int]] = {}
-        for name in files:
-            shapes |= _header_shapes(model_dir / name)
-        return shapes
-    return None
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise UserError(f"model.path: {index} is not a safetensors index ({exc})") from None
+    entries: dict[str, dict[str, Any]] = {}
+    for name in files:
+        entries |= _header(model_dir / name)
+    return entries
 
 
-def _header_shapes(path: Path) -> dict[str, list[int]]:
-    with path.open("rb") as fh:
-        size = int.from_bytes(fh.read(8), "little")
-        if not 0 < size < HEADER_LIMIT:
-            raise UserError(f"model.path: {path} is not a valid safetensors file")
-        header = json.loads(fh.read(size))
-    return {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+def _header(path: Path) -> dict[str, dict[str, Any]]:
+    try:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            if not 0 < size < HEADER_LIMIT:
+                raise ValueError("header size out of range")
+            header = json.loads(fh.read(size))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"model.path: {path} is not a valid safetensors file ({exc})") from None
+    return {name: entry for name, entry in header.items() if name != "__metadata__"}
 
 
 def module_names(shapes: dict[str, list[int]]) -> list[str]:

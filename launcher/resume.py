@@ -28,7 +28,9 @@ from trainer.formats.signing import CheckpointSigning
 def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
     """What must not change between a checkpoint and the run resuming it."""
     relevant = {
-        "model": job.model.model_dump(),
+        # Where a node caches the model and which attention kernel computes it do not change
+        # what a checkpoint holds (and leaving them out keeps older checkpoints resumable).
+        "model": job.model.model_dump(exclude={"attn_implementation", "node_cache_dir"}),
         "peft": job.peft.model_dump(),
         "zero_stage": job.engine.zero_stage,
         "num_workers": job.cluster.num_workers,

@@ -63,6 +63,37 @@ def make_tiny_bert(out_dir: Path, seed: int = 0) -> Path:
     return out_dir
 
 
+def make_random_bert(
+    out_dir: Path, hidden: int, layers: int, heads: int, intermediate: int
+) -> Path:
+    """A BERT of this shape with MiniLM's tokenizer: random fp32 weights (N(0, 0.02), LayerNorm
+    scales 1) written straight to safetensors, which at BERT-large's size takes seconds where
+    initialising the modules one by one takes longer than a short run."""
+    import torch
+    from safetensors.torch import save_file
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+    )
+    with torch.device("meta"):
+        shapes = {name: t.shape for name, t in BertModel(config).state_dict().items()}
+    weights = {
+        name: torch.ones(shape) if name.endswith("LayerNorm.weight") else torch.randn(shape) * 0.02
+        for name, shape in shapes.items()
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(weights, out_dir / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(out_dir)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(minilm_dir() / name, out_dir / name)
+    return out_dir
+
+
 def keyword_rows(n: int, seed: int) -> list[dict[str, str]]:
     rng = random.Random(seed)
     rows = []

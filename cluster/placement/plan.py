@@ -73,6 +73,12 @@ class PlacementPlan:
     def bundles(self) -> list[dict[str, float]]:
         return [dict(self.resources_per_worker) for _ in range(self.num_workers)]
 
+    def process_group_backend(self) -> str:
+        """torch.distributed's backend: gloo on CPU workers. On GPU workers NCCL for CUDA tensors
+        and gloo for the small CPU tensors the loop gathers (metrics windows, stop flags, memory
+        peaks), which a plain "nccl" group has no backend for."""
+        return "cpu:gloo,cuda:nccl" if self.resources_per_worker.get("GPU", 0) > 0 else "gloo"
+
 
 def placement_plan(cluster: ClusterConfig, nodes: Sequence[Node]) -> PlacementPlan:
     """Check the request against the cluster's nodes and say how Ray should place the workers.

@@ -34,6 +34,7 @@ from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import Liveness, collector_actor
 from cluster.head.metrics_log import Trackers
 from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
+from cluster.head.model_server import model_server_actor
 from cluster.head.shard_server import shard_server_actor
 from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
 from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
@@ -52,6 +53,11 @@ from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# glibc raises its mmap threshold whenever a large block is freed, and blocks below the threshold
+# come from the heap, which is not given back: a CPU worker's resident memory then keeps the
+# high-water mark of loading and of the first step on top of what it holds (about 7 bytes per
+# parameter more, measured). A fixed threshold makes freed tensors go back to the system.
+CPU_WORKER_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 class RayBackend:
@@ -140,7 +146,8 @@ class RayBackend:
         """Offline flags, the job's plain `cluster.env` (which may override them, e.g. HF_HOME)
         and this process's secrets, sealed (see cluster/auth/secrets.py)."""
         sealed = sealed_env_vars(os.environ, self.cluster.secret_env, load_token())
-        return WORKER_ENV | self.cluster.env | sealed
+        cpu = {} if self.cluster.uses_gpu() else CPU_WORKER_ENV
+        return WORKER_ENV | cpu | self.cluster.env | sealed
 
     def run(
         self,
@@ -152,7 +159,7 @@ class RayBackend:
     ) -> dict[str, Any]:
         """Train on the cluster; results land in `run_dir` through the collector, which signs
         each checkpoint it commits and checks each it resumes from with `signing`. Returns
-        head-side statistics (shards streamed from the head) for the summary.
+        head-side statistics (shards and model bytes streamed from the head) for the summary.
 
         Raises:
             ClusterError: the request cannot be placed.
@@ -176,17 +183,18 @@ class RayBackend:
             run_dir, checkpoint_dir, spec.job.output.keep_last, trackers, signing, liveness
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
-        c = self.cluster
+        model_server = model_server_actor(spec.model_dir)
         trainer = TorchTrainer(
             train_worker,
             train_loop_config={
                 "spec": spec.model_dump(mode="json"),
                 "collector": collector,
                 "shard_server": shard_server,
+                "model_server": model_server,
                 "head_node_id": ray.get_runtime_context().get_node_id(),
             },
             torch_config=BoundStoreTorchConfig(
-                backend="nccl" if c.uses_gpu() else "gloo", timeout_s=int(t.collective_timeout_s)
+                backend=plan.process_group_backend(), timeout_s=int(t.collective_timeout_s)
             ),
             scaling_config=ScalingConfig(**plan.scaling_kwargs()),
             run_config=RunConfig(
@@ -216,7 +224,9 @@ class RayBackend:
             raise _as_training_failed(outcome.get("error"), head)
         restarts = max(get(collector.starts_seen.remote()) - 1, 0)
         placement = [ranks[rank] for rank in sorted(ranks)]
-        return get(shard_server.stats.remote()) | {"restarts": restarts, "placement": placement}
+        streamed = get(shard_server.stats.remote(), timeout=30)
+        streamed |= get(model_server.stats.remote(), timeout=30)
+        return streamed | {"restarts": restarts, "placement": placement}
 
 
 class _StopOnSigterm:

@@ -11,6 +11,7 @@ import importlib
 import os
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -21,6 +22,7 @@ from cluster.auth.token import load_token
 from cluster.worker.checkpoints import RayCheckpointSink
 from cluster.worker.files import CollectorSink
 from cluster.worker.heartbeat import CALL_TIMEOUT_S, Heartbeat
+from cluster.worker.model_cache import HeadModelSource, default_cache_root, local_model_dir
 from cluster.worker.reporting import CollectorReporter
 from cluster.worker.shards import HeadShardStore
 from trainer.config.spec import RunSpec
@@ -42,6 +44,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     node_id = ray.get_runtime_context().get_node_id()
     agent = get(collector.node_agent.remote(node_id), timeout=CALL_TIMEOUT_S)
     heartbeat = Heartbeat(agent, start["rank"], start["pid"]).start()
+    # Beating (phase "setup", never judged stuck) while a large model streams to this node.
+    spec = with_local_model(spec, loop_config["model_server"])
     io = WorkerIO(
         reporter=CollectorReporter(collector),
         artifacts=CollectorSink(collector),
@@ -58,6 +62,17 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     )
     load_entry(TRAINER_ENTRY)(spec, io)
     heartbeat.finish()
+
+
+def with_local_model(spec: RunSpec, model_server: Any) -> RunSpec:
+    """The spec with `model_dir` where this node can read the model: the head's path if this
+    node sees it, else the node-local copy streamed from the head (fetched once per node)."""
+    configured = spec.job.model.node_cache_dir
+    root = Path(configured).expanduser() if configured else default_cache_root()
+    local = local_model_dir(HeadModelSource(model_server), spec.model_dir, root)
+    if local == Path(spec.model_dir):
+        return spec
+    return spec.model_copy(update={"model_dir": str(local)})
 
 
 def load_entry(dotted: str) -> Callable[[RunSpec, WorkerIO], Any]:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from cluster.auth.mode import check_closed
 from cluster.auth.secrets import unlisted_warnings
+from launcher.commands.plan import check_fits
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.carve import carve_validation
 from launcher.data.causal import CausalFormat
@@ -67,6 +68,7 @@ class RunRequest:
     resume_fallback: bool = False
     trust_checkpoint: Path | None = None  # a checkpoint the user vouches for (implies resume)
     insecure: bool = False  # allow a Ray without token authentication
+    force: bool = False  # start even if the plan says the ranks run out of memory
 
 
 def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
@@ -74,7 +76,8 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
 
     Raises:
         UserError: bad config, data or model, an output.dir that is not ftlaunch's or overlaps
-            the inputs, a checkpoint that cannot be resumed (exit 2).
+            the inputs, a checkpoint that cannot be resumed, a job the plan says cannot fit
+            (exit 2).
         cluster.errors.ClusterError: unreachable or open cluster, impossible placement (exit 2).
         cluster.errors.TrainingFailed: a worker failed (exit 1).
     """
@@ -93,6 +96,7 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     check_output_dir(output_dir)
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
+    planned = check_fits(job, model_dir, console.print, refuse=not request.force)
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
@@ -121,7 +125,8 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
             config_fingerprint=fingerprint,
             resume_tag=resume_tag,
         )
-        return train_and_commit(spec, output_dir, console, signing, request.insecure)
+        planned_peak = planned.rank.peak_bytes if planned is not None else None
+        return train_and_commit(spec, output_dir, console, signing, request.insecure, planned_peak)
 
 
 def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:
@@ -270,6 +275,7 @@ def train_and_commit(
     console: Console,
     signing: CheckpointSigning | None = None,
     insecure: bool = False,
+    planned_peak: int | None = None,
 ) -> dict[str, Any]:
     from cluster.registry import backend_for
 
@@ -293,12 +299,23 @@ def train_and_commit(
             f"training finished without a summary; partial results kept in {staging}"
         )
     summary = {k: v for k, v in summary.items() if k != "event"} | head_stats
+    summary["memory"] = memory_summary(summary.get("memory"), planned_peak)
     summary["wall_s"] = time.perf_counter() - started
     (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     commit_run(staging, output_dir)
     console.print(summary_table(summary))
     console.print(f"model: {output_dir / MODEL_DIR}")
     return summary
+
+
+def memory_summary(measured: dict[str, Any] | None, planned_peak: int | None) -> dict[str, Any]:
+    """summary.json's `memory`: the plan's per-rank peak next to the largest one measured, and
+    planned / measured (1.0: exact; below 1: the plan was too low)."""
+    memory = dict(measured or {})
+    memory["planned_peak_bytes"] = planned_peak
+    got = memory.get("measured_peak_bytes")
+    memory["ratio"] = round(planned_peak / got, 3) if planned_peak and got else None
+    return memory
 
 
 def _check_max_length(job: JobConfig, model_dir: Path) -> None:

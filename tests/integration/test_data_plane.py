@@ -1,5 +1,5 @@
-"""Where shards live: only on the head (streamed to a node that cannot see them), and in S3
-(a real local S3 server, moto in server mode, on loopback)."""
+"""Where shards and the model live: only on the head (streamed to a node that cannot see them),
+and, for shards, in S3 (a real local S3 server, moto in server mode, on loopback)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,18 @@ def prepare_splits(data: dict[str, Path], model: Path, out: Path) -> dict[str, P
     return dirs
 
 
+def hidden_model(tiny_bert: Path, tmp_path: Path) -> Path:
+    """A copy of the model under `tmp_path`, which the second node of `private_mount_cluster`
+    cannot see: a worker there gets it streamed from the head."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_bert, model)
+    return model
+
+
+def model_bytes(model: Path) -> int:
+    return sum(p.stat().st_size for p in model.rglob("*") if p.is_file())
+
+
 def job_args(splits: dict[str, str], out: Path) -> list[str]:
     sets = {f"data.{k}": v for k, v in splits.items()} | {
         "output.dir": str(out),
@@ -64,8 +76,12 @@ def test_shards_only_on_the_head_are_streamed_to_the_other_node(
     private_mount_cluster: dict[str, str],
 ) -> None:
     splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")  # hidden from node 2
+    model = hidden_model(tiny_bert, tmp_path)
     job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    job.write_text(
+        f"model: {{path: {model}, node_cache_dir: {tmp_path / 'node-cache'}}}\n"
+        "data: {train: x, validation: y, test: z}\n"
+    )
     env = cluster_env(private_mount_cluster)
     result = ftlaunch(
         "run",
@@ -77,8 +93,13 @@ def test_shards_only_on_the_head_are_streamed_to_the_other_node(
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    # One of the two workers ran on the node that cannot see tmp_path: it read through the head.
+    # One of the two workers ran on the node that cannot see tmp_path: it read the shards through
+    # the head, and got the model streamed, all of it, once.
     assert summary["head_streamed_blocks"] > 0 and summary["head_streamed_bytes"] > 0
+    assert summary["model_streamed_bytes"] == model_bytes(model)
+    assert not (tmp_path / "node-cache").exists()  # the head's rank read model.path in place
+    # The plan's per-rank peak against the measured one (tiny model: mostly framework overhead).
+    assert 0.8 <= summary["memory"]["ratio"] <= 1.2, summary["memory"]
     assert summary["test"]["accuracy"] > summary["majority_baseline_accuracy"] + 0.2
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
@@ -173,8 +194,12 @@ def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
     private_mount_cluster: dict[str, str],
 ) -> None:
     splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")
+    model = hidden_model(tiny_bert, tmp_path)
     job = tmp_path / "job.yaml"
-    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    job.write_text(
+        f"model: {{path: {model}, node_cache_dir: {tmp_path / 'node-cache'}}}\n"
+        "data: {train: x, validation: y, test: z}\n"
+    )
     out = tmp_path / "out"
     args = [
         *job_args({k: str(v) for k, v in splits.items()}, out),
@@ -188,6 +213,9 @@ def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
     env = cluster_env(private_mount_cluster)
     first = ftlaunch("run", str(job), *args, env=env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert json.loads((out / "summary.json").read_text())["model_streamed_bytes"] == model_bytes(
+        model
+    )
     newest = max((out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     manifest = json.loads((newest / "manifest.json").read_text())
     # Both ranks' ZeRO shards and states are on the head, whichever node each rank ran on.
@@ -202,4 +230,7 @@ def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
     assert [r["step"] for r in records if r["event"] == "resumed"] == [
         int(newest.name.split("-")[1])
     ]
-    assert json.loads((out / "summary.json").read_text())["steps"] == 48
+    resumed_summary = json.loads((out / "summary.json").read_text())
+    assert resumed_summary["steps"] == 48
+    # The second node kept its copy of the model: the resumed run streamed none of it.
+    assert resumed_summary["model_streamed_bytes"] == 0

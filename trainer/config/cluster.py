@@ -60,7 +60,9 @@ class ClusterConfig(Section):
         default=1.0, description="CPUs each worker reserves (also its torch thread count)."
     )
     gpus_per_worker: Annotated[float, Field(ge=0)] = Field(
-        default=0.0, description="GPUs each worker reserves; 0 trains on CPUs over gloo."
+        default=0.0,
+        description="GPUs each worker reserves: 1 (one process per GPU), a fraction to share one, "
+        "or 0 to train on CPUs over gloo.",
     )
     num_cpus: PositiveInt | None = Field(
         default=None,
@@ -137,10 +139,13 @@ class ClusterConfig(Section):
     def placement_problems(self) -> list[str]:
         """Every inconsistency between placement fields, one line each naming the field."""
         problems = self._node_count_problems()
-        if self.gpus_per_worker > 1 and not float(self.gpus_per_worker).is_integer():
+        if self.gpus_per_worker > 1:
+            # No strategy here drives several GPUs from one process: the extra GPUs would idle.
             problems.append(
-                "cluster.gpus_per_worker: above 1 must be a whole number "
-                f"(got {self.gpus_per_worker:g})"
+                "cluster.gpus_per_worker: one worker is one process driving one GPU "
+                f"(got {self.gpus_per_worker:g}, which would leave all but one idle); for "
+                "G GPUs per node use gpus_per_worker: 1 and cluster.num_workers: G x nodes "
+                "(cluster.num_nodes: nodes)"
             )
         for name in self.custom_resources:
             if not name.strip():

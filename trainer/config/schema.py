@@ -27,6 +27,17 @@ class ModelConfig(Section):
         default="sequence-classification",
         description="sequence-classification (a new head over the labels) or causal-lm.",
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = Field(
+        default=None,
+        description="Attention kernel: sdpa, eager, or flash_attention_2 (GPU workers, bf16/fp16, "
+        "the flash-attn package installed on them); null: the architecture's default.",
+    )
+    node_cache_dir: str | None = Field(
+        default=None,
+        description="Where a worker whose node cannot see model.path keeps the copy streamed from "
+        "the head (content-addressed, fetched once per node, reused across runs); default "
+        "~/.cache/ftlaunch/models on that node.",
+    )
 
     def is_causal_lm(self) -> bool:
         return self.task == "causal-lm"
@@ -290,6 +301,29 @@ class EngineConfig(Section):
         """Whether DeepSpeed does the work (directly, or through Accelerate's plugin)."""
         return self.strategy == "deepspeed"
 
+    def zero_buckets(self, hidden_size: int) -> dict[str, int]:
+        """DeepSpeed's communication buckets, in elements, scaled to the model (both the workers'
+        DeepSpeed config and `ftlaunch plan` use these).
+
+        DeepSpeed's defaults (5e8-element reduce and all-gather buckets, up to 1e9 parameters
+        kept gathered) are sized for GPUs with room to spare: below ~1B parameters a ZeRO-3 rank
+        would keep the whole model gathered and a gradient bucket as large as the model, so no
+        rank would hold less than the full model. As Hugging Face's "auto" values do, buckets are
+        hidden_size^2 elements and parameters below 10 x hidden_size stay gathered; at most about
+        two transformer blocks (24 x hidden_size^2) are kept gathered between uses.
+        """
+        square = hidden_size * hidden_size
+        buckets = {"reduce_bucket_size": square, "allgather_bucket_size": square}
+        if self.zero_stage == 3:
+            live = min(24 * square, 10**9)
+            buckets |= {
+                "stage3_prefetch_bucket_size": square * 9 // 10,
+                "stage3_param_persistence_threshold": 10 * hidden_size,
+                "stage3_max_live_parameters": live,
+                "stage3_max_reuse_distance": live,
+            }
+        return buckets
+
 
 class OutputConfig(Section):
     dir: str = Field(
@@ -402,6 +436,13 @@ class JobConfig(Section):
             raise ValueError(
                 "training.precision: fp16 needs GPUs (cluster.gpus_per_worker > 0); "
                 "on CPU use bf16 or fp32"
+            )
+        if self.model.attn_implementation == "flash_attention_2" and (
+            not self.cluster.uses_gpu() or self.training.precision == "fp32"
+        ):
+            raise ValueError(
+                "model.attn_implementation: flash_attention_2 runs on GPUs in bf16 or fp16 "
+                "(cluster.gpus_per_worker > 0 and training.precision bf16/fp16); use sdpa"
             )
         if self.peft.method == "prefix_tuning" and self.model.task == "sequence-classification":
             # peft's sequence-classification prefix path needs a `past_key_values` argument that

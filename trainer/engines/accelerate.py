@@ -41,12 +41,18 @@ import torch
 import torch.distributed as dist
 
 from trainer.config.schema import EngineConfig, FsdpConfig, JobConfig
-from trainer.engines.base import build_optimizer, deepspeed_config
+from trainer.engines.base import build_optimizer, deepspeed_config, hidden_size_of
 from trainer.engines.deepspeed import zero_consolidated_state_dict
 from trainer.engines.safe_load import guard_deepspeed_loads, safe_dcp_loads
 from trainer.formats.checkpoints import ACC_TAG
 
-_ACCELERATE_FLAGS = ("ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP")
+# Set by Accelerate itself when handed a plugin (the last one by the FSDP plugin's
+# cpu_ram_efficient_loading); `destroy` restores them.
+_ACCELERATE_FLAGS = (
+    "ACCELERATE_USE_DEEPSPEED",
+    "ACCELERATE_USE_FSDP",
+    "FSDP_CPU_RAM_EFFICIENT_LOADING",
+)
 
 
 @dataclass(frozen=True)
@@ -76,9 +82,12 @@ def accelerate_plan(engine: EngineConfig, on_gpu: bool) -> AcceleratePlan:
 
 def fsdp_plugin_kwargs(fsdp: FsdpConfig, block_classes: list[str]) -> dict[str, Any]:
     """Pure: FullyShardedDataParallelPlugin arguments. FSDP2 (`fully_shard`), one unit per
-    transformer block, sharded checkpoints (torch DCP)."""
+    transformer block, sharded checkpoints (torch DCP). RAM-efficient loading: only rank 0 holds
+    the loaded weights (the others built the model on the meta device, trainer/model/build.py);
+    Accelerate sends each rank its shards after `fully_shard`."""
     return {
         "fsdp_version": 2,
+        "cpu_ram_efficient_loading": True,
         "reshard_after_forward": True,
         "auto_wrap_policy": "transformer_based_wrap" if block_classes else None,
         "transformer_cls_names_to_wrap": block_classes or None,
@@ -116,10 +125,12 @@ def hybrid_mesh(world_size: int, workers_per_node: int) -> dict[str, int]:
     return {"dp_replicate_size": world_size // workers_per_node, "dp_shard_size": workers_per_node}
 
 
-def deepspeed_plugin_config(job: JobConfig, world_size: int) -> dict[str, Any]:
+def deepspeed_plugin_config(
+    job: JobConfig, world_size: int, hidden_size: int | None = None
+) -> dict[str, Any]:
     """Pure: the same DeepSpeed config the deepspeed backend uses (so zero_stage/offload mean the
     same), given to Accelerate's DeepSpeedPlugin as `hf_ds_config`."""
-    return deepspeed_config(job, world_size)
+    return deepspeed_config(job, world_size, hidden_size)
 
 
 class AccelerateEngine:
@@ -134,7 +145,7 @@ class AccelerateEngine:
         threads = torch.get_num_threads()  # MULTI_CPU may reset it from the core count
         plan = accelerate_plan(job.engine, torch.cuda.is_available())
         self.plan = plan
-        kwargs = _accelerator_arguments(plan, job, world_size, block_classes(model))
+        kwargs = _accelerator_arguments(plan, job, world_size, model)
         mesh = kwargs.pop("parallelism_config", None) if plan.select_fsdp else None
         self.accelerator = Accelerator(
             gradient_accumulation_steps=job.training.grad_accum,
@@ -233,7 +244,7 @@ class AccelerateEngine:
 
 
 def _accelerator_arguments(
-    plan: AcceleratePlan, job: JobConfig, world: int, blocks: list[str]
+    plan: AcceleratePlan, job: JobConfig, world: int, model: torch.nn.Module
 ) -> dict[str, Any]:
     from accelerate.utils import (
         DeepSpeedPlugin,
@@ -246,10 +257,11 @@ def _accelerator_arguments(
         kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend=plan.process_group_backend)]
     if plan.strategy == "deepspeed":
         kwargs["deepspeed_plugin"] = DeepSpeedPlugin(
-            hf_ds_config=deepspeed_plugin_config(job, world)
+            hf_ds_config=deepspeed_plugin_config(job, world, hidden_size_of(model))
         )
     elif plan.strategy == "fsdp":
         fsdp = job.engine.fsdp_options()
+        blocks = block_classes(model)
         kwargs["fsdp_plugin"] = FullyShardedDataParallelPlugin(**fsdp_plugin_kwargs(fsdp, blocks))
         if fsdp.sharding == "hybrid":
             from accelerate.parallelism_config import ParallelismConfig

@@ -73,10 +73,16 @@ class Engine(Protocol):
     def destroy(self) -> None: ...
 
 
-def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for this job (pure; unit-tested)."""
+def deepspeed_config(
+    job: JobConfig, world_size: int, hidden_size: int | None = None
+) -> dict[str, Any]:
+    """The DeepSpeed config dict for this job (pure; unit-tested). With the model's hidden size
+    the communication buckets are scaled to the model (EngineConfig.zero_buckets); without it
+    DeepSpeed's defaults apply."""
     t, e = job.training, job.engine
     zero: dict[str, Any] = {"stage": e.zero_stage}
+    if hidden_size and e.zero_stage > 0:
+        zero |= e.zero_buckets(hidden_size)
     if e.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
     return precision_config(t.precision) | {
@@ -91,6 +97,12 @@ def deepspeed_config(job: JobConfig, world_size: int) -> dict[str, Any]:
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
+
+
+def hidden_size_of(model: torch.nn.Module) -> int | None:
+    """The model's hidden size from its transformers config (peft wrappers forward `config`)."""
+    value = getattr(getattr(model, "config", None), "hidden_size", None)
+    return value if isinstance(value, int) else None
 
 
 def precision_config(precision: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import deepspeed
 import torch
 
 from trainer.config.schema import JobConfig
-from trainer.engines.base import build_optimizer, deepspeed_config
+from trainer.engines.base import build_optimizer, deepspeed_config, hidden_size_of
 from trainer.engines.safe_load import guard_deepspeed_loads
 from trainer.formats.checkpoints import DS_TAG
 
@@ -33,7 +33,7 @@ class DeepSpeedEngine:
             model=model,
             optimizer=optimizer,
             lr_scheduler=scheduler,  # pyright: ignore[reportArgumentType] (annotated with torch's private _LRScheduler; any LRScheduler works)
-            config=deepspeed_config(job, world_size),
+            config=deepspeed_config(job, world_size, hidden_size_of(model)),
         )
         guard_deepspeed_loads(self.engine)  # DeepSpeed itself loads with weights_only=False
         self.module: torch.nn.Module = cast(torch.nn.Module, self.engine.module)

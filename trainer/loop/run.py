@@ -20,12 +20,19 @@ import torch.distributed as dist
 from trainer.config.spec import RunSpec
 from trainer.data.split import ShardedSplit
 from trainer.engines import build_engine
-from trainer.engines.base import check_precision
+from trainer.engines.base import check_precision, deepspeed_config
 from trainer.engines.snapshot import restore_weights
 from trainer.loop.context import Run
 from trainer.loop.progress import StepPlan, plan_steps, seed_everything
 from trainer.loop.train import Task, TrainOutcome, train_epochs
-from trainer.model.build import count_parameters
+from trainer.loop.window import gather_peak_memory
+from trainer.model.build import (
+    LoadPlan,
+    check_attn_implementation,
+    count_parameters,
+    load_plan,
+    read_hidden_size,
+)
 from trainer.protocols import ArtifactSink, ShardStore, WorkerIO
 
 SPLITS = ("train", "validation", "test")
@@ -36,7 +43,9 @@ class Recipe(Task, Protocol):
 
     def open_split(self, store: ShardStore) -> ShardedSplit: ...
 
-    def build_model(self) -> torch.nn.Module: ...
+    def build_model(self, load: LoadPlan) -> torch.nn.Module:
+        """The task model, built as `load` says (partitioned, empty, in which dtype)."""
+        ...
 
     # Split and evaluation parameters are Any: each recipe takes its own kind (CausalSplit,
     # EvalResult, ...), which a Protocol parameter could not narrow to.
@@ -66,7 +75,10 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
     first_epoch = train.epoch_batches(0, t.seed, world, rank, t.micro_batch_size, train=True)
     plan = plan_steps(job, len(first_epoch), train.num_rows)
     check_precision(t.precision)
-    model = recipe.build_model()
+    check_attn_implementation(job.model.attn_implementation)
+    hidden = read_hidden_size(spec.model_dir)
+    ds_config = deepspeed_config(job, world, hidden) if job.engine.runs_deepspeed() else None
+    model = recipe.build_model(load_plan(job, rank, ds_config))
     trainable, total = count_parameters(model)
     run = Run(spec, io, build_engine(model, job, world, plan.total_steps), world, rank)
     facts = common_facts(run, plan, train, trainable, total) | recipe.run_facts(train)
@@ -82,6 +94,9 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
     run.enter("eval", outcome.progress.step)
     restore_weights(run.engine.module, outcome.best_weights)
     test_result = recipe.evaluate(run.engine, test)
+    # Measured before the export: gathering the whole model on rank 0 to save it is a phase of
+    # its own, after training (see docs/planning.md).
+    memory = gather_peak_memory()
     state = run.engine.consolidated_state_dict()
     progress = outcome.progress
     summary = facts | {
@@ -92,6 +107,7 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
         "epochs_completed": progress.epoch,
         "stopped_early": progress.stopped_early,
         "worker_wall_s": time.perf_counter() - wall_start,
+        "memory": memory,
     }
     run.enter("save", progress.step)
     if state is not None:  # rank 0 holds the consolidated weights

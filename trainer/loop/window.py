@@ -41,6 +41,19 @@ def peak_gpu_mb() -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else 0.0
 
 
+def gather_peak_memory() -> dict[str, Any]:
+    """Collective: each rank's peak so far, in the unit `ftlaunch plan` predicts: GPU memory
+    allocated by torch on GPU workers, the process's peak resident memory on CPU workers."""
+    on_gpu = torch.cuda.is_available()
+    local = torch.cuda.max_memory_allocated() if on_gpu else peak_rss_mb() * 2**20
+    mine = torch.tensor([float(local)], dtype=torch.float64)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    ranks = [int(t.item()) for t in gathered]
+    device = "gpu" if on_gpu else "cpu"
+    return {"device": device, "measured_peak_bytes": max(ranks), "rank_peak_bytes": ranks}
+
+
 class RankWindow:
     def __init__(self, max_steps_per_window: int) -> None:
         self.capacity = max_steps_per_window

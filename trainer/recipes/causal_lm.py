@@ -19,7 +19,7 @@ from trainer.export.save import save_causal_lm
 from trainer.formats.rundir import MODEL_DIR, samples_file
 from trainer.loop.context import Run
 from trainer.loop.train import TrainOutcome
-from trainer.model.build import build_causal_lm
+from trainer.model.build import LoadPlan, build_causal_lm
 from trainer.protocols import ArtifactSink, ShardStore
 
 
@@ -33,9 +33,11 @@ class CausalLmRecipe:
     def open_split(self, store: ShardStore) -> CausalSplit:
         return CausalSplit(store)
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, load: LoadPlan) -> torch.nn.Module:
         job = self.spec.job
-        model = build_causal_lm(self.spec.model_dir, job.peft, job.training.gradient_checkpointing)
+        model = build_causal_lm(
+            self.spec.model_dir, job.peft, job.training.gradient_checkpointing, load
+        )
         self.eos_id = getattr(model.config, "eos_token_id", None)
         return model
 

@@ -19,7 +19,7 @@ from trainer.export.save import save_classifier
 from trainer.formats.rundir import MODEL_DIR, PREDICTIONS_FILE
 from trainer.loop.context import Run
 from trainer.loop.train import TrainOutcome
-from trainer.model.build import build_classifier
+from trainer.model.build import LoadPlan, build_classifier
 from trainer.protocols import ArtifactSink, ShardStore
 
 
@@ -31,7 +31,7 @@ class ClassificationRecipe:
     def open_split(self, store: ShardStore) -> ShardedSplit:
         return ShardedSplit(store)
 
-    def build_model(self) -> torch.nn.Module:
+    def build_model(self, load: LoadPlan) -> torch.nn.Module:
         """The pretrained encoder with a new head; every rank seeds alike, so heads are equal."""
         job = self.spec.job
         return build_classifier(
@@ -39,6 +39,7 @@ class ClassificationRecipe:
             self.spec.label_names,
             job.peft,
             job.training.gradient_checkpointing,
+            load,
         )
 
     def run_facts(self, train: ShardedSplit) -> dict[str, Any]:

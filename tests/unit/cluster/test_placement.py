@@ -14,7 +14,12 @@ from cluster.placement.fit import (
     request_problem,
     worker_counts,
 )
-from cluster.placement.plan import PlacementError, placement_plan, worker_resources
+from cluster.placement.plan import (
+    PlacementError,
+    PlacementPlan,
+    placement_plan,
+    worker_resources,
+)
 from launcher.config_loading import validate_job_dict
 from launcher.errors import UserError
 from trainer.config.schema import ClusterConfig
@@ -94,7 +99,13 @@ def test_memory_accepts_sizes_and_custom_resources_map_to_ray_names() -> None:
         ({"custom_resources": {"slot": 0}}, "cluster.custom_resources.slot: must be > 0"),
         ({"custom_resources": {"gpu": 1}}, "cluster.custom_resources.gpu: request GPU with"),
         ({"placement_timeout_s": 0}, "cluster.placement_timeout_s: must be > 0"),
-        ({"gpus_per_worker": 1.5}, "cluster.gpus_per_worker: above 1 must be a whole number"),
+        ({"gpus_per_worker": 1.5}, "cluster.gpus_per_worker: one worker is one process driving"),
+        (
+            {"gpus_per_worker": 8},
+            "cluster.gpus_per_worker: one worker is one process driving one GPU (got 8, which "
+            "would leave all but one idle); for G GPUs per node use gpus_per_worker: 1 and "
+            "cluster.num_workers: G x nodes",
+        ),
         (
             {"placement": "strict_spread", "num_workers": 4, "num_nodes": 2},
             "cluster.num_nodes: strict_spread puts every worker on its own node, so num_nodes "
@@ -202,6 +213,18 @@ def test_strict_spread_maps_to_ray_without_pins() -> None:
     kwargs = placement_plan(cluster, three_gpu_nodes()).scaling_kwargs()
     assert kwargs["placement_strategy"] == "STRICT_SPREAD" and "label_selector" not in kwargs
     assert kwargs["use_gpu"] and kwargs["resources_per_worker"] == {"CPU": 1.0, "GPU": 1.0}
+
+
+def test_gpu_workers_gather_cpu_tensors_over_gloo_and_cuda_ones_over_nccl() -> None:
+    from torch.distributed.distributed_c10d import Backend, BackendConfig
+
+    def device_backends(plan: PlacementPlan) -> dict[str, str]:
+        return BackendConfig(Backend(plan.process_group_backend())).get_device_backend_map()
+
+    gpu = placement_plan(ClusterConfig(num_workers=3, gpus_per_worker=1), three_gpu_nodes())
+    assert device_backends(gpu) == {"cpu": "gloo", "cuda": "nccl"}
+    cpu = placement_plan(ClusterConfig(num_workers=2), [Node("head", {"CPU": 4.0}, is_head=True)])
+    assert device_backends(cpu)["cpu"] == "gloo" and cpu.process_group_backend() == "gloo"
 
 
 def test_workers_fit_per_node_not_just_in_total() -> None:
