@@ -54,7 +54,8 @@ _ALLOWED = {
 }
 
 
-def _load(path: Path) -> dict[str, Any]:
+def load_deepspeed_file(path: Path) -> dict[str, Any]:
+    """A DeepSpeed checkpoint file, unpickling only the DeepSpeed types it holds (weights_only)."""
     from deepspeed.runtime.fp16.loss_scaler import LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
@@ -67,13 +68,15 @@ def checkpoint_tensors(ds_dir: Path) -> Tensors:
     """name -> (shape, producer) of the full fp32 model, without materialising any tensor yet."""
     stage3_states = sorted(ds_dir.glob("zero_pp_rank_*_mp_rank_00_model_states.pt"), key=_rank_of)
     if not stage3_states:  # ZeRO 0-2 in fp32: the module state dict holds every full weight
-        module = _load(ds_dir / Path(MODEL_STATES).name)["module"]
+        module = load_deepspeed_file(ds_dir / Path(MODEL_STATES).name)["module"]
         return {name: (tensor.shape, lambda t=tensor: t) for name, tensor in module.items()}
     # ZeRO-3: each rank holds a 1/world slice of every parameter in one flat fp32 buffer per
     # param group, parameters back to back, each padded to ceil(numel / world).
-    rank_states = [_load(p) for p in stage3_states]
+    rank_states = [load_deepspeed_file(p) for p in stage3_states]
     zero_files = sorted(ds_dir.glob("zero_pp_rank_*_mp_rank_00_optim_states.pt"), key=_rank_of)
-    flat_groups = [_load(p)["optimizer_state_dict"]["fp32_flat_groups"] for p in zero_files]
+    flat_groups = [
+        load_deepspeed_file(p)["optimizer_state_dict"]["fp32_flat_groups"] for p in zero_files
+    ]
     world = len(flat_groups)
     tensors: Tensors = {}
     for group, shapes in enumerate(rank_states[0]["param_shapes"]):
