@@ -18,7 +18,12 @@ from launcher.errors import UserError
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
-from launcher.resume import choose_resume_tag, config_fingerprint
+from launcher.resume import (
+    checkpoint_state,
+    choose_resume_tag,
+    config_fingerprint,
+    keep_global_batch,
+)
 from launcher.rundir import commit_run, create_staging, new_run_id
 from trainer.config import JobConfig
 from trainer.config.spec import RunSpec
@@ -73,6 +78,9 @@ def run_from_file(
     )
     if resume_tag:
         console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
+        job, note = keep_global_batch(job, checkpoint_state(output_dir, resume_tag))
+        if note:
+            console.print(note)
     spec = RunSpec(
         job=job,
         model_dir=str(model_dir),
