@@ -66,9 +66,20 @@ def _table(model: dict[str, Any], prefix: str, defs: dict[str, Any], nested: boo
         if ref is not None and nested:  # a sub-section (engine.fsdp): its keys inline
             rows += _table(defs[ref], f"{prefix}{name}.", defs, nested)[2:]
             continue
-        is_section = ref is not None or "oneOf" in prop
+        if "oneOf" in prop and not all("$ref" in option for option in prop["oneOf"]):
+            prop = prop | {"anyOf": [_inline(option, defs) for option in prop["oneOf"]]}
+        is_section = ref is not None or ("oneOf" in prop and "anyOf" not in prop)
         rows.append(_row(f"{prefix}{name}", prop, name in required, is_section))
     return rows
+
+
+def _inline(option: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    """A value that is either a plain value or a small mapping (cluster.num_workers: 2, or
+    {min, max}): the mapping is shown by its keys."""
+    if "$ref" not in option:
+        return option
+    keys = ", ".join(defs[_ref_name(option)]["properties"])
+    return {"const": f"{{{keys}}}"}
 
 
 def _row(key: str, prop: dict[str, Any], required: bool, is_section: bool) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -175,11 +176,18 @@ def _unknown_key_message(loc: list[str]) -> str:
 def _valid_keys(section_path: list[str]) -> list[str]:
     model: type[BaseModel] = JobConfig
     for part in section_path:
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        found = _model_in(model.model_fields[part].annotation)
+        if found is None:
             return []
-        model = annotation
+        model = found
     return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model a field holds, also as one branch of a union (`int | WorkerRange`)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return next(filter(None, map(_model_in, typing.get_args(annotation))), None)
 
 
 def dump_job_config(job: JobConfig) -> str:

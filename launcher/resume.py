@@ -16,7 +16,9 @@ from pathlib import Path
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
+from trainer.config.schema import grad_accum_for
 from trainer.formats.checkpoints import (
+    CHECKPOINT_MANIFEST,
     CheckpointStore,
     CorruptCheckpointError,
     UnsignedCheckpointError,
@@ -26,16 +28,19 @@ from trainer.formats.signing import CheckpointSigning
 
 
 def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
-    """What must not change between a checkpoint and the run resuming it."""
+    """What must not change between a checkpoint and the run resuming it.
+
+    The number of workers is not part of it: a checkpoint resumes on any number (its engine
+    state is resharded at load time), with the global batch kept by adjusting grad_accum
+    (`keep_global_batch`), so neither is compared here.
+    """
     relevant = {
         # Where a node caches the model and which attention kernel computes it do not change
         # what a checkpoint holds (and leaving them out keeps older checkpoints resumable).
         "model": job.model.model_dump(exclude={"attn_implementation", "node_cache_dir"}),
         "peft": job.peft.model_dump(),
         "zero_stage": job.engine.zero_stage,
-        "num_workers": job.cluster.num_workers,
         "micro_batch_size": job.training.micro_batch_size,
-        "grad_accum": job.training.grad_accum,
         "seed": job.training.seed,
         "labels": label_names,
     }
@@ -108,5 +113,47 @@ def _check_fingerprint(path: Path, manifest: dict, fingerprint: str) -> None:
         raise UserError(
             f"--resume: {path} was written by a different model or incompatible config "
             f"(fingerprint {written_for} != {fingerprint}: model, peft, engine, zero_stage, "
-            "num_workers, batch sizes, seed and labels must match)"
+            "micro_batch_size, seed and labels must match)"
         )
+
+
+def keep_global_batch(job: JobConfig, state: dict) -> tuple[JobConfig, str | None]:
+    """The job adjusted to the global batch of the checkpoint it resumes (its `state` in the
+    manifest), and a line saying what changed (None when nothing did). Pure.
+
+    A checkpoint written by N workers resumes on any number: the number of samples per optimizer
+    step stays the checkpoint's, so the learning-rate schedule and the data stream's step
+    boundaries continue unchanged; grad_accum absorbs the change of workers.
+
+    Raises:
+        UserError: the new micro_batch_size x workers does not divide the checkpoint's batch.
+    """
+    saved = JobConfig.model_validate(state["spec"]["job"])
+    wanted, current = saved.global_batch_size(), job.global_batch_size()
+    if wanted == current:
+        return job, None
+    t, workers = job.training, job.cluster.max_workers()
+    try:
+        grad_accum = grad_accum_for(wanted, t.micro_batch_size, workers)
+    except ValueError as exc:
+        raise UserError(f"{exc}; the checkpoint was written with {_batch_of(saved)}") from None
+    adjusted = job.model_copy(update={"training": t.model_copy(update={"grad_accum": grad_accum})})
+    note = (
+        f"keeping the checkpoint's global batch of {wanted} samples ({_batch_of(saved)}): "
+        f"training.grad_accum {t.grad_accum} -> {grad_accum} on {workers} workers"
+    )
+    return adjusted, note
+
+
+def _batch_of(job: JobConfig) -> str:
+    t = job.training
+    return (
+        f"micro_batch_size {t.micro_batch_size} x grad_accum {t.grad_accum} x "
+        f"{job.cluster.max_workers()} workers"
+    )
+
+
+def checkpoint_state(output_dir: Path, tag: str) -> dict:
+    """The training state a committed checkpoint's manifest records (already verified)."""
+    manifest = json.loads((output_dir / CHECKPOINT_DIR / tag / CHECKPOINT_MANIFEST).read_text())
+    return manifest["state"]

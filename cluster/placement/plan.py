@@ -43,7 +43,7 @@ def worker_resources(cluster: ClusterConfig) -> dict[str, float]:
 
 def placement_request(cluster: ClusterConfig) -> PlacementRequest:
     return PlacementRequest(
-        num_workers=cluster.num_workers,
+        num_workers=cluster.min_workers(),  # what must fit; an elastic job grows to max
         per_worker=worker_resources(cluster),
         strategy=cluster.placement,
         num_nodes=cluster.num_nodes,
@@ -54,14 +54,15 @@ def placement_request(cluster: ClusterConfig) -> PlacementRequest:
 class PlacementPlan:
     """Everything ScalingConfig needs about where workers go (`scaling_kwargs()`)."""
 
-    num_workers: int
+    num_workers: int  # reserved before the start (an elastic job's minimum)
     resources_per_worker: dict[str, float]
     strategy: str
     label_selector: list[dict[str, str]] | None = None
+    max_workers: int | None = None  # elastic: Ray Train starts as many as fit, up to this
 
     def scaling_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
-            "num_workers": self.num_workers,
+            "num_workers": self.worker_count(),
             "use_gpu": self.resources_per_worker.get("GPU", 0) > 0,
             "resources_per_worker": dict(self.resources_per_worker),
             "placement_strategy": self.strategy,
@@ -69,6 +70,13 @@ class PlacementPlan:
         if self.label_selector is not None:  # only Ray Train v2's ScalingConfig knows it
             kwargs["label_selector"] = self.label_selector
         return kwargs
+
+    def worker_count(self) -> int | tuple[int, int]:
+        """Ray Train's `num_workers`: a (min, max) pair makes it restart a failed group on the
+        workers that can be placed (elastic training, Ray Train v2)."""
+        if self.max_workers is None or self.max_workers == self.num_workers:
+            return self.num_workers
+        return (self.num_workers, self.max_workers)
 
     def bundles(self) -> list[dict[str, float]]:
         return [dict(self.resources_per_worker) for _ in range(self.num_workers)]
@@ -102,6 +110,7 @@ def placement_plan(cluster: ClusterConfig, nodes: Sequence[Node]) -> PlacementPl
         resources_per_worker=dict(request.per_worker),
         strategy=RAY_STRATEGY[request.strategy],
         label_selector=selectors,
+        max_workers=cluster.max_workers(),
     )
 
 
@@ -109,4 +118,6 @@ def describe_plan(plan: PlacementPlan) -> str:
     """`3 workers x 1 CPU + 1 slot (SPREAD)`, for messages."""
     wanted = describe_resources(plan.resources_per_worker)
     pinned = ", pinned to chosen nodes" if plan.label_selector else ""
-    return f"{plan.num_workers} workers x {wanted} ({plan.strategy}{pinned})"
+    count = plan.worker_count()
+    workers = f"{count[0]}-{count[1]}" if isinstance(count, tuple) else str(count)
+    return f"{workers} workers x {wanted} ({plan.strategy}{pinned})"

@@ -27,7 +27,12 @@ from launcher.lock import output_lock
 from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
-from launcher.resume import choose_resume_tag, config_fingerprint
+from launcher.resume import (
+    checkpoint_state,
+    choose_resume_tag,
+    config_fingerprint,
+    keep_global_batch,
+)
 from launcher.rundir import (
     check_apart,
     check_output_dir,
@@ -116,6 +121,9 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
         )
         if resume_tag:
             console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
+            job, note = keep_global_batch(job, checkpoint_state(output_dir, resume_tag))
+            if note:
+                console.print(note)
         spec = RunSpec(
             job=job,
             model_dir=str(model_dir),

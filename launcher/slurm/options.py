@@ -97,12 +97,12 @@ def signal_grace_s(job: JobConfig) -> int:
 def default_cpus_per_node(job: JobConfig, nodes: int) -> int:
     """Enough CPUs on each node for its share of the workers (spread evenly)."""
     c = job.cluster
-    return max(1, math.ceil(math.ceil(c.num_workers / nodes) * c.cpus_per_worker))
+    return max(1, math.ceil(math.ceil(c.max_workers() / nodes) * c.cpus_per_worker))
 
 
 def default_gpus_per_node(job: JobConfig, nodes: int) -> int:
     c = job.cluster
-    return math.ceil(math.ceil(c.num_workers / nodes) * c.gpus_per_worker) if c.uses_gpu() else 0
+    return math.ceil(math.ceil(c.max_workers() / nodes) * c.gpus_per_worker) if c.uses_gpu() else 0
 
 
 def option_problems(options: SlurmOptions, job: JobConfig) -> list[str]:
@@ -173,7 +173,7 @@ def _fit_problems(options: SlurmOptions, job: JobConfig) -> list[str]:
     c = job.cluster
     node = {"CPU": float(options.cpus_per_node or 0), "GPU": float(options.gpus_per_node or 0)}
     per_worker = {"CPU": c.cpus_per_worker, "GPU": c.gpus_per_worker}
-    problem = placement_problem(c.num_workers, per_worker, [node] * options.nodes)
+    problem = placement_problem(c.max_workers(), per_worker, [node] * options.nodes)
     return (
         [f"{problem} (--nodes {options.nodes} x --cpus-per-node/--gpus-per-node)"]
         if problem

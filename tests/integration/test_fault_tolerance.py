@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -231,7 +232,7 @@ def test_a_worker_killed_during_a_save_resumes_from_the_previous_complete_checkp
 
 
 @pytest.mark.timeout(600)
-def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
+def test_sigterm_commits_a_checkpoint_exits_3_and_resumes_on_1_or_3_workers(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
     job = write_job(tmp_path, tiny_bert)
@@ -242,6 +243,16 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
         "training.checkpoint_every=1000",
         "--set",
         "training.preemption_grace_s=60",
+        # 8 x 3 x 2 workers = 48 samples a step (5 steps an epoch, 40 in all): a batch that 1 and
+        # 3 workers can keep, 4 cannot
+        "--set",
+        "training.epochs=8",
+        "--set",
+        "training.micro_batch_size=8",
+        "--set",
+        "training.grad_accum=3",
+        "--set",
+        "cluster.num_cpus=3",
     ]
     with launched(job, args, tmp_path / "first") as run:
         wait_for(lambda: any(r.get("step") == 24 for r in live_records(out)), run, 300,
@@ -257,8 +268,44 @@ def test_sigterm_commits_a_checkpoint_exits_3_and_resume_finishes(
     assert (out / "checkpoints" / tag / "COMPLETE").is_file()
     assert not (out / "summary.json").exists()  # nothing was committed as a finished run
 
-    with launched(job, [*args, "--resume"], tmp_path / "resumed") as resumed:
-        assert resumed.wait(timeout=400) == 0, resumed.tail()
+    # The preempted run resumes on other numbers of workers with the global batch of 48 kept: 4
+    # cannot keep it and is refused before anything starts; 1 and 3 (from a copy) continue.
+    refusal = [*args, "--resume", "--set", "cluster.num_workers=4"]
+    with launched(job, refusal, tmp_path / "refused") as refused:
+        assert refused.wait(timeout=120) == 2, refused.tail()
+    assert refused.stderr().strip().splitlines() == [
+        "error: training.grad_accum: the global batch of 48 samples cannot be kept on 4 workers: "
+        "micro_batch_size 8 x 4 workers = 32 does not divide it (grad_accum would be 1.5); "
+        "the checkpoint was written with micro_batch_size 8 x grad_accum 3 x 2 workers"
+    ]
+    assert (out / "checkpoints" / tag / "COMPLETE").is_file()
+    out3 = tmp_path / "out3"
+    shutil.copytree(out, out3)
+    step = int(tag.split("-")[1])
+    for target, workers, grad_accum in ((out, 1, 6), (out3, 3, 2)):
+        overrides = ["--set", f"output.dir={target}", "--set", f"cluster.num_workers={workers}"]
+        with launched(job, [*args, *overrides, "--resume"], tmp_path / f"on{workers}") as resumed:
+            assert resumed.wait(timeout=300) == 0, resumed.tail()
+        note = f"training.grad_accum 3 -> {grad_accum} on {workers} workers"
+        assert note in " ".join(resumed.stdout().split())
+        _check_resumed_on(
+            target, step, {"step": step, "from": 2, "to": workers, "grad_accum": grad_accum}
+        )
+
+
+def _check_resumed_on(out: Path, step: int, change: dict[str, int]) -> None:
+    """The resume is recorded (metrics.jsonl, summary.json), and across the stop and the resume
+    every epoch consumed 240 distinct training rows (5 steps of 48; 16 of 256 dropped)."""
     recs = records(out)
-    assert [r["step"] for r in recs if r["event"] == "resumed"] == [int(tag.split("-")[1])]
-    assert json.loads((out / "summary.json").read_text())["steps"] == TOTAL_STEPS
+    assert [r["step"] for r in recs if r["event"] == "resumed"] == [step]
+    assert [r for r in recs if r["event"] == "world_size"] == [{"event": "world_size", **change}]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["steps"], summary["world_size"]) == (40, change["to"])
+    assert summary["world_size_changes"] == [change]
+    epochs: dict[int, list[int]] = {}
+    for r in recs:
+        if r["event"] == "samples":
+            ids = (i for rank_ids in r["sample_ids"] for i in rank_ids)
+            epochs.setdefault((r["step"] - 1) // 5, []).extend(ids)
+    assert sorted(epochs) == list(range(8))
+    assert all(len(ids) == len(set(ids)) == 240 for ids in epochs.values())

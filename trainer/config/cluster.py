@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, Discriminator, Field, Tag, field_validator, model_validator
 
 from trainer.config.base import PositiveInt, Section
 
@@ -50,12 +50,45 @@ def env_problems(env: dict[str, str]) -> list[str]:
     return problems
 
 
+class WorkerRange(Section):
+    """An elastic worker count: start with as many as fit (up to `max`), and after a node loss
+    restart with whatever can be placed, down to `min`; the global batch stays the one at `max`."""
+
+    min: PositiveInt = Field(description="Fewest workers the job continues on after a node loss.")
+    max: PositiveInt = Field(description="Most workers; the global batch is defined at this size.")
+
+    @model_validator(mode="after")
+    def _min_at_most_max(self) -> WorkerRange:
+        if self.min > self.max:
+            raise ValueError(
+                f"cluster.num_workers.min: must be <= cluster.num_workers.max "
+                f"(got {self.min} > {self.max})"
+            )
+        return self
+
+
+def _worker_count_kind(value: object) -> str:
+    # One branch per input shape, so an error names the branch the user meant; the tags are
+    # spelled so that config_loading drops them from the field path ("int", "min-max").
+    return "min-max" if isinstance(value, (dict, WorkerRange)) else "int"
+
+
+WorkerCount = Annotated[
+    Annotated[PositiveInt, Tag("int")] | Annotated[WorkerRange, Tag("min-max")],
+    Discriminator(_worker_count_kind),
+]
+
+
 class ClusterConfig(Section):
     backend: Literal["ray"] = Field(default="ray", description="Scheduler backend (Ray only).")
     address: str | None = Field(
         default=None, description="Existing Ray cluster; null starts an embedded one."
     )
-    num_workers: PositiveInt = Field(default=2, description="Training processes (ranks).")
+    num_workers: WorkerCount = Field(
+        default=2,
+        description="Training processes (ranks), or {min, max}: elastic, restarts after a node "
+        "loss continue on the workers that can be placed (global batch kept).",
+    )
     cpus_per_worker: Annotated[float, Field(gt=0)] = Field(
         default=1.0, description="CPUs each worker reserves (also its torch thread count)."
     )
@@ -110,6 +143,22 @@ class ClusterConfig(Section):
     def uses_gpu(self) -> bool:
         return self.gpus_per_worker > 0
 
+    def max_workers(self) -> int:
+        """The largest world size: the launch size, at which the global batch is defined."""
+        n = self.num_workers
+        return n.max if isinstance(n, WorkerRange) else n
+
+    def min_workers(self) -> int:
+        """The smallest world size the job may continue on."""
+        n = self.num_workers
+        return n.min if isinstance(n, WorkerRange) else n
+
+    def is_elastic(self) -> bool:
+        return isinstance(self.num_workers, WorkerRange) and self.min_workers() < self.max_workers()
+
+    def world_sizes(self) -> range:
+        return range(self.min_workers(), self.max_workers() + 1)
+
     @model_validator(mode="after")
     def _placement_is_possible(self) -> ClusterConfig:
         problems = self.placement_problems()
@@ -158,9 +207,14 @@ class ClusterConfig(Section):
         return problems
 
     def _node_count_problems(self) -> list[str]:
-        workers, nodes = self.num_workers, self.num_nodes
+        workers, nodes = self.max_workers(), self.num_nodes
         if nodes is None:
             return []
+        if self.is_elastic():
+            return [
+                "cluster.num_nodes: pins workers to chosen nodes, which an elastic "
+                "cluster.num_workers {min, max} cannot keep after a node loss; leave one out"
+            ]
         if self.placement == "strict_spread" and nodes != workers:
             return [
                 f"cluster.num_nodes: strict_spread puts every worker on its own node, so "

@@ -455,5 +455,46 @@ class JobConfig(Section):
         return self
 
     def global_batch_size(self) -> int:
+        """Samples per optimizer step, at the launch size (cluster.num_workers, or its max)."""
         t = self.training
-        return t.micro_batch_size * t.grad_accum * self.cluster.num_workers
+        return t.micro_batch_size * t.grad_accum * self.cluster.max_workers()
+
+    @model_validator(mode="after")
+    def _elastic_sizes_keep_the_batch(self) -> JobConfig:
+        for world in self.cluster.world_sizes():
+            grad_accum_for(self.global_batch_size(), self.training.micro_batch_size, world)
+        return self
+
+    def at_world_size(self, world: int) -> JobConfig:
+        """This job on `world` workers with the same global batch: grad_accum adjusted.
+
+        Raises:
+            ValueError: micro_batch_size x world does not divide the global batch.
+        """
+        t = self.training
+        grad_accum = grad_accum_for(self.global_batch_size(), t.micro_batch_size, world)
+        if world == self.cluster.num_workers and grad_accum == t.grad_accum:
+            return self
+        return self.model_copy(
+            update={
+                "training": t.model_copy(update={"grad_accum": grad_accum}),
+                "cluster": self.cluster.model_copy(update={"num_workers": world}),
+            }
+        )
+
+
+def grad_accum_for(global_batch: int, micro_batch_size: int, workers: int) -> int:
+    """The grad_accum that keeps `global_batch` samples per step on `workers` workers.
+
+    Raises:
+        ValueError: naming micro_batch_size, the workers and grad_accum when none does.
+    """
+    per_micro_step = micro_batch_size * workers
+    if global_batch % per_micro_step:
+        raise ValueError(
+            f"training.grad_accum: the global batch of {global_batch} samples cannot be kept on "
+            f"{workers} workers: micro_batch_size {micro_batch_size} x {workers} workers = "
+            f"{per_micro_step} does not divide it (grad_accum would be "
+            f"{global_batch / per_micro_step:g})"
+        )
+    return global_batch // per_micro_step

@@ -77,6 +77,20 @@ class DeepSpeedEngine:
         if path is None:
             raise RuntimeError(f"DeepSpeed found no checkpoint in {directory}")
 
+    def load_universal_state(self, directory: Path) -> None:
+        """Collective: restore from DeepSpeed's universal layout (one full tensor per parameter,
+        written by trainer/loop/reshard.py from a checkpoint of another world size); DeepSpeed
+        partitions it for this world size. Its `checkpoint.load_universal` switch is read at
+        load time, so it is turned on for this one load."""
+        config = self.engine._config
+        if config is None:
+            raise RuntimeError("DeepSpeed engine has no config to load a universal checkpoint with")
+        config.load_universal_checkpoint = True
+        try:
+            self.load_state(directory)
+        finally:
+            config.load_universal_checkpoint = False
+
     def consolidated_state_dict(self) -> dict[str, torch.Tensor] | None:
         return zero_consolidated_state_dict(self.engine)
 

@@ -61,3 +61,60 @@ def _reshard_fsdp(module: torch.nn.Module) -> None:
     for sub in module.modules():
         if isinstance(sub, FSDPModule):
             sub.reshard()
+
+
+def reshard_snapshot(module: torch.nn.Module, saved: list[Snapshot], rank: int) -> Snapshot:
+    """This rank's share of a snapshot that `len(saved)` ranks took (`saved[r]` is rank r's), for
+    the layout `module` has now: whole tensors stay whole, ZeRO-3 partitions and FSDP2 shards are
+    joined and cut again for this world size.
+
+    Raises:
+        ValueError: the snapshot does not match the module's trained parameters.
+    """
+    _reshard_fsdp(module)
+    world = torch.distributed.get_world_size()
+    params = _trained(module)
+    if any(len(s) != len(params) for s in saved):
+        raise ValueError("best-weights snapshot does not match the model's trained parameters")
+    resharded: Snapshot = []
+    for index, param in enumerate(params):
+        pieces = [s[index][0] for s in saved]
+        if getattr(param, "ds_tensor", None) is not None:
+            resharded.append(_zero3_share(param, pieces, rank, world))
+        elif _is_dim0_sharded(param):
+            resharded.append((_dim0_share(param, pieces, rank, world), None))
+        else:
+            resharded.append((pieces[0], None))
+    return resharded
+
+
+def _zero3_share(
+    param: torch.nn.Parameter, pieces: list[torch.Tensor], rank: int, world: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    full = torch.cat(pieces)[: param.ds_numel]  # pyright: ignore[reportAttributeAccessIssue] (ZeRO-3 attributes)
+    part = param.ds_tensor.numel()  # pyright: ignore[reportAttributeAccessIssue]
+    padded = torch.nn.functional.pad(full, (0, part * world - full.numel()))
+    whole = full.view(param.ds_shape).clone() if _is_gathered(param) else None  # pyright: ignore[reportAttributeAccessIssue]
+    return padded[rank * part : (rank + 1) * part].clone(), whole
+
+
+def _is_dim0_sharded(param: torch.nn.Parameter) -> bool:
+    """An FSDP2 parameter sharded on dim 0 (a DTensor with a Shard(0) placement); replicated
+    ones are whole on every rank."""
+    placements = getattr(param.data, "placements", ())
+    return any(getattr(p, "dim", None) == 0 for p in placements)
+
+
+def _dim0_share(
+    param: torch.nn.Parameter, pieces: list[torch.Tensor], rank: int, world: int
+) -> torch.Tensor:
+    """FSDP2 shards dim 0 as `torch.chunk` does (trailing ranks may hold nothing)."""
+    full = torch.cat(pieces, dim=0)
+    chunks = torch.chunk(full, world, dim=0)
+    target = _local(param.data)
+    share = chunks[rank] if rank < len(chunks) else full.new_empty((0, *full.shape[1:]))
+    if share.shape != target.shape:
+        raise ValueError(
+            f"FSDP shard of shape {tuple(target.shape)} cannot take {tuple(share.shape)}"
+        )
+    return share.clone()

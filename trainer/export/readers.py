@@ -35,6 +35,7 @@ DCP_MODEL_PREFIX = "model."
 
 
 def _load(path: Path) -> dict[str, Any]:
+    """A DeepSpeed checkpoint file, unpickling only the types its kind of file may hold."""
     return load_torch_file(path, mmap=True)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -23,10 +24,11 @@ import torch.distributed as dist
 
 from trainer.engines.base import Engine
 from trainer.engines.safe_load import load_torch_file, refuse_unsafe_files
-from trainer.engines.snapshot import Snapshot
+from trainer.engines.snapshot import Snapshot, reshard_snapshot
 from trainer.formats.checkpoints import best_weights_file, rank_needs, step_tag, trainer_state_file
 from trainer.loop.context import Run
 from trainer.loop.progress import TrainProgress
+from trainer.loop.reshard import engine_files, is_trainer_state, load_resharded, saved_world_size
 from trainer.protocols import CheckpointSink
 
 
@@ -85,27 +87,48 @@ def save_checkpoint(
 
 def load_checkpoint(
     engine: Engine, tag: str, sink: CheckpointSink
-) -> tuple[TrainProgress, Snapshot | None]:
-    """Restore engine, RNG and progress from `tag`; returns (progress, best snapshot).
+) -> tuple[TrainProgress, Snapshot | None, int]:
+    """Restore engine, RNG and progress from `tag`; returns (progress, best snapshot, the world
+    size that wrote it). A checkpoint of another world size is resharded on the way in
+    (trainer/loop/reshard.py); the progress is the same on every rank, so any rank's will do."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    saved_world = saved_world_size(_names(sink.fetch(tag, is_trainer_state)))
+    if saved_world == world:
+        local = sink.fetch(tag, lambda name: rank_needs(name, rank))
+        refuse_unsafe_files(local, tag)
+        engine.load_state(local / engine.checkpoint_subdir)
+        best = _read_best(local / best_weights_file(rank))
+    else:
+        local = sink.fetch(tag, lambda name: engine_files(name) or _is_rank_file(name))
+        refuse_unsafe_files(local, tag)
+        load_resharded(engine, local / engine.checkpoint_subdir)
+        shares = [_read_best(local / best_weights_file(r)) for r in range(saved_world)]
+        best = (
+            None
+            if any(share is None for share in shares)
+            else reshard_snapshot(engine.module, shares, rank)  # pyright: ignore[reportArgumentType] (checked for None above)
+        )
+    fields = json.loads((local / trainer_state_file(min(rank, saved_world - 1))).read_text())
+    rng = fields.pop("rng")
+    if rank < saved_world:
+        set_rng_state(rng)
+    # else: a rank the checkpoint did not have keeps the RNG seeded at setup
+    return TrainProgress(**fields), best, saved_world
 
-    Raises:
-        UnsafeCheckpointError: a file names anything beyond plain data (checked before any
-            engine reads a byte of it; the engines' own loads are weights-only too).
-    """
-    rank = dist.get_rank()
-    local = sink.fetch(tag, lambda name: rank_needs(name, rank))
-    refuse_unsafe_files(local, tag)
-    engine.load_state(local / engine.checkpoint_subdir)
-    fields = json.loads((local / trainer_state_file(rank)).read_text())
-    set_rng_state(fields.pop("rng"))
-    best_file = local / best_weights_file(rank)
-    best = None
-    if best_file.is_file():
-        flat = load_torch_file(best_file)  # plain tensors only: nothing else is unpickled
-        best = [
-            (flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)
-        ]
-    return TrainProgress(**fields), best
+
+def _names(directory: Path) -> list[str]:
+    return [p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()]
+
+
+def _is_rank_file(name: str) -> bool:
+    return is_trainer_state(name) or (name.startswith("best_rank") and name.endswith(".pt"))
+
+
+def _read_best(path: Path) -> Snapshot | None:
+    if not path.is_file():
+        return None
+    flat = load_torch_file(path)  # plain tensors only: nothing else is unpickled
+    return [(flat[i], flat[i + 1] if flat[i + 1].numel() else None) for i in range(0, len(flat), 2)]
 
 
 def checkpoint_now(

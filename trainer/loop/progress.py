@@ -4,7 +4,7 @@ best-so-far bookkeeping of validation. Pure apart from seeding."""
 from __future__ import annotations
 
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,6 +36,8 @@ class TrainProgress:
     best_val_metrics: dict[str, float] | None = None
     evals_without_improvement: int = 0
     stopped_early: bool = False
+    # each resume on another number of workers: {step, from, to, grad_accum}, for summary.json
+    world_size_changes: list[dict[str, int]] = field(default_factory=list)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain JSON; checkpointing adds the RNG states next to it."""

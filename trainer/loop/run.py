@@ -106,6 +106,7 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
         "steps": progress.step,
         "epochs_completed": progress.epoch,
         "stopped_early": progress.stopped_early,
+        "world_size_changes": progress.world_size_changes,
         "worker_wall_s": time.perf_counter() - wall_start,
         "memory": memory,
     }

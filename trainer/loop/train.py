@@ -93,13 +93,23 @@ def train_epochs(
 
 def resume(run: Run) -> tuple[TrainProgress, Snapshot | None]:
     """The progress and best weights of the newest checkpoint (after a restart, or --resume);
-    a fresh start without one."""
+    a fresh start without one. A checkpoint of another world size continues at the same stream
+    position and global step (the global batch is kept), and the change is reported."""
     checkpoints = run.io.checkpoints
     tag = checkpoints.latest() if checkpoints is not None else None
     if checkpoints is None or tag is None:
         return TrainProgress(), None
-    progress, best = load_checkpoint(run.engine, tag, checkpoints)
+    progress, best, saved_world = load_checkpoint(run.engine, tag, checkpoints)
+    t = run.spec.job.training
+    # Micro-steps are per rank: recount them for this world size from the global position.
+    progress.micro_steps_in_epoch = progress.samples_seen_in_epoch // (
+        run.world * t.micro_batch_size
+    )
     run.report({"event": "resumed", "tag": tag, "step": progress.step})
+    if saved_world != run.world:
+        change = {"step": progress.step, "from": saved_world, "to": run.world}
+        progress.world_size_changes.append(change | {"grad_accum": t.grad_accum})
+        run.report({"event": "world_size", **progress.world_size_changes[-1]})
     return progress, best
 
 
