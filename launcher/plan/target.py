@@ -30,17 +30,18 @@ def layout_for(job: JobConfig, nodes: list[NodeMemory] | None) -> Layout:
     """How many ranks share a node: what placement says, or all of them on one machine when the
     job starts its own cluster."""
     c = job.cluster
+    # An elastic job may continue on its fewest workers, where each rank's share of the
+    # partitioned states is largest: the plan must hold there.
+    workers = c.min_workers()
     if c.placement == "strict_spread":
         per_node = 1
     elif c.num_nodes:
-        per_node = math.ceil(c.num_workers / c.num_nodes)
+        per_node = math.ceil(workers / c.num_nodes)
     elif nodes and c.address:
-        per_node = (
-            math.ceil(c.num_workers / len(nodes)) if c.placement == "spread" else c.num_workers
-        )
+        per_node = math.ceil(workers / len(nodes)) if c.placement == "spread" else workers
     else:
-        per_node = c.num_workers
-    return Layout(c.num_workers, max(1, per_node), "gpu" if c.uses_gpu() else "cpu")
+        per_node = workers
+    return Layout(workers, max(1, per_node), "gpu" if c.uses_gpu() else "cpu")
 
 
 def resolve_target(

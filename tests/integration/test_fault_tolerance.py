@@ -231,7 +231,7 @@ def test_a_worker_killed_during_a_save_resumes_from_the_previous_complete_checkp
     assert_same_final_weights(out, reference, tiny_bert)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_sigterm_commits_a_checkpoint_exits_3_and_resumes_on_1_or_3_workers(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict
 ) -> None:
