@@ -62,15 +62,37 @@ def marked_pids(marker: str) -> list[int]:
     return found
 
 
-def kill_marked(marker: str, grace_s: float = 0.0) -> int:
-    """TERM (then, after `grace_s`, KILL) every process carrying `marker`; returns how many."""
-    pids = marked_pids(marker)
+def group_pids(pgid: int) -> list[int]:
+    """PIDs (of this user) in process group `pgid`, except this process and its parents."""
+    spared = ancestors(os.getpid())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.stat().st_uid == os.getuid() and int(fields[2]) == pgid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def kill_marked(marker: str, grace_s: float = 0.0, groups: tuple[int, ...] = ()) -> int:
+    """TERM (then, after `grace_s`, KILL) every process carrying `marker` or in one of `groups`
+    (a process that rewrites its title, as Ray's agents do, can lose its environment's marker);
+    returns how many."""
+
+    def targets() -> list[int]:
+        return sorted({*marked_pids(marker), *(p for g in groups for p in group_pids(g))})
+
+    pids = targets()
     if grace_s > 0:
         _signal_all(pids, signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline and any(_alive(pid) for pid in pids):
             time.sleep(0.1)
-    _signal_all(marked_pids(marker) if grace_s > 0 else pids, signal.SIGKILL)
+    _signal_all(targets() if grace_s > 0 else pids, signal.SIGKILL)
     return len(pids)
 
 

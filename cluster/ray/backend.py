@@ -102,11 +102,12 @@ class RayBackend:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
             if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
                 write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
-        # Every process of the embedded Ray inherits the marker; the reaper stops them all
-        # when this process ends, even by SIGKILL (Ray's own parent-death signal covers only
-        # some of them). Ray blocks SIGINT in what it starts: a Ctrl-C reaches only us.
+        # Every process of the embedded Ray inherits the marker, and all of them are in the
+        # process group of its `ray start`: once that is up, the reaper stops them all when this
+        # process ends, even by SIGKILL (Ray's own parent-death signal covers only some of them;
+        # until then `ray start` dies with us and its own reaper takes its group). Ray blocks
+        # SIGINT in what it starts: a Ctrl-C reaches only us.
         os.environ[MARKER_ENV] = secrets.token_hex(8)
-        self._reaper = start_reaper(os.environ[MARKER_ENV])
         c = self.cluster
         self._embedded = EmbeddedCluster(
             num_cpus=c.num_cpus or os.cpu_count() or 1,
@@ -115,6 +116,7 @@ class RayBackend:
             environ=without_secrets(os.environ, c.secret_env),
         )
         address = self._embedded.start()
+        self._reaper = start_reaper(os.environ[MARKER_ENV], self._embedded.process_group)
         self._local_only.enter_context(local_only_driver())
         self._connect(address)
 

@@ -130,6 +130,11 @@ class EmbeddedCluster:
             return "no log"
         return lines[-1] if lines else "no output"
 
+    @property
+    def process_group(self) -> int | None:
+        """The process group of `ray start` and everything it started (None: not running)."""
+        return self._process.pid if self._process is not None else None
+
     def stop(self) -> None:
         """TERM the cluster's process group, KILL what is left after the grace, remove the
         temp dir. Idempotent."""

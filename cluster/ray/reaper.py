@@ -1,11 +1,12 @@
 """The embedded Ray dies with the launcher, however the launcher ends (even SIGKILL).
 
-    python -m cluster.ray.reaper PARENT_PID MARKER
+    python -m cluster.ray.reaper PARENT_PID MARKER [PGID]
 
 Started by the launcher in a session of its own (a terminal's Ctrl-C does not reach it), it
 waits for the launcher to exit, then stops every process carrying the run's marker in its
-environment (Ray's GCS, raylet, dashboard and workers all inherit it from the launcher): TERM,
-then KILL after a grace. After a clean exit there is nothing left to stop and it just exits.
+environment (Ray's GCS, raylet, dashboard and workers all inherit it from the launcher) and
+every process of the embedded cluster's process group (Ray's agents rewrite their titles over
+their environment, marker included): TERM, then KILL after a grace. After a clean exit there is nothing left to stop and it just exits.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ POLL_S = 0.5
 GRACE_S = 3.0
 
 
-def start_reaper(marker: str) -> subprocess.Popen[bytes]:
-    """Watch this process; the caller sets MARKER_ENV=marker in the environment Ray inherits."""
+def start_reaper(marker: str, pgid: int | None = None) -> subprocess.Popen[bytes]:
+    """Watch this process; the caller sets MARKER_ENV=marker in the environment Ray inherits,
+    and names the embedded cluster's process group once it has one."""
+    group = [str(pgid)] if pgid is not None else []
     return subprocess.Popen(
-        [sys.executable, "-m", "cluster.ray.reaper", str(os.getpid()), marker],
+        [sys.executable, "-m", "cluster.ray.reaper", str(os.getpid()), marker, *group],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -36,10 +39,11 @@ def start_reaper(marker: str) -> subprocess.Popen[bytes]:
 
 def main(argv: list[str]) -> int:
     parent, marker = int(argv[0]), argv[1]
+    groups = tuple(int(g) for g in argv[2:])
     born = process_start(parent)
     while born is not None and is_running(parent, born):
         time.sleep(POLL_S)
-    kill_marked(f"{MARKER_ENV}={marker}", grace_s=GRACE_S)
+    kill_marked(f"{MARKER_ENV}={marker}", grace_s=GRACE_S, groups=groups)
     return 0
 
 
