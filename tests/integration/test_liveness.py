@@ -373,6 +373,7 @@ def test_a_disk_that_fills_during_a_save_fails_the_commit_and_keeps_the_previous
     no best weights yet) fits, the second does not. What the run left is copied out before the
     namespace goes."""
     from launcher.resume import choose_resume_tag
+    from trainer.formats.signing import CheckpointSigning, default_key_file
 
     out, kept = tmp_path / "out", tmp_path / "kept"
     out.mkdir()
@@ -410,5 +411,7 @@ def test_a_disk_that_fills_during_a_save_fails_the_commit_and_keeps_the_previous
     fingerprint = json.loads((kept / "checkpoints" / "step-8" / "manifest.json").read_text())[
         "state"
     ]["config_fingerprint"]
-    assert choose_resume_tag(kept, True, fingerprint, keep_last=2) == "step-8"  # what --resume runs
+    # What --resume runs (the manifest is signed for `out`, where the run wrote it).
+    signing = CheckpointSigning(str(default_key_file()), str(out))
+    assert choose_resume_tag(kept, True, fingerprint, keep_last=2, signing=signing) == "step-8"
     assert not list((kept / "checkpoints").glob(".tmp-*"))  # the failed save's files are gone

@@ -27,6 +27,7 @@ def test_an_mlflow_server_that_stops_answering_costs_a_warning_and_no_record(
     from mlflow.tracking import MlflowClient
 
     from cluster.head.collector import RunCollector
+    from cluster.head.metrics_log import Trackers
     from cluster.head.mlflow import start_mlflow_run
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")  # the collector's fail-fast, shortened
@@ -41,7 +42,7 @@ def test_an_mlflow_server_that_stops_answering_costs_a_warning_and_no_record(
         wait_for_port(port, timeout_s=90)
         uri = f"http://127.0.0.1:{port}"
         run_id = deadline_call(lambda: start_mlflow_run(uri, "exp", "run", {"optim": {"lr": 1}}))
-        collector = RunCollector(str(tmp_path / "run"), mlflow_run=(uri, run_id))
+        collector = RunCollector(str(tmp_path / "run"), trackers=Trackers(mlflow_run=(uri, run_id)))
         times = [[1.0, 1.0], [1.0, 1.0]]
         collector.report(window(2, [0.1, 0.1], times) | {"loss": 0.9})
 

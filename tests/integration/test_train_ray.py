@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.rundir import claim_output_dir
 from tests.fixtures import ftlaunch
 from tests.integration.conftest import cluster_env
 
@@ -153,7 +154,7 @@ def test_failure_in_a_worker_exits_1_with_its_error_and_keeps_earlier_results(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path], ray_head: dict[str, str]
 ) -> None:
     out = tmp_path / "out"
-    out.mkdir()
+    claim_output_dir(out)  # an earlier run's output.dir, with its results
     (out / "summary.json").write_text('{"earlier": true}')
     # A model whose weight file is cut short passes every launcher check (config, tokenizer) and
     # fails inside every worker when the weights load, after Ray started them.
