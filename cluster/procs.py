@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,38 +44,36 @@ def ancestors(pid: int) -> set[int]:
     return chain
 
 
+def _own_processes() -> Iterator[Path]:
+    """/proc entries of this user's processes, except this process and its parents."""
+    spared = ancestors(os.getpid())
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spared:
+            continue
+        with contextlib.suppress(OSError):  # gone meanwhile
+            if entry.stat().st_uid == os.getuid():
+                yield entry
+
+
 def marked_pids(marker: str) -> list[int]:
     """PIDs (of this user) whose environment holds `marker` ("NAME=value"), except this process
     and its parents."""
     needle = marker.encode() + b"\0"
-    spared = ancestors(os.getpid())
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spared:
-            continue
-        try:
-            if entry.stat().st_uid != os.getuid():
-                continue
+    for entry in _own_processes():
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to read
             if needle in (entry / "environ").read_bytes() + b"\0":
                 found.append(int(entry.name))
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
     return found
 
 
 def group_pids(pgid: int) -> list[int]:
     """PIDs (of this user) in process group `pgid`, except this process and its parents."""
-    spared = ancestors(os.getpid())
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spared:
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if entry.stat().st_uid == os.getuid() and int(fields[2]) == pgid:
+    for entry in _own_processes():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) == pgid:
                 found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
     return found
 
 
