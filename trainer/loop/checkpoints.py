@@ -132,10 +132,15 @@ def _read_best(path: Path) -> Snapshot | None:
 
 
 def checkpoint_now(
-    run: Run, progress: TrainProgress, best: Snapshot | None, event: str
+    run: Run,
+    progress: TrainProgress,
+    best: Snapshot | None,
+    event: str,
+    already_saved: bool = False,
 ) -> str | None:
     """Save and commit a checkpoint of the current step (all ranks); rank 0 reports `event`.
-    Without a checkpoint sink (a plain local run) only the event is reported."""
+    `already_saved`: this step's checkpoint was just saved (it is only waited for). Without a
+    checkpoint sink (a plain local run) only the event is reported."""
     tag, blocked = None, 0.0
     spec, checkpoints = run.spec, run.io.checkpoints
     if checkpoints is not None:
@@ -148,7 +153,10 @@ def checkpoint_now(
             "config_fingerprint": spec.config_fingerprint,
             "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
         }
-        blocked = save_checkpoint(run.engine, tag, progress.state_dict(), best, checkpoints, state)
+        if not already_saved:
+            blocked = save_checkpoint(
+                run.engine, tag, progress.state_dict(), best, checkpoints, state
+            )
         if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
             checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
     run.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})

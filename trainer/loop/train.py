@@ -72,11 +72,13 @@ def train_epochs(
             progress.step += 1
             window.end_step()
             paused_at = time.perf_counter()
-            best = _between_steps(run, task, validation, plan, progress, window, best)
+            best, saved = _between_steps(run, task, validation, plan, progress, window, best)
             run.enter("collective", progress.step)
             if run.io.stop is not None and all_agree(run.io.stop.requested()):
                 run.enter("save", progress.step)
-                tag = checkpoint_now(run, progress, best, "preempted")
+                # A checkpoint of this very step may be in flight: wait for it, never save
+                # into its staging again (its commit would move the files being written).
+                tag = checkpoint_now(run, progress, best, "preempted", already_saved=saved)
                 return TrainOutcome(progress, best or [], preempted=True, preempted_tag=tag)
             if progress.stopped_early or plan.is_finished(progress.step):
                 break
@@ -162,9 +164,9 @@ def _between_steps(
     progress: TrainProgress,
     window: RankWindow,
     best: Snapshot | None,
-) -> Snapshot | None:
+) -> tuple[Snapshot | None, bool]:
     """After optimizer step `progress.step`: log, validate, checkpoint as the config says.
-    Returns the best weights so far."""
+    Returns the best weights so far and whether a checkpoint of this step was saved."""
     t = run.spec.job.training
     step, epoch = progress.step, plan.epoch_float(progress)
     end_of_epoch = plan.is_end_of_epoch(progress.micro_steps_in_epoch)
@@ -186,7 +188,8 @@ def _between_steps(
     if run.io.checkpoints is not None and t.checkpoint_due(step, end_of_epoch):
         run.enter("save", step)
         checkpoint_now(run, progress, best, "checkpoint")
-    return best
+        return best, True
+    return best, False
 
 
 def all_agree(flag: bool) -> bool:
