@@ -145,15 +145,15 @@ def checkpoint_now(
     spec, checkpoints = run.spec, run.io.checkpoints
     if checkpoints is not None:
         tag = step_tag(progress.step)
-        state = {
-            "step": progress.step,
-            "epoch": progress.epoch,
-            "world_size": dist.get_world_size(),
-            "samples_seen_in_epoch": progress.samples_seen_in_epoch,
-            "config_fingerprint": spec.config_fingerprint,
-            "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
-        }
         if not already_saved:
+            state = {
+                "step": progress.step,
+                "epoch": progress.epoch,
+                "world_size": dist.get_world_size(),
+                "samples_seen_in_epoch": progress.samples_seen_in_epoch,
+                "config_fingerprint": spec.config_fingerprint,
+                "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
+            }
             blocked = save_checkpoint(
                 run.engine, tag, progress.state_dict(), best, checkpoints, state
             )
