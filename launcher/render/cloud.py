@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from launcher.errors import UserError
-from launcher.render.common import JOB_PATH, RAY_PORT, RenderContext, job_yaml, write_file_command
+from launcher.render.common import (
+    JOB_PATH,
+    RAY_PORT,
+    RenderContext,
+    custom_resources,
+    job_yaml,
+    resources_flag,
+    write_file_command,
+)
 from launcher.render.shape import GIB
 
 TOKEN_PATH = "~/.ray/auth_token"
@@ -152,7 +160,7 @@ def _launcher_config(
 ) -> dict[str, Any]:
     nodes = ctx.shape.nodes
     # The whole machine to Ray: a node type's resources are what the autoscaler plans with.
-    worker_resources = {"CPU": machine.cpus, "GPU": ctx.shape.gpus}
+    worker_resources = {"CPU": machine.cpus, "GPU": ctx.shape.gpus, **custom_resources(ctx)}
     return {
         "cluster_name": ctx.name,
         "max_workers": nodes,
@@ -189,7 +197,7 @@ def _launcher_config(
         "worker_start_ray_commands": [
             "ray stop",
             f"ulimit -n 65536; RAY_AUTH_MODE=token ray start --address=$RAY_HEAD_IP:{RAY_PORT} "
-            "--disable-usage-stats",
+            f"--disable-usage-stats{resources_flag(ctx)}",
         ],
     }
 

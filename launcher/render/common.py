@@ -4,6 +4,8 @@ command that runs it, names and the image. Pure."""
 from __future__ import annotations
 
 import base64
+import json
+import math
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -79,6 +81,23 @@ def run_command(job_path: str) -> str:
     """`ftlaunch run JOB --address auto`: the driver runs on the head and joins its Ray. The
     path is one of ftlaunch's constants, left unquoted so that `~` expands."""
     return f"ftlaunch run {job_path} --address auto"
+
+
+def custom_resources(ctx: RenderContext) -> dict[str, int]:
+    """The job's `cluster.custom_resources` (accelerator_type:H100, ...) that one worker node
+    offers: enough for its workers, whole numbers as Ray's launcher wants. Declared on the node
+    so that an autoscaler knows which node type serves a request for them."""
+    per_node = ctx.shape.workers_per_node
+    return {
+        name: math.ceil(amount * per_node - 1e-9)
+        for name, amount in ctx.job.cluster.custom_resources.items()
+    }
+
+
+def resources_flag(ctx: RenderContext) -> str:
+    """` --resources='{...}'` for `ray start` on a worker node, or nothing."""
+    custom = custom_resources(ctx)
+    return f" --resources={shlex.quote(json.dumps(custom))}" if custom else ""
 
 
 def secret_env(job: JobConfig) -> list[str]:

@@ -9,6 +9,7 @@ pods it adds itself (the job submitter, the autoscaler sidecar).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from launcher.errors import UserError
@@ -18,6 +19,7 @@ from launcher.render.common import (
     RAY_PORT,
     TOKEN_KEY,
     RenderContext,
+    custom_resources,
     job_yaml,
     run_command,
     secret_env,
@@ -94,7 +96,7 @@ def cluster_spec(ctx: RenderContext, autoscaling: bool, job_config: str | None) 
                 "replicas": 0 if autoscaling else nodes,
                 "minReplicas": 0 if autoscaling else nodes,
                 "maxReplicas": nodes,
-                "rayStartParams": {},
+                "rayStartParams": _worker_start_params(ctx),
                 "template": {"spec": _worker_pod(ctx)},
             }
         ],
@@ -131,6 +133,12 @@ def _head_pod(ctx: RenderContext, job_config: str | None) -> dict[str, Any]:
     if volumes:
         pod["volumes"] = volumes
     return pod
+
+
+def _worker_start_params(ctx: RenderContext) -> dict[str, str]:
+    # KubeRay passes the value to `ray start --resources` as it is: a JSON object in quotes.
+    custom = custom_resources(ctx)
+    return {"resources": json.dumps(json.dumps(custom))} if custom else {}
 
 
 def _worker_pod(ctx: RenderContext) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from launcher.render.common import (
     RAY_PORT,
     RenderContext,
     job_yaml,
+    resources_flag,
     run_command,
     secret_env,
     write_file_command,
@@ -84,14 +85,15 @@ def run_script(ctx: RenderContext) -> str:
         "GPUS=${SKYPILOT_NUM_GPUS_PER_NODE:-0}",
         'if [ "$SKYPILOT_NODE_RANK" = "0" ]; then',
         "  ray stop >/dev/null 2>&1 || true",  # a recovered or re-run task starts afresh
-        f'  ray start --head --port={RAY_PORT} --num-gpus="$GPUS" --disable-usage-stats',
+        f'  ray start --head --port={RAY_PORT} --num-gpus="$GPUS" --disable-usage-stats'
+        + resources_flag(ctx),
         f"  python -m cluster.slurm.node wait auto {nodes} --timeout {JOIN_TIMEOUT_S}",
         f"  {run_command(JOB_PATH)}",
         "else",
         "  ray stop >/dev/null 2>&1 || true",
         "  for attempt in $(seq 1 60); do  # the head may still be starting",
-        f'    ray start --address="$HEAD_IP:{RAY_PORT}" --num-gpus="$GPUS" --disable-usage-stats '
-        "&& exit 0",
+        f'    ray start --address="$HEAD_IP:{RAY_PORT}" --num-gpus="$GPUS" --disable-usage-stats'
+        f"{resources_flag(ctx)} && exit 0",
         "    sleep 5",
         "  done",
         f'  echo "error: cannot join the Ray head at $HEAD_IP:{RAY_PORT}" >&2',
