@@ -5,8 +5,9 @@ The collector actor issues each checkpoint a nonce and tells ranks where this se
 any byte is accepted (cluster/auth/channel.py). The server checks, in this order: the MAC, the
 tag (`step-<n>`, not already failed), the name (confined below the staging directory), the
 declared size (an integer, at most MAX_FILE_BYTES and what the disk has free). It then writes
-exactly that many bytes to `.<name>.<id>.part` beside the target, hashing them as they arrive
-(the one sha256 the manifest records), fsyncs, and renames into place; only then does the rank
+exactly that many bytes to `.<name>.<id>.part` beside the target (preallocated: a full disk
+fails before the bytes travel), spliced in the kernel and hashed as they arrive (the one sha256
+the manifest records), fsyncs, and renames into place; only then does the rank
 hear "ok" and may announce its part submitted.
 
 A stream that breaks, goes silent for SOCKET_TIMEOUT_S, or cannot be written (a full disk) fails
@@ -16,14 +17,18 @@ fails authentication is only disconnected: it cannot fail someone else's checkpo
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
+import mmap
 import os
 import secrets
+import select
 import shutil
 import socket
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -153,7 +158,7 @@ class CheckpointStreamServer:
         target = confined(self._committer.staging(tag), str(name))
         assert isinstance(size, int)
         send_frame(conn, {"mac": server_mac})
-        digest = receive_into(conn, target, size)
+        digest = receive_into(conn, target, size, self.timeout_s)
         self._committer.file_arrived(tag, str(name), digest, size)
         return {"ok": True, "sha256": digest, "bytes": size}
 
@@ -170,31 +175,88 @@ def check_size(size: object, root: Path) -> None:
         raise RefusedFile(f"declared size {size} bytes: only {free} free on the head")
 
 
-def receive_into(conn: socket.socket, target: Path, size: int) -> str:
+def receive_into(conn: socket.socket, target: Path, size: int, timeout_s: float) -> str:
     """Exactly `size` bytes from `conn` into `target` (hashed, fsynced, renamed into place);
     returns their sha256. Nothing is left behind on failure.
 
     Raises:
         ChannelError: the stream ended early.
-        TimeoutError: the sender went silent for the socket's timeout.
-        OSError: the head could not write (a full disk).
+        TimeoutError: the sender went silent for `timeout_s`.
+        OSError: the head could not write (a full disk: refused by fallocate before the bytes).
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
-    digest, buffer = hashlib.sha256(), memoryview(bytearray(BUFFER_BYTES))
     try:
-        with partial.open("xb") as fh:  # buffered: a write is whole (raw writes may be short)
-            left = size
-            while left:
-                n = conn.recv_into(buffer, min(left, BUFFER_BYTES))
-                if not n:
-                    raise ChannelError(f"stream ended after {size - left} of {size} bytes")
-                digest.update(buffer[:n])
-                fh.write(buffer[:n])
-                left -= n
-            fh.flush()
-            os.fsync(fh.fileno())
+        fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            digest = splice_hashed(conn, fd, size, timeout_s) if size else hashlib.sha256()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(partial, target)
     finally:
         partial.unlink(missing_ok=True)
     return digest.hexdigest()
+
+
+def splice_hashed(conn: socket.socket, fd: int, size: int, timeout_s: float) -> Any:
+    """Move `size` bytes from the socket into the file in the kernel (socket -> pipe -> page
+    cache, no copy through Python), hashing each piece where it landed through a read-only
+    mapping: one pass over the bytes in user space, the sha256 itself."""
+    os.posix_fallocate(fd, 0, size)
+    digest = hashlib.sha256()
+    read_end, write_end = os.pipe()
+    try:
+        piece = _widen(write_end)
+        with mmap.mmap(fd, size, prot=mmap.PROT_READ) as mapped:
+            mapped.madvise(mmap.MADV_SEQUENTIAL)
+            view = memoryview(mapped)
+            try:
+                done = 0
+                while done < size:
+                    n = _splice_in(conn, write_end, min(size - done, piece), timeout_s)
+                    if not n:
+                        raise ChannelError(f"stream ended after {done} of {size} bytes")
+                    for moved in _splice_out(read_end, fd, n, done):
+                        digest.update(view[done : done + moved])
+                        done += moved
+            finally:
+                view.release()
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    return digest
+
+
+def _widen(pipe_fd: int) -> int:
+    """The pipe's capacity, raised to BUFFER_BYTES where the system allows."""
+    try:
+        return fcntl.fcntl(pipe_fd, fcntl.F_SETPIPE_SZ, BUFFER_BYTES)
+    except OSError:  # above /proc/sys/fs/pipe-max-size: keep the default
+        return fcntl.fcntl(pipe_fd, fcntl.F_GETPIPE_SZ)
+
+
+def _splice_in(conn: socket.socket, pipe_fd: int, count: int, timeout_s: float) -> int:
+    """Up to `count` bytes from the socket into the empty pipe; 0 when the stream ended.
+
+    Raises:
+        TimeoutError: nothing arrived for `timeout_s`.
+    """
+    flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+    while True:
+        try:
+            return os.splice(conn.fileno(), pipe_fd, count, flags=flags)
+        except BlockingIOError:
+            if not select.select([conn], [], [], timeout_s)[0]:
+                raise TimeoutError(
+                    f"the sender went silent (timed out after {timeout_s:g} s)"
+                ) from None
+
+
+def _splice_out(pipe_fd: int, fd: int, count: int, offset: int) -> Iterator[int]:
+    """Drain `count` bytes from the pipe into the file at `offset`, yielding each piece."""
+    while count:
+        moved = os.splice(pipe_fd, fd, count, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+        yield moved
+        count -= moved
+        offset += moved

@@ -15,17 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster.auth.channel import (
-    CLIENT,
-    RESULT,
-    SERVER,
-    ChannelError,
-    canonical,
-    check_mac,
-    mac,
-    recv_frame,
-    send_frame,
-)
+from cluster.auth import channel
+from cluster.auth.channel import ChannelError, canonical, recv_frame, send_frame
 
 STREAMS = 4
 SOCKET_TIMEOUT_S = 60.0
@@ -69,12 +60,16 @@ def send_file(route: dict[str, Any], key: bytes, path: Path, header: dict[str, A
         challenge = bytes.fromhex(str(recv_frame(sock).get("challenge", "")))
         header_bytes = canonical(header)
         send_frame(
-            sock, {"header": header, "mac": mac(key, CLIENT, nonce, challenge, header_bytes)}
+            sock,
+            {
+                "header": header,
+                "mac": channel.mac(key, channel.CLIENT, nonce, challenge, header_bytes),
+            },
         )
         answer = recv_frame(sock)
         if "result" in answer:  # refused before any byte (a bad name, no room)
             return _check_result(key, nonce, challenge, answer, header)
-        check_mac(key, answer.get("mac"), SERVER, nonce, challenge, header_bytes)
+        channel.check_mac(key, answer.get("mac"), channel.SERVER, nonce, challenge, header_bytes)
         with path.open("rb") as fh:
             sent = sock.sendfile(fh, count=header["size"]) if header["size"] else 0
         if sent != header["size"]:
@@ -88,7 +83,7 @@ def _check_result(
     result = answer.get("result")
     if not isinstance(result, dict):
         raise ChannelError(f"{header['name']}: the head's answer has no result")
-    check_mac(key, answer.get("mac"), RESULT, nonce, challenge, canonical(result))
+    channel.check_mac(key, answer.get("mac"), channel.RESULT, nonce, challenge, canonical(result))
     if not result.get("ok") or result.get("bytes") != header["size"]:
         raise ChannelError(f"the head refused {header['name']}: {result.get('error', result)}")
     return header["size"]

@@ -4,6 +4,7 @@ stream that breaks or goes silent fails its checkpoint without leaving a partial
 
 from __future__ import annotations
 
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from cluster.auth.channel import (
     recv_frame,
     send_frame,
 )
-from cluster.head.checkpoint_stream import CheckpointStreamServer
+from cluster.head.checkpoint_stream import MAX_FILE_BYTES, CheckpointStreamServer
 from cluster.head.checkpoints import CheckpointCommitter
 from cluster.worker.stream import send_dir, send_file
 from trainer.formats.checkpoints import CheckpointStore
@@ -177,3 +178,16 @@ def test_a_rank_hears_a_silent_head_as_an_error(tmp_path: Path, monkeypatch) -> 
         header = {"tag": "step-1", "rank": 1, "name": "a.bin", "size": 1}
         with pytest.raises(TimeoutError):
             send_file(route, KEY, tmp_path / "a.bin", header)
+
+
+def test_a_file_larger_than_the_free_disk_is_refused_before_its_bytes(head, tmp_path) -> None:
+    server, committer, records = head
+    free = shutil.disk_usage(tmp_path).free
+    if free + 1 > MAX_FILE_BYTES:
+        pytest.skip("this disk has more free than the size cap")
+    (tmp_path / "a.bin").write_bytes(b"x")
+    header = {"tag": "step-9", "rank": 1, "name": "a.bin", "size": free + (1 << 30)}
+    with pytest.raises(ChannelError, match="free on the head"):
+        send_file(server.route("step-9"), KEY, tmp_path / "a.bin", header)
+    assert records[-1]["event"] == "commit_failed"
+    assert files_below(committer.store.root) == []
