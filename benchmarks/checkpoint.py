@@ -21,6 +21,7 @@ Run:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import secrets
@@ -111,6 +112,16 @@ def local_copy_s(checkpoint: Path, target: Path) -> float:
     return elapsed
 
 
+def sha256_s(checkpoint: Path) -> float:
+    """One sha256 pass over the files from the page cache, on one thread: the head's share of
+    the work that a local copy does not do (its ceiling on a CPU-bound box)."""
+    started = time.perf_counter()
+    for path in (p for p in checkpoint.rglob("*") if p.is_file()):
+        with path.open("rb") as fh:
+            hashlib.file_digest(fh, "sha256")
+    return time.perf_counter() - started
+
+
 def measure_transfer(
     checkpoint: Path, work: Path, ranks: int, repeats: int, actor_chunk_mb: int
 ) -> dict[str, list[float] | float | int]:
@@ -123,13 +134,19 @@ def measure_transfer(
 
     parts = rank_parts(checkpoint, ranks)
     total = sum(p.stat().st_size for part in parts for p in part)
-    out: dict[str, list[float]] = {"local_copy_s": [], "transfer_s": [], "actor_s": []}
+    out: dict[str, list[float]] = {
+        "local_copy_s": [],
+        "transfer_s": [],
+        "actor_s": [],
+        "sha256_s": [],
+    }
     ray.init(num_cpus=ranks, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         collector = collector_actor(work / "head-run", work / "head-checkpoints", 2, None)
         send = ray.remote(num_cpus=1)(_send_part)
         for step in range(1, repeats + 1):
             out["local_copy_s"].append(local_copy_s(checkpoint, work / "copy"))
+            out["sha256_s"].append(sha256_s(checkpoint))
             tag = f"step-{step}"
             started = time.perf_counter()
             ray.get(
@@ -264,6 +281,15 @@ def report(
     print(
         f"transfer over the TCP stream   {mb / transfer_s:8.1f} MiB/s  (rounds: {', '.join(f'{t:.2f}' for t in transfer['transfer_s'])} s)"
         f"   ratio {ratio:.2f}  (goal >= 0.9: {'PASS' if ratio >= 0.9 else 'MISS'})"
+    )
+    hash_s = statistics.median(transfer["sha256_s"])
+    # The head hashes every byte that a local copy only moves; its hashing threads run on at most
+    # this many cores at once, so the transfer cannot beat hash_s / parallel.
+    parallel = min(transfer["files"], ranks * 4, os.cpu_count() or 1)
+    ceiling = min(1.0, local_s * parallel / hash_s)
+    print(
+        f"sha256 alone, one thread       {mb / hash_s:8.1f} MiB/s  (rounds: {', '.join(f'{t:.2f}' for t in transfer['sha256_s'])} s)"
+        f"   ceiling of the ratio with {parallel} hashing threads: {ceiling:.2f}"
     )
     if transfer["actor_s"]:
         actor_s = statistics.median(transfer["actor_s"])
