@@ -134,8 +134,25 @@ class CheckpointStreamServer:
             send_frame(conn, {"result": {"ok": False, "error": "authentication failed"}})
             raise
         assert isinstance(tag, str)
+        state = self._committer.status(tag)[0]
+        if state != "unknown":  # every rank has submitted (or it failed): no file may join now
+            result: dict[str, Any] = {"ok": False, "error": f"checkpoint {tag} is {state}"}
+        else:
+            result = self._receive_or_fail(conn, tag, header, nonce, challenge)
+        body = canonical(result)
+        send_frame(conn, {"result": result, "mac": mac(self._key, RESULT, nonce, challenge, body)})
+
+    def _receive_or_fail(
+        self,
+        conn: socket.socket,
+        tag: str,
+        header: dict[str, Any],
+        nonce: bytes,
+        challenge: bytes,
+    ) -> dict[str, Any]:
+        header_bytes = canonical(header)
         try:
-            result = self._receive(
+            return self._receive(
                 conn, tag, header, mac(self._key, SERVER, nonce, challenge, header_bytes)
             )
         except (OSError, ValueError) as exc:  # authenticated: the checkpoint cannot be committed
@@ -143,16 +160,12 @@ class CheckpointStreamServer:
             self._committer.failed(
                 tag, f"rank {header.get('rank')} could not send {header.get('name')!r}: {reason}"
             )
-            result = {"ok": False, "error": reason}
-        body = canonical(result)
-        send_frame(conn, {"result": result, "mac": mac(self._key, RESULT, nonce, challenge, body)})
+            return {"ok": False, "error": reason}
 
     def _receive(
         self, conn: socket.socket, tag: str, header: dict[str, Any], server_mac: str
     ) -> dict[str, Any]:
         name, size = header.get("name"), header.get("size")
-        if self._committer.status(tag)[0] == "failed":
-            raise RefusedFile(f"checkpoint {tag} has already failed")
         check_name(name)  # before the staging directory exists: a refusal writes nothing
         check_size(size, self._committer.store.root)
         target = confined(self._committer.staging(tag), str(name))

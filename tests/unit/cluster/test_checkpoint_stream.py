@@ -64,6 +64,11 @@ def test_parallel_streams_land_whole_files_hashed_on_the_head(head, tmp_path: Pa
     for name, data in payloads.items():  # an independent reference: the bytes the rank had
         assert (committed / name).read_bytes() == data
     assert records[-1]["streamed_files"] == 3 and records[-1]["streamed_bytes"] == sent
+    late = {"tag": "step-2", "rank": 1, "name": "late.bin", "size": 0}  # after every rank submitted
+    with pytest.raises(ChannelError, match="step-2 is committed"):
+        send_file(server.route("step-2"), KEY, local / "empty", late)
+    assert committer.status("step-2")[0] == "committed"
+    assert not (tmp_path / "ckpt" / ".tmp-step-2").exists()
 
 
 def test_a_peer_without_the_key_is_refused_before_any_byte_and_fails_nothing(
