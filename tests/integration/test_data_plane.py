@@ -223,6 +223,16 @@ def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
         assert any(f"zero_pp_rank_{rank}_" in name for name in manifest["files"])
         assert f"trainer_state_rank{rank}.json" in manifest["files"]
     assert (newest / "COMPLETE").is_file()
+    # The other node's rank sent its part over the TCP stream; the head's rank wrote in place.
+    committed = [
+        json.loads(line)
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if '"committed"' in line
+    ]
+    newest_commit = next(r for r in committed if r["tag"] == newest.name)
+    total = sum(entry["bytes"] for entry in manifest["files"].values())
+    assert newest_commit["streamed_files"] > 0
+    assert 0 < newest_commit["streamed_bytes"] < total
 
     resumed = ftlaunch("run", str(job), *args, "--set", "training.epochs=6", "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
