@@ -53,9 +53,9 @@ def _with_running(node_type: NodeType, running: int) -> NodeType:
 
 
 def _from_gcs_cluster_config() -> tuple[list[NodeType], int | None] | None:
-    import ray
+    from ray._private.state import state
 
-    config = ray._private.state.state.get_cluster_config()
+    config = state.get_cluster_config()
     if config is None or not config.node_group_configs:
         return None
     types = [
@@ -83,6 +83,7 @@ def _parse_config(text: str) -> tuple[list[NodeType], int | None]:
 
 def _autoscaler_config_text() -> str | None:
     import ray
+    from ray.exceptions import GetTimeoutError
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     head = next(
@@ -101,7 +102,7 @@ def _autoscaler_config_text() -> str | None:
     ref = task.remote(MAX_CONFIG_BYTES)
     try:
         return ray.get(ref, timeout=QUERY_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
+    except GetTimeoutError:
         ray.cancel(ref, force=True)
         raise ClusterError(
             f"cluster.address: the head node did not say within {QUERY_TIMEOUT_S:g} s whether "
@@ -114,9 +115,12 @@ def read_autoscaler_config(max_bytes: int) -> str | None:
     no autoscaler of this session runs here (or it has no config file)."""
     from pathlib import Path
 
-    import ray
+    from ray._private import worker
 
-    logs_dir = f"--logs-dir={ray._private.worker._global_node.get_session_dir_path()}/logs"
+    node = worker._global_node
+    if node is None:
+        return None
+    logs_dir = f"--logs-dir={node.get_session_dir_path()}/logs"
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
