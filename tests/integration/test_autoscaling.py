@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import assert_user_error, ftlaunch
-from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port
+from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -135,23 +135,6 @@ def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         stop_group(head)
         kill_session(head.pid)
         log.close()
-
-
-def write_job(tmp_path: Path, model: Path, data: dict[str, Path], cluster: str) -> Path:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"""
-name: autoscaling
-model: {{path: {model}}}
-data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]},
-        max_length: 32, cache_dir: {tmp_path.parent / "cache"}}}
-training: {{epochs: 1, max_steps: 2, micro_batch_size: 8, log_every: 1}}
-engine: {{zero_stage: 0}}
-cluster: {cluster}
-output: {{dir: {tmp_path / "out"}}}
-"""
-    )
-    return job
 
 
 @pytest.mark.timeout(240)  # includes the fake cluster's start if this runs first
