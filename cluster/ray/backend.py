@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.actors import ActorHandle, get
 from cluster.auth.mode import check_closed
@@ -37,8 +37,15 @@ from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.model_server import model_server_actor
 from cluster.head.shard_server import shard_server_actor
 from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
-from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
-from cluster.placement.reserve import live_nodes, reserve_or_fail
+from cluster.placement.plan import (
+    PlacementError,
+    PlacementPlan,
+    placement_plan,
+    placement_problem_now,
+    scale_up_plan,
+)
+from cluster.placement.reserve import live_nodes, reserve_or_fail, wait_for_nodes
+from cluster.ray.autoscaler import autoscaler_node_types
 from cluster.ray.embedded import EmbeddedCluster, local_only_driver
 from cluster.ray.reaper import MARKER_ENV, start_reaper
 from cluster.worker.entry import train_worker
@@ -52,6 +59,7 @@ from trainer.formats.shards import CorruptShardError
 from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
+FINAL_POLL_TIMEOUT_S = 60.0
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # glibc raises its mmap threshold whenever a large block is freed, and blocks below the threshold
 # come from the heap, which is not given back: a CPU worker's resident memory then keeps the
@@ -134,12 +142,21 @@ class RayBackend:
                 f"cluster.address: cannot connect to Ray at {address}: {first}"
             ) from None
 
-    def check_placement(self) -> PlacementPlan:
+    def check_placement(self, say: Callable[[str], None] = lambda _: None) -> PlacementPlan:
         """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
-        or if they are not placed within cluster.placement_timeout_s; else say how to place them."""
+        or if they are not placed within cluster.placement_timeout_s; else say how to place them.
+        When the live nodes are too few and the cluster autoscales, first wait (within the same
+        timeout) for the nodes its autoscaler must add, reporting progress through `say`."""
+        timeout_s = self.cluster.placement_timeout_s
         try:
-            plan = placement_plan(self.cluster, live_nodes())
-            reserve_or_fail(plan, self.cluster.placement_timeout_s)
+            nodes = live_nodes()
+            if placement_problem_now(self.cluster, nodes) and self._embedded is None:
+                scale = scale_up_plan(self.cluster, nodes, autoscaler_node_types())
+                if scale.total():
+                    timeout_s -= wait_for_nodes(scale, timeout_s, say)
+                    nodes = live_nodes()
+            plan = placement_plan(self.cluster, nodes)
+            reserve_or_fail(plan, max(timeout_s, 1.0))
         except PlacementError as exc:
             raise ClusterError(str(exc)) from None
         return plan
@@ -172,7 +189,9 @@ class RayBackend:
 
         from cluster.ray.process_group import BoundStoreTorchConfig
 
-        plan = self.check_placement()
+        plan = self.check_placement(
+            lambda line: on_progress([{"event": "placement", "message": line}])
+        )
         t = spec.job.training
         liveness = Liveness(
             t.heartbeat_timeout_s,
@@ -210,11 +229,13 @@ class RayBackend:
         thread.start()
         stop = _StopOnSigterm(collector, spec.job.training.preemption_grace_s)
         ranks: dict[int, dict[str, Any]] = {}  # where each rank runs (newest attempt)
+        feed = _Feed(collector)
         with stop:
             while thread.is_alive() and not stop.grace_exceeded():
                 thread.join(POLL_INTERVAL_S)
-                on_progress(_note_ranks(_poll(collector), ranks))
-        on_progress(_note_ranks(_poll(collector), ranks))
+                on_progress(_note_ranks(feed.poll(), ranks))
+        for _ in range(2):  # what a timed-out drain held, then what came after it
+            on_progress(_note_ranks(feed.poll(FINAL_POLL_TIMEOUT_S), ranks))
         if stop.requested_at is not None:
             get(collector.close.remote("KILLED"), timeout=60)
             tag = get(collector.preempted_tag.remote(), timeout=10)
@@ -309,11 +330,26 @@ def _note_ranks(
     return records
 
 
-def _poll(collector: ActorHandle) -> list[dict[str, Any]]:
-    try:
-        return get(collector.drain.remote(), timeout=5)
-    except RayError:  # slow or gone: the fit thread reports what went wrong
-        return []
+class _Feed:
+    """The collector's records for the terminal. A drain that does not answer within the poll's
+    timeout is awaited again by the next poll instead of being dropped: the actor has already
+    handed those records over (on a loaded head the last drain holds the run's summary)."""
+
+    def __init__(self, collector: ActorHandle) -> None:
+        self._collector = collector
+        self._pending: Any = None
+
+    def poll(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        if self._pending is None:
+            self._pending = self._collector.drain.remote()
+        try:
+            records = get(self._pending, timeout=timeout_s)
+        except GetTimeoutError:
+            return []
+        except RayError:  # gone: the fit thread reports what went wrong
+            records = []
+        self._pending = None
+        return records
 
 
 def _as_training_failed(error: BaseException | None, head: dict[str, Any]) -> TrainingFailed:

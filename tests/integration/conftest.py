@@ -179,3 +179,23 @@ def uninterrupted(
         return runs[stage]
 
     return get
+
+
+def write_job(
+    tmp_path: Path, model: Path, data: dict[str, Path], cluster: str, name: str = "placement"
+) -> Path:
+    """A 2-step tiny-BERT job with this `cluster` section, writing to tmp_path/out."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"""
+name: {name}
+model: {{path: {model}}}
+data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]},
+        max_length: 32, cache_dir: {tmp_path.parent / "cache"}}}
+training: {{epochs: 1, max_steps: 2, micro_batch_size: 8, log_every: 1}}
+engine: {{zero_stage: 0}}
+cluster: {cluster}
+output: {{dir: {tmp_path / "out"}}}
+"""
+    )
+    return job
