@@ -134,12 +134,14 @@ class RayBackend:
                 f"cluster.address: cannot connect to Ray at {address}: {first}"
             ) from None
 
-    def check_placement(self) -> PlacementPlan:
+    def check_placement(self, cluster: ClusterConfig | None = None) -> PlacementPlan:
         """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
-        or if they are not placed within cluster.placement_timeout_s; else say how to place them."""
+        or if they are not placed within cluster.placement_timeout_s; else say how to place them.
+        `cluster`: another job's section on this backend's cluster (scale-test sizes)."""
+        cluster = cluster or self.cluster
         try:
-            plan = placement_plan(self.cluster, live_nodes())
-            reserve_or_fail(plan, self.cluster.placement_timeout_s)
+            plan = placement_plan(cluster, live_nodes())
+            reserve_or_fail(plan, cluster.placement_timeout_s)
         except PlacementError as exc:
             raise ClusterError(str(exc)) from None
         return plan
@@ -172,7 +174,7 @@ class RayBackend:
 
         from cluster.ray.process_group import BoundStoreTorchConfig
 
-        plan = self.check_placement()
+        plan = self.check_placement(spec.job.cluster)
         t = spec.job.training
         liveness = Liveness(
             t.heartbeat_timeout_s,
@@ -214,7 +216,9 @@ class RayBackend:
             while thread.is_alive() and not stop.grace_exceeded():
                 thread.join(POLL_INTERVAL_S)
                 on_progress(_note_ranks(_poll(collector), ranks))
-        on_progress(_note_ranks(_poll(collector), ranks))
+        # The last records (the summary among them) must arrive: a loaded head may take longer
+        # than a poll's few seconds, and a missed drain would lose them.
+        on_progress(_note_ranks(get(collector.drain.remote(), timeout=120), ranks))
         if stop.requested_at is not None:
             get(collector.close.remote("KILLED"), timeout=60)
             tag = get(collector.preempted_tag.remote(), timeout=10)
