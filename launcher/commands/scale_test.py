@@ -143,6 +143,7 @@ def _run_sizes(
     figures = []
     with backend_for(cluster, token_dir=out, insecure=request.insecure) as backend:
         cluster_start_s = time.time() - started
+        backend.check_placement()  # the largest size must fit before the smallest one runs
         for size in sizes:
             console.rule(f"{size.workers} workers, global batch {size.global_batch}")
             launched = time.time()

@@ -30,12 +30,12 @@ def scale_run(
     )
     out, plot = tmp / "scale", tmp / "scale.png"
     result = ftlaunch("scale-test", str(job), "--workers", "1,2", "--steps", str(STEPS),
-                      "--out", str(out), "--plot", str(plot), "--json", timeout=400)  # fmt: skip
+                      "--out", str(out), "--plot", str(plot), "--json", timeout=540)  # fmt: skip
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(result.stdout), result.stderr, out, plot
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_both_sizes_are_measured_with_positive_figures(scale_run: tuple) -> None:
     document, _, out, _ = scale_run
     assert json.loads((out / "scale.json").read_text()) == document
@@ -57,7 +57,7 @@ def test_both_sizes_are_measured_with_positive_figures(scale_run: tuple) -> None
     assert document["model"]["trainable_params"] > 0
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_each_size_ran_as_its_own_run_and_the_table_and_plot_show_both(scale_run: tuple) -> None:
     document, stderr, out, plot = scale_run
     for workers in (1, 2):
