@@ -141,8 +141,8 @@ def tokens_per_s_per_gpu(work: Workload, n: int, hw: Hardware) -> float:
 
 def calibrate(document: dict[str, Any], work: Workload, hw: Hardware) -> Hardware:
     """`hw` with the effective FLOP/s and bandwidth that reproduce a scale-test's scale.json:
-    compute = the smallest size's step time less its data wait and communication; bandwidth =
-    the largest size's collective bytes over its communication time (all of it exposed).
+    compute = the smallest size's mean step time less its data wait and communication;
+    bandwidth = the largest size's collective bytes over its communication time (all exposed).
 
     Raises:
         ValueError: the document has no sizes.
@@ -151,12 +151,11 @@ def calibrate(document: dict[str, Any], work: Workload, hw: Hardware) -> Hardwar
     if not sizes:
         raise ValueError("scale.json holds no sizes")
     base, top = sizes[0], sizes[-1]
-    base_step = base["step_time_p50_s"]
-    compute = base_step * (1 - base["data_wait_share"] - base["comm_share"])
+    compute = mean_step_s(base) * (1 - base["data_wait_share"] - base["comm_share"])
     flops = work.flops_per_token * work.tokens_per_gpu_step / compute
     fitted = replace(hw, peak_flops=flops, mfu=1.0, overlap=0.0, latency_s=0.0)
     n = top["workers"]
-    exposed = top["comm_share"] * top["step_time_p50_s"]
+    exposed = top["comm_share"] * mean_step_s(top)
     if n > 1 and exposed > 0:
         per_second = comm_s(work, n, replace(fitted, nvlink_bw=1.0, nic_bw=1.0))
         bandwidth = per_second / exposed  # comm_s is bytes-proportional at latency 0
@@ -164,11 +163,16 @@ def calibrate(document: dict[str, Any], work: Workload, hw: Hardware) -> Hardwar
     return fitted
 
 
+def mean_step_s(size: dict[str, Any]) -> float:
+    """A measured size's mean step time (what its throughput and shares are averaged over)."""
+    return size["global_batch"] / size["samples_per_s"]
+
+
 def measured_workload(document: dict[str, Any]) -> Workload:
     """The workload a scale.json measured: its model's size and its tokens per worker step."""
     model = document["model"]
     base = document["sizes"][0]
-    tokens_per_step = base["tokens_per_s"] / base["workers"] * base["step_time_p50_s"]
+    tokens_per_step = base["tokens_per_s"] / base["workers"] * mean_step_s(base)
     return Workload(
         name=document["config"],
         params=model["total_params"],

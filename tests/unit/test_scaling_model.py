@@ -84,10 +84,10 @@ def test_calibration_reproduces_the_measured_sizes() -> None:
     # measured: 1 worker 0.1 s/step (10% data wait); 2 workers 0.15 s with 30% in collectives
     document = {
         "sizes": [
-            {"workers": 1, "step_time_p50_s": 0.1, "data_wait_share": 0.1, "comm_share": 0.0,
-             "efficiency": 1.0},
-            {"workers": 2, "step_time_p50_s": 0.15, "data_wait_share": 0.1, "comm_share": 0.3,
-             "efficiency": 0.7},
+            {"workers": 1, "global_batch": 16, "samples_per_s": 160.0, "data_wait_share": 0.1,
+             "comm_share": 0.0, "efficiency": 1.0},
+            {"workers": 2, "global_batch": 32, "samples_per_s": 32 / 0.15,
+             "data_wait_share": 0.1, "comm_share": 0.3, "efficiency": 0.7},
         ]
     }  # fmt: skip
     hw = model.calibrate(document, work, model.Hardware(gpus_per_node=1, nics_per_node=1))
