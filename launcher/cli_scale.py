@@ -93,7 +93,9 @@ def scale_test(
         fail(USER_ERROR_EXIT_CODE if exc.is_data_error else TRAINING_FAILED_EXIT_CODE, str(exc))
     except (Preempted, KeyboardInterrupt):
         fail(INTERRUPTED_EXIT_CODE, "interrupted: the scale test stopped; finished sizes are kept")
-    console.print(scale_table(document))
+    # A file or a pipe gets the whole table (rich would squeeze it to 80 columns).
+    wide = console if console.is_terminal else Console(highlight=False, stderr=json_, width=200)
+    wide.print(scale_table(document))
     console.print(f"results: {Path(document['directory']) / 'scale.json'}")
     if json_:
         sys.stdout.write(json.dumps(document, indent=2) + "\n")
