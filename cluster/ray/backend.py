@@ -142,20 +142,24 @@ class RayBackend:
                 f"cluster.address: cannot connect to Ray at {address}: {first}"
             ) from None
 
-    def check_placement(self, say: Callable[[str], None] = lambda _: None) -> PlacementPlan:
+    def check_placement(
+        self, cluster: ClusterConfig | None = None, say: Callable[[str], None] = lambda _: None
+    ) -> PlacementPlan:
         """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
         or if they are not placed within cluster.placement_timeout_s; else say how to place them.
         When the live nodes are too few and the cluster autoscales, first wait (within the same
-        timeout) for the nodes its autoscaler must add, reporting progress through `say`."""
-        timeout_s = self.cluster.placement_timeout_s
+        timeout) for the nodes its autoscaler must add, reporting progress through `say`.
+        `cluster`: another job's section on this backend's cluster (scale-test sizes)."""
+        cluster = cluster or self.cluster
+        timeout_s = cluster.placement_timeout_s
         try:
             nodes = live_nodes()
-            if placement_problem_now(self.cluster, nodes) and self._embedded is None:
-                scale = scale_up_plan(self.cluster, nodes, autoscaler_node_types())
+            if placement_problem_now(cluster, nodes) and self._embedded is None:
+                scale = scale_up_plan(cluster, nodes, autoscaler_node_types())
                 if scale.total():
                     timeout_s -= wait_for_nodes(scale, timeout_s, say)
                     nodes = live_nodes()
-            plan = placement_plan(self.cluster, nodes)
+            plan = placement_plan(cluster, nodes)
             reserve_or_fail(plan, max(timeout_s, 1.0))
         except PlacementError as exc:
             raise ClusterError(str(exc)) from None
@@ -190,7 +194,7 @@ class RayBackend:
         from cluster.ray.process_group import BoundStoreTorchConfig
 
         plan = self.check_placement(
-            lambda line: on_progress([{"event": "placement", "message": line}])
+            spec.job.cluster, lambda line: on_progress([{"event": "placement", "message": line}])
         )
         t = spec.job.training
         liveness = Liveness(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
@@ -59,6 +60,9 @@ from trainer.formats.signing import (
     ensure_key_file,
 )
 
+if TYPE_CHECKING:
+    from cluster.ray.backend import RayBackend as Backend
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -76,8 +80,11 @@ class RunRequest:
     force: bool = False  # start even if the plan says the ranks run out of memory
 
 
-def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
-    """Everything `ftlaunch run` does; returns the summary.
+def run_from_file(
+    request: RunRequest, console: Console, backend: Backend | None = None
+) -> dict[str, Any]:
+    """Everything `ftlaunch run` does; returns the summary. With `backend` (one already entered,
+    as `ftlaunch scale-test` shares one cluster between its runs) the job runs on it.
 
     Raises:
         UserError: bad config, data or model, an output.dir that is not ftlaunch's or overlaps
@@ -134,7 +141,9 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
             resume_tag=resume_tag,
         )
         planned_peak = planned.rank.peak_bytes if planned is not None else None
-        return train_and_commit(spec, output_dir, console, signing, request.insecure, planned_peak)
+        return train_and_commit(
+            spec, output_dir, console, signing, request.insecure, planned_peak, backend
+        )
 
 
 def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:
@@ -284,6 +293,7 @@ def train_and_commit(
     signing: CheckpointSigning | None = None,
     insecure: bool = False,
     planned_peak: int | None = None,
+    backend: Backend | None = None,
 ) -> dict[str, Any]:
     from cluster.registry import backend_for
 
@@ -295,7 +305,9 @@ def train_and_commit(
         carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with (
-        backend_for(spec.job.cluster, token_dir=staging, insecure=insecure) as backend,
+        contextlib.nullcontext(backend)
+        if backend is not None
+        else backend_for(spec.job.cluster, token_dir=staging, insecure=insecure) as backend,
         RunDisplay(console) as display,
     ):
         head_stats = backend.run(
