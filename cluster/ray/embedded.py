@@ -12,6 +12,10 @@ on this machine, closed by default.
   directory (0700) under /tmp (short, since Ray's socket paths are limited to about 107 bytes),
   not the shared /tmp/ray; removed when the cluster stops.
 - Token auth: `RAY_AUTH_MODE=token` and the run's token in the cluster's environment.
+- Lean unless the dashboard is asked for: no log monitor (the driver does not take workers'
+  logs, `log_to_driver=False`), no metrics export and no task events (nothing reads them without
+  Ray's dashboard). They cost CPU beside the ranks on every step (measured by
+  `benchmarks/overhead.py`, docs/benchmarks.md). A RAY_* setting in the user's environment wins.
 - Stopped by process group, never with `ray stop` (which stops every Ray of the user on the
   machine). If the launcher dies without stopping it, the kernel SIGKILLs `ray start`
   (PR_SET_PDEATHSIG), and Ray's own reaper, which `ray start --block` runs in the group for
@@ -39,6 +43,10 @@ RAY_BIN = Path(sys.executable).with_name("ray")
 START_TIMEOUT_S = 120
 STOP_GRACE_S = 10
 LOG_FILE = "ray-start.log"
+# Ray's system config, read from RAY_<name> by every Ray process: metrics collection and export
+# (the raylet's, the agent's and each worker's OpenCensus/Prometheus path) and task-event reports
+# (the state API and the dashboard's task views).
+LEAN_ENV = {"RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0"}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -91,6 +99,7 @@ class EmbeddedCluster:
             f"--temp-dir={ray_temp}",
             "--disable-usage-stats",
             f"--include-dashboard={str(self._dashboard).lower()}",
+            f"--include-log-monitor={str(self._dashboard).lower()}",
         ]
         if self._dashboard:
             command.append(f"--dashboard-host={self._dashboard_host}")
@@ -100,7 +109,7 @@ class EmbeddedCluster:
         assert self.temp_dir is not None
         ports = free_ports(3)
         env = dict(
-            self._environ,
+            lean_env(self._dashboard) | self._environ,
             RAY_AUTH_MODE=self._environ.get("RAY_AUTH_MODE", "token"),  # not token: --insecure
             RAY_AUTH_TOKEN=self._token,
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -150,6 +159,11 @@ class EmbeddedCluster:
         if self.temp_dir is not None:
             shutil.rmtree(self.temp_dir, ignore_errors=True)
             self.temp_dir = None
+
+
+def lean_env(dashboard: bool) -> dict[str, str]:
+    """Ray's settings that keep its optional work off (none when the dashboard shows it)."""
+    return {} if dashboard else dict(LEAN_ENV)
 
 
 @contextlib.contextmanager

@@ -18,8 +18,9 @@ from launcher.commands.plan import check_fits
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.carve import carve_validation
 from launcher.data.causal import CausalFormat
-from launcher.data.prepared import check_prepared, load_prepared
-from launcher.data.sources import SplitSource, collect_label_names
+from launcher.data.digests import InputDigests
+from launcher.data.prepared import check_local_shards, check_prepared, load_prepared
+from launcher.data.sources import SplitSource, known_label_names
 from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
 from launcher.hub import is_hub_dataset, resolve_hub_dataset
@@ -181,6 +182,7 @@ def prepare_splits(
     """
     d = job.data
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
+    digests = InputDigests(cache_root)
     prepared = {name: _prepared(job, name) for name in SPLITS}
     raw = {name: _raw_source(job, name) for name in SPLITS if prepared[name] is None}
     causal = causal_format(job)
@@ -191,7 +193,7 @@ def prepare_splits(
                 "prepare a validation split with `ftlaunch prepare` instead)"
             )
         raw["train"], raw["validation"] = carve_validation(
-            raw["train"], d.validation_split, job.training.seed, causal is None, cache_root
+            raw["train"], d.validation_split, job.training.seed, causal is None, cache_root, digests
         )
     train_manifest = prepared["train"]
     if causal is not None:
@@ -199,15 +201,16 @@ def prepare_splits(
     elif train_manifest is not None:
         label_names = train_manifest.label_names
     else:
-        label_names = collect_label_names(raw["train"])
+        label_names = known_label_names(raw["train"], digests)
     locations: dict[str, str] = {}
     rows: dict[str, int] = {}
     for name in SPLITS:
         manifest = prepared[name]
         if manifest is None:
             options = TokenizeOptions(model_dir, d.max_length, label_names, causal=causal)
-            split = prepare_split(raw[name], name, options, cache_root)
+            split = prepare_split(raw[name], name, options, cache_root, digests)
             location, manifest = str(split.directory), split.manifest
+            check_local_shards(f"data.{name}", split.directory, manifest)
             state = "cached" if split.reused else "tokenized"
         else:
             location = str(getattr(d, name))
@@ -222,6 +225,7 @@ def prepare_splits(
         console.print(
             f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens{packed} ({state}: {location})"
         )
+    digests.save()
     return label_names, locations, rows["train"]
 
 
