@@ -13,9 +13,10 @@ on this machine, closed by default.
   not the shared /tmp/ray; removed when the cluster stops.
 - Token auth: `RAY_AUTH_MODE=token` and the run's token in the cluster's environment.
 - Lean unless the dashboard is asked for: no log monitor (the driver does not take workers'
-  logs, `log_to_driver=False`), no metrics export and no task events (nothing reads them without
-  Ray's dashboard). They cost CPU beside the ranks on every step (measured by
-  `benchmarks/overhead.py`, docs/benchmarks.md). A RAY_* setting in the user's environment wins.
+  logs, `log_to_driver=False`), no autoscaler monitor, no metrics export and no task events
+  (nothing reads them without Ray's dashboard). They cost CPU beside the ranks on every step
+  (`benchmarks/overhead.py --variants`, docs/benchmarks.md). A RAY_* setting in the user's
+  environment wins.
 - Stopped by process group, never with `ray stop` (which stops every Ray of the user on the
   machine). If the launcher dies without stopping it, the kernel SIGKILLs `ray start`
   (PR_SET_PDEATHSIG), and Ray's own reaper, which `ray start --block` runs in the group for
@@ -47,6 +48,10 @@ LOG_FILE = "ray-start.log"
 # (the raylet's, the agent's and each worker's OpenCensus/Prometheus path) and task-event reports
 # (the state API and the dashboard's task views).
 LEAN_ENV = {"RAY_enable_metrics_collection": "0", "RAY_task_events_report_interval_ms": "0"}
+# No log monitor (it tails every log file of the node for drivers, and ours takes none), no
+# autoscaler monitor (a one-machine cluster never scales; `--no-monitor` is a hidden flag of
+# `ray start`, checked by tests/unit/cluster/test_embedded.py against the installed Ray).
+LEAN_FLAGS = ["--include-log-monitor=false", "--no-monitor"]
 _PR_SET_PDEATHSIG = 1
 
 
@@ -99,25 +104,30 @@ class EmbeddedCluster:
             f"--temp-dir={ray_temp}",
             "--disable-usage-stats",
             f"--include-dashboard={str(self._dashboard).lower()}",
-            f"--include-log-monitor={str(self._dashboard).lower()}",
         ]
         if self._dashboard:
             command.append(f"--dashboard-host={self._dashboard_host}")
+        else:
+            command += LEAN_FLAGS
         return command
 
-    def _start(self) -> str:
-        assert self.temp_dir is not None
-        ports = free_ports(3)
-        env = dict(
+    def environment(self) -> dict[str, str]:
+        """The cluster's environment (pure): the lean settings unless the user set them, the
+        token, loopback only."""
+        return dict(
             lean_env(self._dashboard) | self._environ,
             RAY_AUTH_MODE=self._environ.get("RAY_AUTH_MODE", "token"),  # not token: --insecure
             RAY_AUTH_TOKEN=self._token,
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         )
+
+    def _start(self) -> str:
+        assert self.temp_dir is not None
+        ports = free_ports(3)
         log = (self.temp_dir / LOG_FILE).open("wb")
         self._process = subprocess.Popen(
             self.command(self.temp_dir / "ray", ports),
-            env=env,
+            env=self.environment(),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own group: stopped as one, and a Ctrl-C is ours
