@@ -14,6 +14,7 @@ from rich.console import Console
 
 from cluster.auth.mode import check_closed
 from cluster.auth.secrets import unlisted_warnings
+from cluster.ray.embedded import EmbeddedCluster, launch_embedded
 from launcher.commands.plan import check_fits
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.carve import carve_validation
@@ -103,6 +104,26 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
     planned = check_fits(job, model_dir, console.print, refuse=not request.force)
+    planned_peak = planned.rank.peak_bytes if planned is not None else None
+    # The embedded Ray comes up (seconds) while the data is checked and prepared.
+    early = None if job.cluster.address else launch_embedded(job.cluster)
+    try:
+        return _prepare_and_train(request, job, model_dir, output_dir, console, planned_peak, early)
+    finally:
+        if early is not None:
+            early.stop(grace_s=0)  # a no-op once the backend stopped it; else never used
+
+
+def _prepare_and_train(
+    request: RunRequest,
+    job: JobConfig,
+    model_dir: Path,
+    output_dir: Path,
+    console: Console,
+    planned_peak: int | None,
+    early: EmbeddedCluster | None,
+) -> dict[str, Any]:
+    warn = Console(stderr=True, highlight=False, soft_wrap=True).print
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
@@ -134,8 +155,9 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
             config_fingerprint=fingerprint,
             resume_tag=resume_tag,
         )
-        planned_peak = planned.rank.peak_bytes if planned is not None else None
-        return train_and_commit(spec, output_dir, console, signing, request.insecure, planned_peak)
+        return train_and_commit(
+            spec, output_dir, console, signing, request.insecure, planned_peak, early
+        )
 
 
 def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:
@@ -288,7 +310,14 @@ def train_and_commit(
     signing: CheckpointSigning | None = None,
     insecure: bool = False,
     planned_peak: int | None = None,
+    early: EmbeddedCluster | None = None,
 ) -> dict[str, Any]:
+    """Train on the cluster (its embedded Ray `early` if launched already), commit the run.
+
+    Raises:
+        cluster.errors.ClusterError: unreachable or open cluster, impossible placement.
+        cluster.errors.TrainingFailed: a worker failed.
+    """
     from cluster.registry import backend_for
 
     started = time.perf_counter()
@@ -299,7 +328,7 @@ def train_and_commit(
         carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
     with (
-        backend_for(spec.job.cluster, token_dir=staging, insecure=insecure) as backend,
+        backend_for(spec.job.cluster, staging, insecure, early) as backend,
         RunDisplay(console) as display,
     ):
         head_stats = backend.run(
