@@ -64,7 +64,15 @@ NUM_WORKERS = 2
 MICRO_BATCH = 16
 MAX_LENGTH = 64
 BARE_SCRIPT = Path(__file__).resolve().parent / "bare_deepspeed.py"
-ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    # DeepSpeed compiles its CPU shm-comm op at the first collective (about 2 minutes on 2 cores)
+    # into ~/.cache/torch_extensions, keyed by a build file naming this venv's paths: venvs that
+    # share the directory rebuild it in turn, and a step waits minutes on its lock. One per venv.
+    "TORCH_EXTENSIONS_DIR": str(Path(sys.prefix) / "torch_extensions"),
+}
 # ftlaunch variants beside the default: (extra CLI arguments, extra environment, pin workers).
 # Ray reads RAY_<setting> in every process; the embedded cluster keeps a user's RAY_* settings.
 RAY_METRICS_ON = {
@@ -127,6 +135,13 @@ def write_job(
     path = work / "job.yaml"
     path.write_text(yaml.safe_dump(job, sort_keys=False))
     return path
+
+
+def build_comm_op() -> None:
+    """Compile DeepSpeed's CPU shm-comm op now (once per venv), not inside a timed first step."""
+    print("building DeepSpeed's shm-comm op (cached after the first time) ...", file=sys.stderr)
+    code = "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load()"
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, capture_output=True)
 
 
 def steady_state(step_seconds: list[float]) -> float:
@@ -335,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         job_path = write_job(work, model_path, data, args.steps, args.zero_stage, epochs)
         job = load_job_config(job_path)
 
+        build_comm_op()
         runs: dict[str, list[dict]] = {name: [] for name in ["bare", *variants]}
         for round_index in range(args.rounds):
             order = list(runs) if round_index % 2 == 0 else list(runs)[::-1]

@@ -117,7 +117,12 @@ def test_a_corrupted_local_prepared_shard_is_refused_by_name(
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
     out = tmp_path / "out"
-    result = ftlaunch("run", str(job), *job_args({k: str(v) for k, v in splits.items()}, out))
+    args = [
+        *job_args({k: str(v) for k, v in splits.items()}, out),
+        "--set",
+        "training.max_failures=0",
+    ]
+    result = ftlaunch("run", str(job), *args)  # no restart: the same shard would fail again
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     assert f"{shard}: sha256 does not match the manifest" in line and "Traceback" not in line
