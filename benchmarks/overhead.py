@@ -289,13 +289,15 @@ def report(runs: dict[str, list[dict]], description: str, args: argparse.Namespa
 
 def report_phases(name: str, runs: list[dict]) -> None:
     """Median seconds from the command to the end of each startup phase, and each phase's part."""
-    print(f"{name}: startup phases (median s from the command; + the phase's own time)")
-    before = 0.0
+    print(f"{name}: startup phases (median s from the command; + since the previous one)")
+    # In time order: Ray is launched before the data is checked, so phases may overlap.
+    marks = []
     for key, label in PHASE_ORDER:
         values = [r["phases"][key] for r in runs if key in r["phases"]]
-        if not values:
-            continue
-        at = statistics.median(values)
+        if values:
+            marks.append((statistics.median(values), label))
+    before = 0.0
+    for at, label in sorted(marks):
         print(f"  {label:34}{at:>8.2f}{at - before:>+8.2f}")
         before = at
 

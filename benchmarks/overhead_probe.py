@@ -157,7 +157,7 @@ def read_phases(output_dir: Path, seen: dict[str, float]) -> int:
 
 
 PHASE_ORDER = (
-    ("staging", "config, plan, data checked"),
+    ("staging", "data checked, run dir claimed"),
     ("raylet", "ray start (raylet up)"),
     ("metrics", "ray up, driver in, collector"),
     ("rank_start", "worker group up"),
