@@ -141,7 +141,13 @@ def build_comm_op() -> None:
     """Compile DeepSpeed's CPU shm-comm op now (once per venv), not inside a timed first step."""
     print("building DeepSpeed's shm-comm op (cached after the first time) ...", file=sys.stderr)
     code = "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load()"
-    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, capture_output=True)
+    try:
+        subprocess.run(
+            [sys.executable, "-c", code], env=_env(), check=True, capture_output=True, timeout=900
+        )
+    except subprocess.TimeoutExpired:  # torch waits forever on the lock a killed build left
+        lock = Path(_env()["TORCH_EXTENSIONS_DIR"]) / "deepspeed_shm_comm" / "lock"
+        raise SystemExit(f"DeepSpeed's op did not build in 900 s; a stale {lock}?") from None
 
 
 def steady_state(step_seconds: list[float]) -> float:
