@@ -104,7 +104,7 @@ def test_shards_only_on_the_head_are_streamed_to_the_other_node(
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_a_corrupted_local_prepared_shard_is_refused_by_name(
     tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path]
 ) -> None:
