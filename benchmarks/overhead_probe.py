@@ -104,7 +104,9 @@ class TreeSampler:
         for process in processes:
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
-                kind = self._seen.get(process.pid, (None, 0.0))[0] or process_kind(process)
+                # Named at every sample: a Ray worker starts as a plain python process and
+                # takes its title (ray::RayTrainWorker) later.
+                kind = process_kind(process)
                 self._seen[process.pid] = (kind, times.user + times.system)
                 if kind == "raylet" and self.first_raylet is None:
                     self.first_raylet = time.time()
