@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -28,7 +27,7 @@ from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.actors import ActorHandle, get
 from cluster.auth.mode import check_closed
-from cluster.auth.secrets import sealed_env_vars, without_secrets
+from cluster.auth.secrets import sealed_env_vars
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import Liveness, collector_actor
@@ -46,8 +45,8 @@ from cluster.placement.plan import (
 )
 from cluster.placement.reserve import live_nodes, reserve_or_fail, wait_for_nodes
 from cluster.ray.autoscaler import autoscaler_node_types
-from cluster.ray.embedded import EmbeddedCluster, local_only_driver
-from cluster.ray.reaper import MARKER_ENV, start_reaper
+from cluster.ray.embedded import EmbeddedCluster, launch_embedded, local_only_driver
+from cluster.ray.reaper import MARKER_ENV
 from cluster.worker.entry import train_worker
 from cluster.worker.node_agent import start_node_agent
 from trainer.config.cluster import ClusterConfig
@@ -74,14 +73,19 @@ class RayBackend:
     name = "ray"
 
     def __init__(
-        self, cluster: ClusterConfig, token_dir: Path | None = None, insecure: bool = False
+        self,
+        cluster: ClusterConfig,
+        token_dir: Path | None = None,
+        insecure: bool = False,
+        embedded: EmbeddedCluster | None = None,
     ) -> None:
+        """`embedded`: the cluster's embedded Ray when the launcher launched it early
+        (`launch_embedded`); else it is started here."""
         self.cluster = cluster
         self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
         self.insecure = insecure
-        self._embedded: EmbeddedCluster | None = None
+        self._embedded = embedded
         self._local_only = contextlib.ExitStack()
-        self._reaper: Any = None
 
     def __enter__(self) -> RayBackend:
         check_closed(ray.__version__, os.environ, self.insecure)
@@ -105,26 +109,12 @@ class RayBackend:
         os.environ.pop(MARKER_ENV, None)
 
     def _start_embedded(self) -> None:
-        # A fresh token per run unless the user brought one; the driver presents it too.
-        if "RAY_AUTH_TOKEN" not in os.environ:
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-            if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
-                write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
-        # Every process of the embedded Ray inherits the marker, and all of them are in the
-        # process group of its `ray start`: once that is up, the reaper stops them all when this
-        # process ends, even by SIGKILL (Ray's own parent-death signal covers only some of them;
-        # until then `ray start` dies with us and its own reaper takes its group). Ray blocks
-        # SIGINT in what it starts: a Ctrl-C reaches only us.
-        os.environ[MARKER_ENV] = secrets.token_hex(8)
-        c = self.cluster
-        self._embedded = EmbeddedCluster(
-            num_cpus=c.num_cpus or os.cpu_count() or 1,
-            token=os.environ["RAY_AUTH_TOKEN"],
-            dashboard=(c.dashboard, c.dashboard_host),
-            environ=without_secrets(os.environ, c.secret_env),
-        )
-        address = self._embedded.start()
-        self._reaper = start_reaper(os.environ[MARKER_ENV], self._embedded.process_group)
+        if self._embedded is None:  # not launched early by the launcher
+            self._embedded = launch_embedded(self.cluster)
+        if self._embedded.fresh_token and self.token_dir is not None:
+            # so the user can reach this run's cluster/dashboard
+            write_token_file(self.token_dir / TOKEN_FILE, self._embedded.token)
+        address = self._embedded.wait_ready()
         self._local_only.enter_context(local_only_driver())
         self._connect(address)
 
