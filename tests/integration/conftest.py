@@ -4,6 +4,7 @@ every Ray on the machine)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -115,6 +116,14 @@ def stop_group(process: subprocess.Popen) -> None:
 def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Head (1 CPU) + a second node (1 CPU) in a private mount namespace where `tmp_path` is an
     empty tmpfs: that node cannot see anything the test writes there (no shared filesystem)."""
+    with two_node_cluster(tmp_path) as (cluster, _node):
+        yield cluster
+
+
+@contextlib.contextmanager
+def two_node_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen]]:
+    """`private_mount_cluster`, with the second node's `ray start --block` process (the leader
+    of its process group: killing the group is losing the node)."""
     port = free_port()
     temp_dir = Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -153,11 +162,12 @@ def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError(f"second Ray node did not join; see {logs}")
             time.sleep(1)
-        yield {
+        cluster = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
             "address": address,
         }
+        yield cluster, node
     finally:
         if node is not None:
             stop_group(node)
