@@ -3,7 +3,6 @@ and lints it, and its pins are checked against what the project depends on and t
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -63,5 +62,7 @@ def test_every_dependency_is_pinned_and_ray_matches_the_base_image() -> None:
         r"^FROM rayproject/ray:(\d+\.\d+\.\d+)-py(\d)(\d+)-gpu$", DOCKERFILE.read_text(), re.M
     )
     assert base is not None, "FROM must pin a rayproject/ray GPU tag"
-    assert pinned["ray"] == base[1] == RAY_VERSION == importlib.metadata.version("ray")
+    # The image's Ray, not necessarily the one these tests run under (CI also runs them at the
+    # pyproject floors).
+    assert pinned["ray"] == base[1] == RAY_VERSION
     assert f"ftlaunch:{project['version']}" == DEFAULT_IMAGE
