@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/ftlaunch run $(DEMO_CONFIG)
 
 test: setup
-	$(BIN)/python -m pytest tests -m "not gpu" -v --durations=15
+	$(BIN)/python -m pytest tests -m "not gpu" -v --durations=80
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q

@@ -79,6 +79,12 @@ RAY_METRICS_ON = {
     "RAY_enable_metrics_collection": "1",
     "RAY_task_events_report_interval_ms": "1000",
 }
+TRAIN_LEAN = {
+    "RAY_TRAIN_METRICS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_CONTROLLER_STRUCTURED_LOGGING": "0",
+    "RAY_TRAIN_ENABLE_WORKER_STRUCTURED_LOGGING": "0",
+}
 VARIANTS: dict[str, tuple[list[str], dict[str, str], bool]] = {
     "ftlaunch": ([], {}, False),
     # Ray's metrics export and task events back on (their defaults before issue 15)
@@ -87,6 +93,9 @@ VARIANTS: dict[str, tuple[list[str], dict[str, str], bool]] = {
     "ray-dashboard": (["--set", "cluster.dashboard=true"], {}, False),
     # each rank worker pinned to its own core by this script (sched_setaffinity, every thread)
     "pinned": ([], {}, True),
+    # Ray Train's optional helpers off: its metrics callbacks, the preemption watcher actor,
+    # structured JSON logs of the controller and the workers
+    "train-lean": ([], TRAIN_LEAN, False),
 }
 
 
@@ -213,6 +222,7 @@ def run_ftlaunch(
             cpu = sampler.window_cpu()
             if sampler.first_raylet is not None:
                 phases["raylet"] = sampler.first_raylet
+            phases |= sampler.first_titled  # when each of Ray's actors took its title
     total = time.time() - launch
     metrics = output_dir / "metrics.jsonl"
     if proc.returncode != 0 or not metrics.is_file():
@@ -298,7 +308,9 @@ def report_phases(name: str, runs: list[dict]) -> None:
     print(f"{name}: startup phases (median s from the command; + since the previous one)")
     # In time order: Ray is launched before the data is checked, so phases may overlap.
     marks = []
-    for key, label in PHASE_ORDER:
+    actors = sorted({k for r in runs for k in r["phases"] if k.startswith("ray::")})
+    labels = [*PHASE_ORDER, *((k, f"  {k} started") for k in actors)]
+    for key, label in labels:
         values = [r["phases"][key] for r in runs if key in r["phases"]]
         if values:
             marks.append((statistics.median(values), label))

@@ -66,6 +66,7 @@ class TreeSampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self.first_raylet: float | None = None
+        self.first_titled: dict[str, float] = {}  # `ray::X` -> when a process first took it
 
     def __enter__(self) -> TreeSampler:
         self._thread.start()
@@ -110,6 +111,8 @@ class TreeSampler:
                 self._seen[process.pid] = (kind, times.user + times.system)
                 if kind == "raylet" and self.first_raylet is None:
                     self.first_raylet = time.time()
+                if kind.startswith("ray::"):
+                    self.first_titled.setdefault(kind, time.time())
                 if self._pin and WORKER_TITLE in kind:
                     self._pin_worker(process)
 

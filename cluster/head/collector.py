@@ -105,12 +105,15 @@ class RunCollector:
         self._nodes_seen: set[str] = set()
         self._stall: tuple[int, str] | None = None  # (attempt, line) of the newest stall
         self._commit_failures: list[tuple[int, str, str]] = []  # (attempt, tag, reason)
+        self._input_error: dict[str, Any] | None = None  # the first rank that refused its input
 
     # --- metrics
     @ray.method(concurrency_group=CONTROL)
     def report(self, record: dict[str, Any]) -> None:
         if record.get("event") == "preempted":
             self._preempted_tag = record.get("tag")
+        if record.get("event") == "input_error" and self._input_error is None:
+            self._input_error = {"rank": record.get("rank"), "error": record.get("error")}
         if record.get("event") == "rank_start" and record.get("rank") == 0:
             self.attempt += 1
         if record.get("event") == "start":
@@ -123,6 +126,11 @@ class RunCollector:
     @ray.method(concurrency_group=CONTROL)
     def drain(self) -> list[dict[str, Any]]:
         return self.metrics.drain()
+
+    @ray.method(concurrency_group=CONTROL)
+    def input_error(self) -> dict[str, Any] | None:
+        """The first rank's refusal of its input ({rank, error}), if one refused: ends the run."""
+        return self._input_error
 
     @ray.method(concurrency_group=CONTROL)
     def starts_seen(self) -> int:
@@ -179,10 +187,16 @@ class RunCollector:
 
     @ray.method(concurrency_group=CONTROL)
     def outcome(self) -> dict[str, Any]:
-        """What ended the current attempt on the head's side: a stall and/or commit failures."""
+        """What ended the current attempt on the head's side: a stall and/or commit failures,
+        and whether a rank refused its input (in any attempt: that ends the run)."""
         stall = self._stall[1] if self._stall and self._stall[0] == self.attempt else None
         failed = [(tag, why) for a, tag, why in self._commit_failures if a == self.attempt]
-        return {"attempt": self.attempt, "stall": stall, "commit_failures": failed}
+        return {
+            "attempt": self.attempt,
+            "stall": stall,
+            "commit_failures": failed,
+            "input_error": self._input_error,
+        }
 
     @ray.method(concurrency_group=CONTROL)
     def watch(self) -> None:

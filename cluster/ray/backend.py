@@ -47,14 +47,11 @@ from cluster.placement.reserve import live_nodes, reserve_or_fail, wait_for_node
 from cluster.ray.autoscaler import autoscaler_node_types
 from cluster.ray.embedded import EmbeddedCluster, launch_embedded, local_only_driver
 from cluster.ray.reaper import MARKER_ENV
-from cluster.worker.entry import train_worker
+from cluster.worker.entry import INPUT_ERRORS, train_worker
 from cluster.worker.node_agent import start_node_agent
 from trainer.config.cluster import ClusterConfig
-from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
-from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.rundir import STACKS_DIR, TOKEN_FILE
-from trainer.formats.shards import CorruptShardError
 from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
@@ -235,7 +232,7 @@ class RayBackend:
             tag = get(collector.preempted_tag.remote(), timeout=10)
             raise Preempted(committed=tag, signal_name=stop.signal_name)
         head = get(collector.outcome.remote(), timeout=30)
-        failed = "error" in outcome or head["commit_failures"]
+        failed = "error" in outcome or head["commit_failures"] or head["input_error"]
         get(collector.close.remote("FAILED" if failed else "FINISHED"), timeout=60)
         if failed:
             raise _as_training_failed(outcome.get("error"), head)
@@ -349,12 +346,15 @@ class _Feed:
 def _as_training_failed(error: BaseException | None, head: dict[str, Any]) -> TrainingFailed:
     """The one reason to give: a stall the watchdog named in the last attempt, else a checkpoint
     the head could not commit, else the first failing rank's error."""
+    if head.get("input_error"):  # reported by the rank itself, before Ray Train's restart
+        refused = head["input_error"]
+        return TrainingFailed(refused["rank"], refused["error"], is_data_error=True)
     failures = getattr(error, "worker_failures", None) or {}
     for rank, failure in sorted(failures.items()):
         cause = _root_cause(failure)
         # Bad input rather than a failed run (exit 2): a shard or checkpoint that fails its
         # checks (an unsafe pickle included), or a config this worker cannot run.
-        if isinstance(cause, (CorruptShardError, CorruptCheckpointError, UnsupportedConfigError)):
+        if isinstance(cause, INPUT_ERRORS):
             return TrainingFailed(rank, str(cause), is_data_error=True)
     if head["stall"]:
         return TrainingFailed(None, head["stall"])

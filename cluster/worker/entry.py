@@ -25,16 +25,25 @@ from cluster.worker.heartbeat import CALL_TIMEOUT_S, Heartbeat
 from cluster.worker.model_cache import HeadModelSource, default_cache_root, local_model_dir
 from cluster.worker.reporting import CollectorReporter
 from cluster.worker.shards import HeadShardStore
+from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
+from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.shard_stores import open_store
+from trainer.formats.shards import CorruptShardError
 from trainer.protocols import ShardStore, WorkerIO
 
 TRAINER_ENTRY = "trainer.main:run_job"
+# Bad input, not a crash: a shard or checkpoint that fails its checks, a config this worker
+# cannot run. Another attempt would meet the same bytes, so the head is told and no restart
+# trains (the backend turns it into exit 2).
+INPUT_ERRORS = (CorruptShardError, CorruptCheckpointError, UnsupportedConfigError)
 
 
 def train_worker(loop_config: dict[str, Any]) -> None:
     spec = RunSpec.model_validate(loop_config["spec"])
     collector = loop_config["collector"]
+    if get(collector.input_error.remote(), timeout=CALL_TIMEOUT_S):
+        return  # an earlier attempt refused its input: Ray Train's restart has nothing to do
     start = rank_start_record()
     collector.report.remote(start)
     # Secrets arrive sealed (cluster/auth/secrets.py); names only are reported, for audits.
@@ -60,7 +69,12 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         stop=heartbeat,  # the stop request comes back with the heartbeat's answer
         phases=heartbeat,
     )
-    load_entry(TRAINER_ENTRY)(spec, io)
+    try:
+        load_entry(TRAINER_ENTRY)(spec, io)
+    except INPUT_ERRORS as error:
+        refused = {"event": "input_error", "rank": start["rank"], "error": str(error)}
+        get(collector.report.remote(refused), timeout=CALL_TIMEOUT_S)
+        raise
     heartbeat.finish()
 
 

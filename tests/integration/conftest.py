@@ -43,33 +43,45 @@ def wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout_s}s")
 
 
+def private_temp_dir(prefix: str = "ftl-ray") -> Path:
+    """A fresh Ray temp dir under /tmp: short, since Ray's socket paths are length-limited."""
+    return Path("/tmp") / f"{prefix}-{secrets.token_hex(4)}"
+
+
+def ray_start(
+    args: list[str], env: dict[str, str], log: Path, prefix: tuple[str, ...] = ()
+) -> subprocess.Popen:
+    """`ray start --block ARGS` on loopback without usage stats, in a session of its own (stop it
+    with `stop_group`), its output to `log`; `prefix` wraps the command (e.g. `unshare`)."""
+    common = ["--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [*prefix, str(RAY_BIN), "start", *args, *common],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def head_args(port: int, temp_dir: Path, *more: str) -> list[str]:
+    """A head without the dashboard on `port`, with its own temp dir."""
+    return [
+        "--head",
+        f"--port={port}",
+        "--include-dashboard=false",
+        f"--temp-dir={temp_dir}",
+        *more,
+    ]
+
+
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """Start a 2-CPU head; yields the env (address, token) a client needs."""
     port = free_port()
-    temp_dir = (
-        Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
-    )  # short: Ray's socket paths are length-limited
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    log = (tmp_path_factory.mktemp("ray") / "head.log").open("w")
-    head = subprocess.Popen(
-        [
-            str(RAY_BIN),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--node-ip-address=127.0.0.1",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-            "--disable-usage-stats",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log = tmp_path_factory.mktemp("ray") / "head.log"
+    head = ray_start(head_args(port, private_temp_dir(), "--num-cpus=2"), env, log)
     try:
         wait_for_port(port, timeout_s=60)
         time.sleep(2)  # the raylet registers shortly after the GCS port opens
@@ -80,7 +92,6 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
         }
     finally:
         stop_group(head)
-        log.close()
 
 
 def count_alive_nodes(address: str, env: dict[str, str]) -> int:
@@ -125,37 +136,26 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], subproces
     """`private_mount_cluster`, with the second node's `ray start --block` process (the leader
     of its process group: killing the group is losing the node)."""
     port = free_port()
-    temp_dir = Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     address = f"127.0.0.1:{port}"
     logs = tmp_path / "ray-logs"
     logs.mkdir()
-    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
-    head = subprocess.Popen(
-        [
-            str(RAY_BIN),
-            "start",
-            "--head",
-            f"--port={port}",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-            *common,
-        ],
-        env=env,
-        stdout=(logs / "head.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    head = ray_start(head_args(port, private_temp_dir(), "--num-cpus=1"), env, logs / "head.log")
     node = None
     try:
         wait_for_port(port, timeout_s=60)
-        start_node = " ".join([str(RAY_BIN), "start", f"--address={address}", *common])
-        node = subprocess.Popen(
-            ["unshare", "-m", "sh", "-c", f"mount -t tmpfs tmpfs {tmp_path} && exec {start_node}"],
-            env=env,
-            stdout=(logs / "node.log").open("w"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        node = ray_start(
+            [f"--address={address}", "--num-cpus=1"],
+            env,
+            logs / "node.log",
+            prefix=(
+                "unshare",
+                "-m",
+                "sh",
+                "-c",
+                f'mount -t tmpfs tmpfs {tmp_path} && exec "$@"',
+                "sh",
+            ),
         )
         deadline = time.monotonic() + 90
         while count_alive_nodes(address, env) < 2:

@@ -19,7 +19,13 @@ from pathlib import Path
 
 import requests
 
-from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port
+from tests.integration.conftest import (
+    free_port,
+    private_temp_dir,
+    ray_start,
+    stop_group,
+    wait_for_port,
+)
 
 
 @contextmanager
@@ -28,7 +34,7 @@ def jobs_head(
 ) -> Iterator[dict[str, str]]:
     """Yields {"url", "address", "temp_dir", and the client env: RAY_AUTH_MODE, RAY_AUTH_TOKEN}."""
     port, dashboard = free_port(), free_port()
-    temp_dir = Path("/tmp") / f"ftl-jobs-{secrets.token_hex(4)}"
+    temp_dir = private_temp_dir("ftl-jobs")
     env = {k: v for k, v in os.environ.items() if k not in drop_env}
     # the job's `python` must be this interpreter, as it would be on a provisioned cluster
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
@@ -46,37 +52,18 @@ def jobs_head(
         "--ray-client-server-port": free_port(),
     }
     start = [
-        str(RAY_BIN),
-        "start",
         "--head",
-        "--block",
         f"--port={port}",
         "--num-cpus=2",
-        "--node-ip-address=127.0.0.1",
         "--include-dashboard=true",
         "--dashboard-host=127.0.0.1",
         f"--dashboard-port={dashboard}",
         *(f"{flag}={value}" for flag, value in ports.items()),
         f"--temp-dir={temp_dir}",
-        "--disable-usage-stats",
     ]
     hidden.mkdir(parents=True, exist_ok=True)
-    log = (logs / "jobs-head.log").open("w")
-    head = subprocess.Popen(
-        [
-            "unshare",
-            "-m",
-            "sh",
-            "-c",
-            'mount -t tmpfs tmpfs "$0" && exec "$@"',
-            str(hidden),
-            *start,
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    mount = ("unshare", "-m", "sh", "-c", 'mount -t tmpfs tmpfs "$0" && exec "$@"', str(hidden))
+    head = ray_start(start, env, logs / "jobs-head.log", prefix=mount)
     url = f"http://127.0.0.1:{dashboard}"
     try:
         wait_for_port(port, timeout_s=60)
@@ -84,7 +71,6 @@ def jobs_head(
         yield {"url": url, "address": f"127.0.0.1:{port}", "temp_dir": str(temp_dir), **client}
     finally:
         stop_group(head)
-        log.close()
 
 
 def _wait_for_jobs_api(url: str, token: str, head: subprocess.Popen, logs: Path) -> None:

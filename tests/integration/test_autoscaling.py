@@ -24,7 +24,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import assert_user_error, ftlaunch
-from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port, write_job
+from tests.integration.conftest import (
+    free_port,
+    head_args,
+    private_temp_dir,
+    ray_start,
+    stop_group,
+    wait_for_port,
+    write_job,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -106,26 +114,8 @@ def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     config.write_text(json.dumps(fake_cluster_config(port)))
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env = dict(os.environ, **token, RAY_FAKE_CLUSTER="1", AUTOSCALER_UPDATE_INTERVAL_S="1")
-    log = (root / "head.log").open("w")
-    head = subprocess.Popen(
-        [
-            str(RAY_BIN),
-            "start",
-            "--head",
-            "--block",
-            f"--port={port}",
-            "--num-cpus=1",
-            "--node-ip-address=127.0.0.1",
-            "--include-dashboard=false",
-            f"--temp-dir=/tmp/ftl-as-{secrets.token_hex(4)}",
-            "--disable-usage-stats",
-            f"--autoscaling-config={config}",
-        ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    more = ("--num-cpus=1", f"--autoscaling-config={config}")
+    head = ray_start(head_args(port, private_temp_dir("ftl-as"), *more), env, root / "head.log")
     address = f"127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout_s=60)
@@ -134,7 +124,6 @@ def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     finally:
         stop_group(head)
         kill_session(head.pid)
-        log.close()
 
 
 @pytest.mark.timeout(240)  # includes the fake cluster's start if this runs first

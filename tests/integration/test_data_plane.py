@@ -117,12 +117,8 @@ def test_a_corrupted_local_prepared_shard_is_refused_by_name(
     job = tmp_path / "job.yaml"
     job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
     out = tmp_path / "out"
-    args = [
-        *job_args({k: str(v) for k, v in splits.items()}, out),
-        "--set",
-        "training.max_failures=0",
-    ]
-    result = ftlaunch("run", str(job), *args)  # no restart: the same shard would fail again
+    args = job_args({k: str(v) for k, v in splits.items()}, out)  # restarts allowed (default)
+    result = ftlaunch("run", str(job), *args)
     assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
     (line,) = result.stderr.strip().splitlines()
     assert f"{shard}: sha256 does not match the manifest" in line and "Traceback" not in line
@@ -130,6 +126,9 @@ def test_a_corrupted_local_prepared_shard_is_refused_by_name(
     files = list(out.rglob("metrics.jsonl"))
     records = [json.loads(x) for f in files for x in f.read_text().splitlines()]
     assert not [r for r in records if r.get("event") == "train"]  # no step trained on it
+    # The refusal ended the run: no restart trained again on the same bytes.
+    assert [r["rank"] for r in records if r.get("event") == "input_error"]
+    assert len([r for r in records if r.get("event") == "rank_start"]) <= 2  # one attempt
 
 
 @pytest.fixture()

@@ -25,7 +25,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import ftlaunch
-from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port, write_job
+from tests.integration.conftest import (
+    free_port,
+    head_args,
+    private_temp_dir,
+    ray_start,
+    stop_group,
+    wait_for_port,
+    write_job,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -75,36 +83,18 @@ def run_python(code: str, env: dict[str, str]) -> str:
 def three_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """Head + 2 nodes, token auth, private temp dir, stopped by process group (never `ray stop`)."""
     port = free_port()
-    temp_dir = Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     address = f"127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("ray-3-nodes")
-    common = [*NODE_RESOURCES, "--node-ip-address=127.0.0.1", "--disable-usage-stats", "--block"]
     processes = []
-
-    def start(name: str, *args: str) -> None:
-        processes.append(
-            subprocess.Popen(
-                [str(RAY_BIN), "start", *args, *common],
-                env=env,
-                stdout=(logs / f"{name}.log").open("w"),
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        )
-
     try:
-        start(
-            "head",
-            "--head",
-            f"--port={port}",
-            "--include-dashboard=false",
-            f"--temp-dir={temp_dir}",
-        )
+        head = head_args(port, private_temp_dir(), *NODE_RESOURCES)
+        processes.append(ray_start(head, env, logs / "head.log"))
         wait_for_port(port, timeout_s=60)
         for name in ("node1", "node2"):
             # One at a time: nodes starting together on one IP can pick the same free port.
-            start(name, f"--address={address}")
+            node = [f"--address={address}", *NODE_RESOURCES]
+            processes.append(ray_start(node, env, logs / f"{name}.log"))
             wait_for_log(logs / f"{name}.log", "Ray runtime started", processes[-1])
         ids = json.loads(run_python(LIST_NODES.format(address=address), env))
         assert len(ids["nodes"]) == 3, ids

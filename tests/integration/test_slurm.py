@@ -159,7 +159,7 @@ def wait_for_training(out: Path, job_id: str, record: str = "train") -> None:
 def test_two_jobs_at_once_fine_tune_on_two_nodes_without_colliding_and_usr1_requeues_one(
     slurm_cluster: Path, tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path]
 ) -> None:
-    epochs = {"a": 2, "b": 16}  # b: long enough that USR1 lands mid-training
+    epochs = {"a": 2, "b": 8}  # b: long enough (64 steps) that USR1 lands mid-training
     jobs = {
         name: write_job(tmp_path, tiny_bert, keyword_data, name, n) for name, n in epochs.items()
     }

@@ -277,3 +277,24 @@ def test_a_failed_commit_is_recorded_answered_to_every_rank_and_keeps_the_previo
         "failed",
         "rank 1 could not save its part: RuntimeError: file write failed",
     )
+
+
+def test_a_refused_input_is_kept_across_attempts_and_ends_the_run_as_bad_input(
+    tmp_path: Path,
+) -> None:
+    from cluster.ray.backend import _as_training_failed
+
+    collector = RunCollector(str(tmp_path / "run"))
+    assert collector.input_error() is None and collector.outcome()["input_error"] is None
+    for rank in (1, 0):  # both ranks of the attempt refuse; the first to report is named
+        refused = {"event": "input_error", "rank": rank, "error": f"/d/shard-0000{rank}.arrow: x"}
+        collector.report(refused)
+    collector.report({"event": "rank_start", "rank": 0})  # Ray Train's restart: a new attempt
+    assert collector.input_error() == {"rank": 1, "error": "/d/shard-00001.arrow: x"}
+    failed = _as_training_failed(None, collector.outcome())
+    assert (failed.rank, failed.message, failed.is_data_error) == (
+        1,
+        "/d/shard-00001.arrow: x",
+        True,
+    )
+    assert [r["rank"] for r in collector.drain() if r["event"] == "input_error"] == [1, 0]
