@@ -46,6 +46,7 @@ from cluster.placement.plan import (
 from cluster.placement.reserve import live_nodes, reserve_or_fail, wait_for_nodes
 from cluster.ray.autoscaler import autoscaler_node_types
 from cluster.ray.embedded import EmbeddedCluster, launch_embedded, local_only_driver
+from cluster.ray.lean_train import lean_torch_trainer
 from cluster.ray.reaper import MARKER_ENV
 from cluster.worker.entry import INPUT_ERRORS, train_worker
 from cluster.worker.node_agent import start_node_agent
@@ -176,7 +177,6 @@ class RayBackend:
             TrainingFailed: a worker raised; carries the failing rank and its error line.
         """
         from ray.train import FailureConfig, RunConfig, ScalingConfig
-        from ray.train.torch import TorchTrainer
 
         from cluster.ray.process_group import BoundStoreTorchConfig
 
@@ -196,7 +196,7 @@ class RayBackend:
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         model_server = model_server_actor(spec.model_dir)
-        trainer = TorchTrainer(
+        trainer = lean_torch_trainer(embedded=self._embedded is not None)(
             train_worker,
             train_loop_config={
                 "spec": spec.model_dump(mode="json"),
