@@ -17,7 +17,6 @@ receiving files and answering while one is in progress. Every tag's outcome is k
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -26,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.head.files import FileReceiver
-from trainer.formats.checkpoints import COMPLETE_MARKER, STAGING_PREFIX, CheckpointStore
+from trainer.formats.checkpoints import CheckpointStore
 from trainer.formats.names import UnsafeNameError, check_name, check_tag, confined
+from trainer.formats.object_checkpoints import ObjectCheckpointStore
 
 PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
 
@@ -35,7 +35,7 @@ PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
 class CheckpointCommitter:
     def __init__(
         self,
-        store: CheckpointStore,
+        store: CheckpointStore | ObjectCheckpointStore,
         receiver: FileReceiver,
         on_result: Callable[[dict[str, Any]], None] = lambda record: None,
     ) -> None:
@@ -61,12 +61,17 @@ class CheckpointCommitter:
         self._commits.submit(lambda: None).result()  # a commit in flight finishes first
         return self.store.discard_incomplete()
 
-    def staging(self, tag: str) -> Path:
+    def staging(self, tag: str) -> Path | str:
+        """The head's staging directory of `tag`, or with an object store, the prefix the ranks
+        upload this attempt's files to."""
         return self.store.staging_dir(check_tag(tag))
 
     def begin_file(self, tag: str, name: str) -> str:
         check_name(name)  # before the staging directory exists: a refusal writes nothing
-        handle = self._receiver.begin(self.staging(tag), name)
+        staging = self.staging(tag)
+        if not isinstance(staging, Path):
+            raise UnsafeNameError(f"{tag}: checkpoints go to the object store, not the head")
+        handle = self._receiver.begin(staging, name)
         self._files[handle] = (tag, name)
         return handle
 
@@ -75,6 +80,12 @@ class CheckpointCommitter:
         commit does not read it again."""
         tag, name = self._files.pop(handle)
         self._received.setdefault(tag, {})[name] = sha256
+
+    def uploaded(self, tag: str, digests: dict[str, str]) -> None:
+        """A rank uploaded its files of `tag` to the object store (name -> sha256)."""
+        names = {check_name(name): digest for name, digest in digests.items()}
+        with self._lock:
+            self._received.setdefault(check_tag(tag), {}).update(names)
 
     def is_checkpoint_file(self, handle: str) -> bool:
         return handle in self._files
@@ -110,7 +121,7 @@ class CheckpointCommitter:
             self._failed.add(tag)
             self._submitted.pop(tag, None)
             self._received.pop(tag, None)
-        shutil.rmtree(self.store.root / f"{STAGING_PREFIX}{tag}", ignore_errors=True)
+        self.store.discard_staging(tag)
         self._on_result({"event": "commit_failed", "tag": tag, "error": reason})
         with self._lock:  # recorded first: a rank told "failed" finds the record there
             self._status[tag] = (FAILED, reason)
@@ -130,7 +141,7 @@ class CheckpointCommitter:
         try:
             self.store.commit(tag, state, received)
         except Exception as exc:  # a full disk, an I/O error: recorded, raised on the ranks
-            if not (self.store.root / tag / COMPLETE_MARKER).is_file():  # else: only pruning failed
+            if not self.store.is_complete(tag):  # else: only pruning failed
                 self.failed(tag, f"{type(exc).__name__}: {exc}")
                 return
         with self._lock:
@@ -156,6 +167,13 @@ class CheckpointCommitter:
         return self._verified[tag]
 
     def path(self, tag: str) -> Path:
+        """The committed checkpoint `tag` on the head's disk.
+
+        Raises:
+            UnsafeNameError: a bad tag, or checkpoints that are kept in an object store.
+        """
+        if not isinstance(self.store, CheckpointStore):
+            raise UnsafeNameError(f"{tag}: checkpoints are in the object store, not on the head")
         return self.store.root / check_tag(tag)
 
     def read(self, tag: str, name: str, offset: int, length: int) -> bytes:
@@ -166,6 +184,6 @@ class CheckpointCommitter:
         """
         if name not in self.verified(tag)["files"]:
             raise UnsafeNameError(f"{tag}/{name}: not a file of this checkpoint")
-        with confined(self.store.root / tag, name).open("rb") as fh:
+        with confined(self.path(tag), name).open("rb") as fh:
             fh.seek(offset)
             return fh.read(length)

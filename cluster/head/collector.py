@@ -32,7 +32,7 @@ from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog, Trackers
 from cluster.head.watchdog import Stall, Watchdog
-from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.object_checkpoints import open_checkpoint_store
 from trainer.formats.rundir import CHECKPOINT_DIR
 from trainer.formats.signing import CheckpointSigning
 
@@ -78,7 +78,9 @@ class RunCollector:
         self.metrics = MetricsLog(self.run_dir, trackers or Trackers())
         self.files = FileReceiver()
         # Commits are signed and resumes checked with the output.dir's key (signing.py).
-        store = CheckpointStore(checkpoint_dir or self.run_dir / CHECKPOINT_DIR, keep_last, signing)
+        # `checkpoint_dir` is a directory on the head, or an object store's URI.
+        location = checkpoint_dir or self.run_dir / CHECKPOINT_DIR
+        store = open_checkpoint_store(location, keep_last, signing)
         self.checkpoints = CheckpointCommitter(store, self.files, self._commit_result)
         self._stop_requested = False
         self._preempted_tag: str | None = None
@@ -290,8 +292,17 @@ class RunCollector:
 
     @ray.method(concurrency_group=FILES)
     def checkpoint_staging(self, tag: str) -> str:
-        """Where ranks on the head node write their part of checkpoint `tag` directly."""
+        """Where ranks on the head node write their part of checkpoint `tag` directly (with an
+        object store: the prefix every rank uploads this attempt's files to)."""
         return str(self.checkpoints.staging(tag))
+
+    @ray.method(concurrency_group=FILES)
+    def checkpoint_uploaded(
+        self, tag: str, rank: int, digests: dict[str, str], state: dict[str, Any] | None
+    ) -> None:
+        """Rank `rank` uploaded its files of `tag` to the object store (name -> sha256)."""
+        self.checkpoints.uploaded(tag, digests)
+        self.checkpoints.submitted(tag, rank, state)
 
     @ray.method(concurrency_group=FILES)
     def checkpoint_submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> None:
@@ -337,7 +348,7 @@ class RunCollector:
 
 def collector_actor(
     run_dir: Path,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | str,
     keep_last: int,
     trackers: Trackers,
     signing: CheckpointSigning | None = None,

@@ -118,16 +118,19 @@ class RayCheckpointSink:
 
     def _deliver(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
         try:
-            for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-                name = path.relative_to(local_dir).as_posix()
-                handle = get(self._collector.begin_checkpoint_file.remote(tag, name))
-                self._files.stream_file(path, handle)
-            get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+            self._send(tag, local_dir, state)
         except BaseException as exc:  # re-raised in the training thread at the next save
             self._delivery_error = exc
             self._collector.checkpoint_failed.remote(tag, self._rank, f"delivery failed: {exc}")
         finally:
             shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _send(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
+            name = path.relative_to(local_dir).as_posix()
+            handle = get(self._collector.begin_checkpoint_file.remote(tag, name))
+            self._files.stream_file(path, handle)
+        get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
 
     def _finish_delivery(self) -> None:
         if self._delivery is not None:
