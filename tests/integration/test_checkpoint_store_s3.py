@@ -13,10 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import ftlaunch
-from tests.integration.conftest import free_port, stop_group
+from tests.integration.conftest import moto_s3
 from tests.integration.runs import (
     TOTAL_STEPS,
     job_args,
@@ -52,30 +48,16 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A moto S3 server with an empty bucket; yields its host:port."""
     import pyarrow.fs as pafs
 
-    logs = tmp_path_factory.mktemp("moto")
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=(logs / "moto.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert time.monotonic() < deadline, "moto_server did not start"
-            time.sleep(0.2)
+    with moto_s3(tmp_path_factory.mktemp("moto")) as endpoint:
         filesystem = pafs.S3FileSystem(
             access_key="testing",
             secret_key="testing",
-            endpoint_override=f"127.0.0.1:{port}",
+            endpoint_override=endpoint,
             scheme="http",
             allow_bucket_creation=True,
         )
         filesystem.create_dir(BUCKET)
-        yield f"127.0.0.1:{port}"
-    finally:
-        stop_group(server)
+        yield endpoint
 
 
 def uri_of(endpoint: str, bucket: str = BUCKET) -> str:
