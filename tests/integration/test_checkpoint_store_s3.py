@@ -111,7 +111,7 @@ def killed_run(
         *("--set", "cluster.secret_env=[AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY]"),
     ]
     with launched(job, args, root / "logs", env=CREDENTIALS) as run:
-        wait_for(lambda: [p for p, n in listing(s3).items() if "COMPLETE" in n], run, 300,
+        wait_for(lambda: [p for p, n in listing(s3).items() if "COMPLETE" in n], run, 600,
                  "first commit", poll_s=0.05)  # fmt: skip
         for kills in range(1, 4):
             victim = rank_pid(out, run, rank=1)  # before the save: no lookup in the window
@@ -132,7 +132,7 @@ def killed_run(
         raise AssertionError("every kill missed its save window")
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1200)
 def test_a_rank_killed_during_a_save_to_s3_resumes_from_the_last_complete_one(
     killed_run: KilledRun, s3: str, uninterrupted, tiny_bert: Path
 ) -> None:
