@@ -276,10 +276,13 @@ class ObjectCheckpointStore:
             )
 
     def _delete(self, prefix: str) -> None:
-        marker = self._path(prefix, COMPLETE_MARKER)
-        if self.filesystem.get_file_info(marker).type == pafs.FileType.File:
-            self.filesystem.delete_file(marker)
-        self.filesystem.delete_dir(self._path(prefix))
+        """COMPLETE first, then every other object, one by one: pyarrow's delete_dir on S3
+        also writes a `dir/` marker object for the parent, which a store may refuse (moto: 403)."""
+        names = sorted(self._listing().get(prefix, {}), key=lambda n: n != COMPLETE_MARKER)
+        for name in names:
+            self.filesystem.delete_file(self._path(prefix, name))
+        if isinstance(self.filesystem, pafs.LocalFileSystem):  # empty directories remain there
+            self.filesystem.delete_dir(self._path(prefix))
 
     def _listing(self) -> dict[str, dict[str, int]]:
         """prefix -> name -> size of every object below the root in a `step-N.<attempt>`."""
