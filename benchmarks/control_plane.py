@@ -167,7 +167,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ftl-bench-") as tmp:
         run_dir = Path(tmp)
         liveness = Liveness(args.heartbeat_timeout, None, str(run_dir / "stacks"))
-        collector = collector_actor(run_dir / "run", run_dir / "checkpoints", 2, None, liveness)
+        collector = collector_actor(
+            run_dir / "run", run_dir / "checkpoints", 2, None, liveness=liveness
+        )
         figures = drive(args, collector, run_dir)
     ray.shutdown()
     nodes = args.ranks // args.ranks_per_node

@@ -12,6 +12,8 @@ from rich.console import Console
 
 from launcher.cli_infer import generate, predict
 from launcher.cli_jobs import list_, logs, status, stop, submit
+from launcher.cli_render import render
+from launcher.cli_scale import scale_test
 from launcher.cli_support import err_console, fail
 from launcher.errors import (
     INTERRUPTED_EXIT_CODE,
@@ -395,6 +397,8 @@ app.command()(status)
 app.command()(logs)
 app.command()(stop)
 app.command("list")(list_)
+app.command()(render)
+app.command("scale-test")(scale_test)
 
 
 def main() -> None:

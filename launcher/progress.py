@@ -52,6 +52,8 @@ class RunDisplay:
                 self._progress.console.print(f"eval @ step {record['step']}: {values}")
             elif event == "train" and record.get("straggler") is not None:
                 self._warn_straggler(record)
+            elif event == "placement":
+                self._progress.console.print(record["message"], markup=False)
             elif event in ("stalled", "commit_failed", "warning"):
                 self._progress.console.print(alert_line(record), markup=False)
         train = self.latest.get("train")

@@ -1,7 +1,7 @@
 """Commit checkpoints on the head once every rank's files are in.
 
 Ranks on the head write straight into a checkpoint's staging directory; ranks on other nodes
-stream their files through the FileReceiver. Each rank then says it is done (`submitted`);
+send their files over an authenticated TCP stream (checkpoint_stream.py) that lands them there. Each rank then says it is done (`submitted`);
 rank 0 also brings the training state, which says how many ranks there are. When all have
 submitted, the CheckpointStore commits atomically (trainer/formats/checkpoints.py). On resume,
 remote ranks read committed files back in chunks, each checkpoint verified once per run.
@@ -24,7 +24,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from cluster.head.files import FileReceiver
 from trainer.formats.checkpoints import CheckpointStore
 from trainer.formats.names import UnsafeNameError, check_name, check_tag, confined
 from trainer.formats.object_checkpoints import ObjectCheckpointStore
@@ -36,18 +35,16 @@ class CheckpointCommitter:
     def __init__(
         self,
         store: CheckpointStore | ObjectCheckpointStore,
-        receiver: FileReceiver,
         on_result: Callable[[dict[str, Any]], None] = lambda record: None,
     ) -> None:
         self.store = store
-        self._receiver = receiver
         self._on_result = on_result
         self._lock = threading.Lock()  # the collector's file and control threads both call in
         self._status: dict[str, tuple[str, str]] = {}  # tag -> (PENDING|COMMITTED|FAILED, why)
         self._failed: set[str] = set()
         self._commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ftlaunch-commit")
-        self._files: dict[str, tuple[str, str]] = {}  # handle -> (tag, name)
         self._received: dict[str, dict[str, str]] = {}  # tag -> name -> sha256
+        self._streamed: dict[str, int] = {}  # tag -> bytes that arrived over the stream
         self._submitted: dict[str, tuple[set[int], dict[str, Any]]] = {}  # ranks, rank 0's state
         self._committed: set[str] = set()
         self._verified: dict[str, dict[str, Any]] = {}
@@ -57,6 +54,7 @@ class CheckpointCommitter:
         never leak into this attempt's save of the same step. Returns the names removed."""
         with self._lock:
             self._received.clear()
+            self._streamed.clear()
             self._submitted.clear()
         self._commits.submit(lambda: None).result()  # a commit in flight finishes first
         return self.store.discard_incomplete()
@@ -66,34 +64,18 @@ class CheckpointCommitter:
         upload this attempt's files to."""
         return self.store.staging_dir(check_tag(tag))
 
-    def begin_file(self, tag: str, name: str) -> str:
-        check_name(name)  # before the staging directory exists: a refusal writes nothing
-        staging = self.staging(tag)
-        if not isinstance(staging, Path):
-            raise UnsafeNameError(f"{tag}: checkpoints go to the object store, not the head")
-        handle = self._receiver.begin(staging, name)
-        self._files[handle] = (tag, name)
-        return handle
-
-    def end_file(self, handle: str, sha256: str) -> None:
-        """A streamed file arrived whole (the receiver checked it): remember its digest, so the
-        commit does not read it again."""
-        tag, name = self._files.pop(handle)
-        self._received.setdefault(tag, {})[name] = sha256
+    def file_arrived(self, tag: str, name: str, sha256: str, size: int) -> None:
+        """A rank's file of `tag` is in staging, whole and fsynced (checkpoint_stream.py checked
+        and hashed it): remember its digest, so the commit does not read it again."""
+        with self._lock:
+            self._received.setdefault(tag, {})[name] = sha256
+            self._streamed[tag] = self._streamed.get(tag, 0) + size
 
     def uploaded(self, tag: str, digests: dict[str, str]) -> None:
         """A rank uploaded its files of `tag` to the object store (name -> sha256)."""
         names = {check_name(name): digest for name, digest in digests.items()}
         with self._lock:
             self._received.setdefault(check_tag(tag), {}).update(names)
-
-    def is_checkpoint_file(self, handle: str) -> bool:
-        return handle in self._files
-
-    def tag_of(self, handle: str) -> str | None:
-        """The checkpoint a file being received belongs to (None: not a checkpoint file)."""
-        entry = self._files.get(handle)
-        return entry[0] if entry else None
 
     def submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> bool:
         """Rank `rank` has delivered all its files of `tag`. When every rank has, the commit is
@@ -108,8 +90,9 @@ class CheckpointCommitter:
                 return False
             del self._submitted[tag]
             received = self._received.pop(tag, {})
+            streamed = self._streamed.pop(tag, 0)
             self._status[tag] = (PENDING, "")
-        self._commits.submit(self._commit, tag, known_state, received)
+        self._commits.submit(self._commit, tag, known_state, received, streamed)
         return True
 
     def failed(self, tag: str, reason: str) -> None:
@@ -121,6 +104,7 @@ class CheckpointCommitter:
             self._failed.add(tag)
             self._submitted.pop(tag, None)
             self._received.pop(tag, None)
+            self._streamed.pop(tag, None)
         self.store.discard_staging(tag)
         self._on_result({"event": "commit_failed", "tag": tag, "error": reason})
         with self._lock:  # recorded first: a rank told "failed" finds the record there
@@ -136,7 +120,9 @@ class CheckpointCommitter:
         with self._lock:
             return [{"tag": t, "error": why} for t, (s, why) in self._status.items() if s == FAILED]
 
-    def _commit(self, tag: str, state: dict[str, Any], received: dict[str, str]) -> None:
+    def _commit(
+        self, tag: str, state: dict[str, Any], received: dict[str, str], streamed: int
+    ) -> None:
         started = time.perf_counter()
         try:
             self.store.commit(tag, state, received)
@@ -149,7 +135,19 @@ class CheckpointCommitter:
             self._committed.add(tag)
         commit_s = time.perf_counter() - started
         self._on_result(
-            {"event": "committed", "tag": tag, "step": state.get("step"), "commit_s": commit_s}
+            {
+                "event": "committed",
+                "tag": tag,
+                "step": state.get("step"),
+                "commit_s": commit_s,
+                # what came over the TCP stream from ranks on other nodes (the rest was on the
+                # head); with an object store, what the ranks uploaded there instead
+                **(
+                    {"streamed_files": len(received), "streamed_bytes": streamed}
+                    if isinstance(self.store, CheckpointStore)
+                    else {"stored_files": len(received), "store": self.store.where}
+                ),
+            }
         )
 
     def is_committed(self, tag: str) -> bool:
@@ -166,15 +164,23 @@ class CheckpointCommitter:
             self._verified[tag] = self.store.verify(tag)
         return self._verified[tag]
 
+    def on_disk(self) -> CheckpointStore:
+        """The head's checkpoint directory (streamed files and reads of committed ones go there).
+
+        Raises:
+            UnsafeNameError: checkpoints are kept in an object store, not on the head.
+        """
+        if not isinstance(self.store, CheckpointStore):
+            raise UnsafeNameError("checkpoints are in the object store, not on the head")
+        return self.store
+
     def path(self, tag: str) -> Path:
         """The committed checkpoint `tag` on the head's disk.
 
         Raises:
             UnsafeNameError: a bad tag, or checkpoints that are kept in an object store.
         """
-        if not isinstance(self.store, CheckpointStore):
-            raise UnsafeNameError(f"{tag}: checkpoints are in the object store, not on the head")
-        return self.store.root / check_tag(tag)
+        return self.on_disk().root / check_tag(tag)
 
     def read(self, tag: str, name: str, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` of a file the verified manifest of `tag` lists.

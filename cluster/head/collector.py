@@ -6,6 +6,7 @@ The actor is a thin dispatcher; the work is done by
     MetricsLog           (metrics_log.py)   metrics.jsonl, TensorBoard, MLflow/W&B (queued), display
     FileReceiver         (files.py)         artifact files in bounded, verified chunks
     CheckpointCommitter  (checkpoints.py)   checkpoint staging, commits on their own thread
+    CheckpointStreamServer (checkpoint_stream.py) checkpoint files over authenticated TCP
     Watchdog             (watchdog.py)      heartbeats -> a stalled rank, named
 plus the stop flag that turns the launcher's SIGTERM into a preemption checkpoint.
 
@@ -18,6 +19,7 @@ committer's thread and the watchdog on one of its own.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -28,6 +30,9 @@ from typing import Any
 import ray
 
 from cluster.actors import ActorHandle, get
+from cluster.auth.channel import key_from_token
+from cluster.auth.token import load_token
+from cluster.head.checkpoint_stream import CheckpointStreamServer
 from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog, Trackers
@@ -72,6 +77,7 @@ class RunCollector:
         trackers: Trackers | None = None,
         signing: CheckpointSigning | None = None,
         liveness: Liveness | None = None,
+        stream_host: str = "127.0.0.1",
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,7 +87,13 @@ class RunCollector:
         # `checkpoint_dir` is a directory on the head, or an object store's URI.
         location = checkpoint_dir or self.run_dir / CHECKPOINT_DIR
         store = open_checkpoint_store(location, keep_last, signing)
-        self.checkpoints = CheckpointCommitter(store, self.files, self._commit_result)
+        self.checkpoints = CheckpointCommitter(store, self._commit_result)
+        # Started on the first route asked for; the key is the run's token (a random one when the
+        # cluster runs without: then `checkpoint_route` hands it out, as unprotected as the actor).
+        token = load_token()
+        self._stream_key = key_from_token(token) if token else secrets.token_bytes(32)
+        self._stream_key_shared = token is None
+        self.stream = CheckpointStreamServer(self.checkpoints, self._stream_key, stream_host)
         self._stop_requested = False
         self._preempted_tag: str | None = None
         self.starts = 0
@@ -261,34 +273,19 @@ class RunCollector:
 
     @ray.method(concurrency_group=FILES)
     def write_chunk(self, handle: str, data: bytes) -> None:
-        try:
-            self.files.write_chunk(handle, data)
-        except OSError as exc:  # a full disk: a checkpoint file makes its checkpoint fail
-            self._file_failed(handle, exc)
-            raise
+        self.files.write_chunk(handle, data)
 
     @ray.method(concurrency_group=FILES)
     def end_file(self, handle: str, sha256: str) -> None:
-        is_checkpoint = self.checkpoints.is_checkpoint_file(handle)
-        try:
-            self.files.end(handle, sha256)
-        except OSError as exc:
-            self._file_failed(handle, exc)
-            raise
-        if is_checkpoint:
-            self.checkpoints.end_file(handle, sha256)
-
-    def _file_failed(self, handle: str, exc: OSError) -> None:
-        tag = self.checkpoints.tag_of(handle)
-        if tag is not None:
-            self.checkpoints.failed(
-                tag, f"the head could not write it: {type(exc).__name__}: {exc}"
-            )
+        self.files.end(handle, sha256)
 
     # --- checkpoints
-    @ray.method(concurrency_group=FILES)
-    def begin_checkpoint_file(self, tag: str, name: str) -> str:
-        return self.checkpoints.begin_file(tag, name)
+    @ray.method(concurrency_group=CONTROL)
+    def checkpoint_route(self, tag: str) -> dict[str, Any]:
+        """Where ranks on other nodes send their files of `tag`, with its nonce (and the key,
+        only when the cluster has no token to derive it from)."""
+        route = self.stream.route(tag)
+        return route | {"key": self._stream_key.hex()} if self._stream_key_shared else route
 
     @ray.method(concurrency_group=FILES)
     def checkpoint_staging(self, tag: str) -> str:
@@ -358,12 +355,13 @@ def collector_actor(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
+    host = ray.util.get_node_ip_address()  # the address Ray's own processes use on this node
     as_actor: Any = ray.remote  # its overloads do not cover keyword-only use (see actors.py)
     actor_cls: ActorHandle = as_actor(concurrency_groups=CONCURRENCY_GROUPS)(RunCollector)
     collector = actor_cls.options(
         num_cpus=0,
         max_concurrency=1,
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=here, soft=False),
-    ).remote(str(run_dir), str(checkpoint_dir), keep_last, trackers, signing, liveness)
+    ).remote(str(run_dir), str(checkpoint_dir), keep_last, trackers, signing, liveness, host)
     get(collector.watch.remote(), timeout=120)  # also: the actor is up before workers start
     return collector

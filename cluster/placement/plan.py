@@ -21,6 +21,7 @@ from cluster.placement.fit import (
     describe_resources,
     request_problem,
 )
+from cluster.placement.scaling import NeverFits, NodeType, ScaleUp, scale_up
 from trainer.config.cluster import ClusterConfig
 
 RAY_STRATEGY = {"pack": "PACK", "spread": "SPREAD", "strict_spread": "STRICT_SPREAD"}
@@ -112,6 +113,40 @@ def placement_plan(cluster: ClusterConfig, nodes: Sequence[Node]) -> PlacementPl
         label_selector=selectors,
         max_workers=cluster.max_workers(),
     )
+
+
+def placement_problem_now(cluster: ClusterConfig, nodes: Sequence[Node]) -> str | None:
+    """Why the workers do not fit the live `nodes` (None if they do)."""
+    return request_problem(placement_request(cluster), nodes)
+
+
+def scale_up_plan(
+    cluster: ClusterConfig,
+    nodes: Sequence[Node],
+    autoscaler: tuple[list[NodeType], int | None] | None,
+) -> ScaleUp:
+    """The nodes the autoscaler must add before the workers fit (none if `nodes` suffice).
+
+    Args:
+        cluster: the job's cluster section.
+        nodes: the live nodes.
+        autoscaler: its worker node types and cluster-wide worker limit; None: no autoscaler.
+
+    Raises:
+        PlacementError: no number of nodes the cluster has or may launch fits the workers.
+    """
+    request = placement_request(cluster)
+    if autoscaler is None:
+        problem = request_problem(request, nodes)
+        if problem:
+            raise PlacementError(problem)
+        return ScaleUp({}, {})
+    types, limit = autoscaler
+    workers_up = sum(1 for node in nodes if not node.is_head)
+    try:
+        return scale_up(request, nodes, types, None if limit is None else limit - workers_up)
+    except NeverFits as exc:
+        raise PlacementError(str(exc)) from None
 
 
 def describe_plan(plan: PlacementPlan) -> str:

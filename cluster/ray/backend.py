@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
@@ -24,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-from ray.exceptions import RayError
+from ray.exceptions import GetTimeoutError, RayError
 
 from cluster.actors import ActorHandle, get
 from cluster.auth.mode import check_closed
-from cluster.auth.secrets import sealed_env_vars, without_secrets
+from cluster.auth.secrets import sealed_env_vars
 from cluster.auth.token import load_token, write_token_file
 from cluster.errors import ClusterError, Preempted, TrainingFailed
 from cluster.head.collector import Liveness, collector_actor
@@ -37,10 +36,17 @@ from cluster.head.mlflow import MlflowUnavailable, start_mlflow_run
 from cluster.head.model_server import model_server_actor
 from cluster.head.shard_server import shard_server_actor
 from cluster.head.wandb import WandbTarget, WandbUnavailable, wandb_target
-from cluster.placement.plan import PlacementError, PlacementPlan, placement_plan
-from cluster.placement.reserve import live_nodes, reserve_or_fail
-from cluster.ray.embedded import EmbeddedCluster, local_only_driver
-from cluster.ray.reaper import MARKER_ENV, start_reaper
+from cluster.placement.plan import (
+    PlacementError,
+    PlacementPlan,
+    placement_plan,
+    placement_problem_now,
+    scale_up_plan,
+)
+from cluster.placement.reserve import live_nodes, reserve_or_fail, wait_for_nodes
+from cluster.ray.autoscaler import autoscaler_node_types
+from cluster.ray.embedded import EmbeddedCluster, launch_embedded, local_only_driver
+from cluster.ray.reaper import MARKER_ENV
 from cluster.worker.entry import train_worker
 from cluster.worker.node_agent import start_node_agent
 from trainer.config.cluster import ClusterConfig
@@ -52,6 +58,7 @@ from trainer.formats.shards import CorruptShardError
 from trainer.formats.signing import CheckpointSigning
 
 POLL_INTERVAL_S = 0.5
+FINAL_POLL_TIMEOUT_S = 60.0
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 # glibc raises its mmap threshold whenever a large block is freed, and blocks below the threshold
 # come from the heap, which is not given back: a CPU worker's resident memory then keeps the
@@ -66,14 +73,19 @@ class RayBackend:
     name = "ray"
 
     def __init__(
-        self, cluster: ClusterConfig, token_dir: Path | None = None, insecure: bool = False
+        self,
+        cluster: ClusterConfig,
+        token_dir: Path | None = None,
+        insecure: bool = False,
+        embedded: EmbeddedCluster | None = None,
     ) -> None:
+        """`embedded`: the cluster's embedded Ray when the launcher launched it early
+        (`launch_embedded`); else it is started here."""
         self.cluster = cluster
         self.token_dir = token_dir  # where an embedded cluster's fresh token is written (0600)
         self.insecure = insecure
-        self._embedded: EmbeddedCluster | None = None
+        self._embedded = embedded
         self._local_only = contextlib.ExitStack()
-        self._reaper: Any = None
 
     def __enter__(self) -> RayBackend:
         check_closed(ray.__version__, os.environ, self.insecure)
@@ -97,26 +109,12 @@ class RayBackend:
         os.environ.pop(MARKER_ENV, None)
 
     def _start_embedded(self) -> None:
-        # A fresh token per run unless the user brought one; the driver presents it too.
-        if "RAY_AUTH_TOKEN" not in os.environ:
-            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-            if self.token_dir is not None:  # so the user can reach this run's cluster/dashboard
-                write_token_file(self.token_dir / TOKEN_FILE, os.environ["RAY_AUTH_TOKEN"])
-        # Every process of the embedded Ray inherits the marker, and all of them are in the
-        # process group of its `ray start`: once that is up, the reaper stops them all when this
-        # process ends, even by SIGKILL (Ray's own parent-death signal covers only some of them;
-        # until then `ray start` dies with us and its own reaper takes its group). Ray blocks
-        # SIGINT in what it starts: a Ctrl-C reaches only us.
-        os.environ[MARKER_ENV] = secrets.token_hex(8)
-        c = self.cluster
-        self._embedded = EmbeddedCluster(
-            num_cpus=c.num_cpus or os.cpu_count() or 1,
-            token=os.environ["RAY_AUTH_TOKEN"],
-            dashboard=(c.dashboard, c.dashboard_host),
-            environ=without_secrets(os.environ, c.secret_env),
-        )
-        address = self._embedded.start()
-        self._reaper = start_reaper(os.environ[MARKER_ENV], self._embedded.process_group)
+        if self._embedded is None:  # not launched early by the launcher
+            self._embedded = launch_embedded(self.cluster)
+        if self._embedded.fresh_token and self.token_dir is not None:
+            # so the user can reach this run's cluster/dashboard
+            write_token_file(self.token_dir / TOKEN_FILE, self._embedded.token)
+        address = self._embedded.wait_ready()
         self._local_only.enter_context(local_only_driver())
         self._connect(address)
 
@@ -134,12 +132,25 @@ class RayBackend:
                 f"cluster.address: cannot connect to Ray at {address}: {first}"
             ) from None
 
-    def check_placement(self) -> PlacementPlan:
+    def check_placement(
+        self, cluster: ClusterConfig | None = None, say: Callable[[str], None] = lambda _: None
+    ) -> PlacementPlan:
         """Raise ClusterError now if the workers could never be placed, instead of waiting forever,
-        or if they are not placed within cluster.placement_timeout_s; else say how to place them."""
+        or if they are not placed within cluster.placement_timeout_s; else say how to place them.
+        When the live nodes are too few and the cluster autoscales, first wait (within the same
+        timeout) for the nodes its autoscaler must add, reporting progress through `say`.
+        `cluster`: another job's section on this backend's cluster (scale-test sizes)."""
+        cluster = cluster or self.cluster
+        timeout_s = cluster.placement_timeout_s
         try:
-            plan = placement_plan(self.cluster, live_nodes())
-            reserve_or_fail(plan, self.cluster.placement_timeout_s)
+            nodes = live_nodes()
+            if placement_problem_now(cluster, nodes) and self._embedded is None:
+                scale = scale_up_plan(cluster, nodes, autoscaler_node_types())
+                if scale.total():
+                    timeout_s -= wait_for_nodes(scale, timeout_s, say)
+                    nodes = live_nodes()
+            plan = placement_plan(cluster, nodes)
+            reserve_or_fail(plan, max(timeout_s, 1.0))
         except PlacementError as exc:
             raise ClusterError(str(exc)) from None
         return plan
@@ -172,7 +183,9 @@ class RayBackend:
 
         from cluster.ray.process_group import BoundStoreTorchConfig
 
-        plan = self.check_placement()
+        plan = self.check_placement(
+            spec.job.cluster, lambda line: on_progress([{"event": "placement", "message": line}])
+        )
         t = spec.job.training
         liveness = Liveness(
             t.heartbeat_timeout_s,
@@ -215,11 +228,13 @@ class RayBackend:
         thread.start()
         stop = _StopOnSigterm(collector, spec.job.training.preemption_grace_s)
         ranks: dict[int, dict[str, Any]] = {}  # where each rank runs (newest attempt)
+        feed = _Feed(collector)
         with stop:
             while thread.is_alive() and not stop.grace_exceeded():
                 thread.join(POLL_INTERVAL_S)
-                on_progress(_note_ranks(_poll(collector), ranks))
-        on_progress(_note_ranks(_poll(collector), ranks))
+                on_progress(_note_ranks(feed.poll(), ranks))
+        for _ in range(2):  # what a timed-out drain held, then what came after it
+            on_progress(_note_ranks(feed.poll(FINAL_POLL_TIMEOUT_S), ranks))
         if stop.requested_at is not None:
             get(collector.close.remote("KILLED"), timeout=60)
             tag = get(collector.preempted_tag.remote(), timeout=10)
@@ -314,11 +329,26 @@ def _note_ranks(
     return records
 
 
-def _poll(collector: ActorHandle) -> list[dict[str, Any]]:
-    try:
-        return get(collector.drain.remote(), timeout=5)
-    except RayError:  # slow or gone: the fit thread reports what went wrong
-        return []
+class _Feed:
+    """The collector's records for the terminal. A drain that does not answer within the poll's
+    timeout is awaited again by the next poll instead of being dropped: the actor has already
+    handed those records over (on a loaded head the last drain holds the run's summary)."""
+
+    def __init__(self, collector: ActorHandle) -> None:
+        self._collector = collector
+        self._pending: Any = None
+
+    def poll(self, timeout_s: float = 5.0) -> list[dict[str, Any]]:
+        if self._pending is None:
+            self._pending = self._collector.drain.remote()
+        try:
+            records = get(self._pending, timeout=timeout_s)
+        except GetTimeoutError:
+            return []
+        except RayError:  # gone: the fit thread reports what went wrong
+            records = []
+        self._pending = None
+        return records
 
 
 def _as_training_failed(error: BaseException | None, head: dict[str, Any]) -> TrainingFailed:

@@ -1,6 +1,7 @@
 """Worker side of checkpoints-to-head: ranks on the head node write straight into the head's
-staging directory; ranks elsewhere write to node-local scratch and stream their files to the
-collector in bounded chunks, then delete the scratch. On resume each remote rank downloads
+staging directory; ranks elsewhere write to node-local scratch, send their files to the head
+over authenticated TCP streams (stream.py; the actor only says where and with which nonce), then
+delete the scratch. On resume each remote rank downloads
 only the files it needs, each checked against the committed manifest.
 
 Every rank learns the outcome of each checkpoint it submitted: before its next save and at the
@@ -19,7 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cluster.actors import ActorHandle, get
-from cluster.worker.files import CHUNK_BYTES, CollectorSink
+from cluster.auth.channel import key_from_token
+from cluster.auth.token import load_token
+from cluster.worker.files import CHUNK_BYTES
+from cluster.worker.stream import send_dir
 from trainer.formats.checkpoints import CorruptCheckpointError
 from trainer.formats.names import confined
 
@@ -44,7 +48,8 @@ class RayCheckpointSink:
         rank: int,
     ) -> None:
         self._collector = collector
-        self._files = CollectorSink(collector)
+        token = load_token()
+        self._key = key_from_token(token) if token else None  # None: the head hands one out
         self.on_head = on_head
         self._run_id = run_id
         self._resume_tag = resume_tag
@@ -126,11 +131,20 @@ class RayCheckpointSink:
             shutil.rmtree(local_dir, ignore_errors=True)
 
     def _send(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
-        for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
-            name = path.relative_to(local_dir).as_posix()
-            handle = get(self._collector.begin_checkpoint_file.remote(tag, name))
-            self._files.stream_file(path, handle)
+        """This rank's files of `tag` to the head, then "submitted" (StoreCheckpointSink uploads
+        them to the object store instead)."""
+        self.send_files(tag, local_dir)
         get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+
+    def send_files(self, tag: str, local_dir: Path) -> None:
+        """Every file below `local_dir` into the head's staging of `tag`.
+
+        Raises:
+            OSError: a stream broke, timed out, or the head refused a file.
+        """
+        route = get(self._collector.checkpoint_route.remote(tag), timeout=CALL_TIMEOUT_S)
+        key = self._key or bytes.fromhex(route["key"])
+        send_dir(route, key, tag, self._rank, local_dir)
 
     def _finish_delivery(self) -> None:
         if self._delivery is not None:

@@ -2,24 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from cluster.auth.mode import check_closed
 from cluster.auth.secrets import unlisted_warnings
+from cluster.ray.embedded import EmbeddedCluster, launch_embedded
 from launcher.commands.plan import check_fits
 from launcher.config_loading import dump_job_config, load_job_config
 from launcher.data.carve import carve_validation
 from launcher.data.causal import CausalFormat
-from launcher.data.prepared import check_prepared, load_prepared
-from launcher.data.sources import SplitSource, collect_label_names
+from launcher.data.digests import InputDigests
+from launcher.data.prepared import check_local_shards, check_prepared, load_prepared
+from launcher.data.sources import SplitSource, known_label_names
 from launcher.data.tokenize import TokenizeOptions, default_cache_root, prepare_split
 from launcher.errors import UserError
 from launcher.hub import is_hub_dataset, resolve_hub_dataset
@@ -60,6 +63,9 @@ from trainer.formats.signing import (
     ensure_key_file,
 )
 
+if TYPE_CHECKING:
+    from cluster.ray.backend import RayBackend as Backend
+
 SPLITS = ("train", "validation", "test")
 
 
@@ -77,8 +83,11 @@ class RunRequest:
     force: bool = False  # start even if the plan says the ranks run out of memory
 
 
-def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
-    """Everything `ftlaunch run` does; returns the summary.
+def run_from_file(
+    request: RunRequest, console: Console, backend: Backend | None = None
+) -> dict[str, Any]:
+    """Everything `ftlaunch run` does; returns the summary. With `backend` (one already entered,
+    as `ftlaunch scale-test` shares one cluster between its runs) the job runs on it.
 
     Raises:
         UserError: bad config, data or model, an output.dir that is not ftlaunch's or overlaps
@@ -104,6 +113,28 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
     planned = check_fits(job, model_dir, console.print, refuse=not request.force)
+    planned_peak = planned.rank.peak_bytes if planned is not None else None
+    # The embedded Ray comes up (seconds) while the data is checked and prepared.
+    early = None if job.cluster.address or backend else launch_embedded(job.cluster)
+    try:
+        return _prepare_and_train(
+            request, job, model_dir, output_dir, console, planned_peak, early or backend
+        )
+    finally:
+        if early is not None:
+            early.stop(grace_s=0)  # a no-op once the backend stopped it; else never used
+
+
+def _prepare_and_train(
+    request: RunRequest,
+    job: JobConfig,
+    model_dir: Path,
+    output_dir: Path,
+    console: Console,
+    planned_peak: int | None,
+    cluster: EmbeddedCluster | Backend | None,
+) -> dict[str, Any]:
+    warn = Console(stderr=True, highlight=False, soft_wrap=True).print
     label_names, locations, train_rows = prepare_splits(job, model_dir, console)
     _check_train_fills_a_step(job, train_rows)
     run_id = new_run_id(job.name)
@@ -138,8 +169,9 @@ def run_from_file(request: RunRequest, console: Console) -> dict[str, Any]:
             config_fingerprint=fingerprint,
             resume_tag=resume_tag,
         )
-        planned_peak = planned.rank.peak_bytes if planned is not None else None
-        return train_and_commit(spec, output_dir, console, signing, request.insecure, planned_peak)
+        return train_and_commit(
+            spec, output_dir, console, signing, request.insecure, planned_peak, cluster
+        )
 
 
 def input_paths(job: JobConfig, model_dir: Path) -> dict[str, Path]:
@@ -186,6 +218,7 @@ def prepare_splits(
     """
     d = job.data
     cache_root = Path(d.cache_dir).expanduser() if d.cache_dir else default_cache_root()
+    digests = InputDigests(cache_root)
     prepared = {name: _prepared(job, name) for name in SPLITS}
     raw = {name: _raw_source(job, name) for name in SPLITS if prepared[name] is None}
     causal = causal_format(job)
@@ -196,7 +229,7 @@ def prepare_splits(
                 "prepare a validation split with `ftlaunch prepare` instead)"
             )
         raw["train"], raw["validation"] = carve_validation(
-            raw["train"], d.validation_split, job.training.seed, causal is None, cache_root
+            raw["train"], d.validation_split, job.training.seed, causal is None, cache_root, digests
         )
     train_manifest = prepared["train"]
     if causal is not None:
@@ -204,15 +237,16 @@ def prepare_splits(
     elif train_manifest is not None:
         label_names = train_manifest.label_names
     else:
-        label_names = collect_label_names(raw["train"])
+        label_names = known_label_names(raw["train"], digests)
     locations: dict[str, str] = {}
     rows: dict[str, int] = {}
     for name in SPLITS:
         manifest = prepared[name]
         if manifest is None:
             options = TokenizeOptions(model_dir, d.max_length, label_names, causal=causal)
-            split = prepare_split(raw[name], name, options, cache_root)
+            split = prepare_split(raw[name], name, options, cache_root, digests)
             location, manifest = str(split.directory), split.manifest
+            check_local_shards(f"data.{name}", split.directory, manifest)
             state = "cached" if split.reused else "tokenized"
         else:
             location = str(getattr(d, name))
@@ -227,6 +261,7 @@ def prepare_splits(
         console.print(
             f"data.{name}: {manifest.total_rows:,} rows, {manifest.total_tokens:,} tokens{packed} ({state}: {location})"
         )
+    digests.save()
     return label_names, locations, rows["train"]
 
 
@@ -289,7 +324,15 @@ def train_and_commit(
     signing: CheckpointSigning | None = None,
     insecure: bool = False,
     planned_peak: int | None = None,
+    cluster: EmbeddedCluster | Backend | None = None,
 ) -> dict[str, Any]:
+    """Train on the cluster, commit the run. `cluster`: the embedded Ray launched already, or a
+    backend already entered (`ftlaunch scale-test` shares one between its runs).
+
+    Raises:
+        cluster.errors.ClusterError: unreachable or open cluster, impossible placement.
+        cluster.errors.TrainingFailed: a worker failed.
+    """
     from cluster.registry import backend_for
 
     started = time.perf_counter()
@@ -299,8 +342,12 @@ def train_and_commit(
     if spec.resume_tag:
         carry_metrics_history(output_dir, staging, int(spec.resume_tag.split("-")[1]))
     console.print(f"run {spec.run_id}: live metrics in {staging / 'metrics.jsonl'}")
+    early = cluster if isinstance(cluster, EmbeddedCluster) else None
+    entered = None if cluster is None or isinstance(cluster, EmbeddedCluster) else cluster
     with (
-        backend_for(spec.job.cluster, token_dir=staging, insecure=insecure) as backend,
+        contextlib.nullcontext(entered)
+        if entered is not None
+        else backend_for(spec.job.cluster, staging, insecure, early) as backend,
         RunDisplay(console) as display,
     ):
         head_stats = backend.run(

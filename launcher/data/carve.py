@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from launcher.data.digests import InputDigests
 from launcher.data.sources import SplitSource, iter_source_batches, source_fingerprint
 from launcher.errors import UserError
 
@@ -44,14 +45,22 @@ def held_out_rows(groups: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def carve_validation(
-    source: SplitSource, share: float, seed: int, stratify: bool, cache_root: Path
+    source: SplitSource,
+    share: float,
+    seed: int,
+    stratify: bool,
+    cache_root: Path,
+    digests: InputDigests | None = None,
 ) -> tuple[SplitSource, SplitSource]:
-    """(train part, validation part) of `source`, written once into the cache.
+    """(train part, validation part) of `source`, written once into the cache (`digests`: file
+    digests known from earlier runs).
 
     Raises:
         UserError: unreadable source, or fewer than two rows.
     """
-    key = json.dumps([source_fingerprint(source), share, seed, stratify, source.selected()])
+    key = json.dumps(
+        [source_fingerprint(source, digests), share, seed, stratify, source.selected()]
+    )
     out = cache_root / CARVED_DIR / hashlib.sha256(key.encode()).hexdigest()[:24]
     paths = {part: out / f"{part}.parquet" for part in PARTS}
     if not all(p.is_file() for p in paths.values()):

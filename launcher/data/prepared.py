@@ -1,6 +1,9 @@
 """Use an already prepared split (a directory or a pyarrow.fs URI holding manifest.json + shards)
 after checking it fits this job: readable manifest of a known version, same tokenizer, same
-labels, not empty, and (for local shards) every sha256 matching, before any worker starts."""
+labels, not empty, and (for local shards) every shard there at its listed size, before any worker
+starts. The shards' sha256 are checked where they are read, each before its first rows are used
+(trainer/formats/shard_stores.py): a full hashing pass here would delay every run by a read of
+the whole dataset."""
 
 from __future__ import annotations
 
@@ -11,9 +14,9 @@ from launcher.errors import UserError
 from trainer.formats.shards import (
     MANIFEST_NAME,
     ShardManifest,
+    check_shard_sizes,
     is_remote_uri,
     read_manifest_uri,
-    verify_shards,
 )
 
 
@@ -54,7 +57,12 @@ def check_prepared(
             "prepare it with --labels-from the train split"
         )
     if not is_remote_uri(location):  # remote shards are checked by each worker at first read
-        try:
-            verify_shards(Path(location).expanduser(), manifest)
-        except ValueError as exc:
-            raise UserError(f"{field}: {exc}") from None
+        check_local_shards(field, Path(location).expanduser(), manifest)
+
+
+def check_local_shards(field: str, directory: Path, manifest: ShardManifest) -> None:
+    """Raises UserError naming `field` and the file if a shard is missing or truncated."""
+    try:
+        check_shard_sizes(directory, manifest)
+    except ValueError as exc:
+        raise UserError(f"{field}: {exc}") from None

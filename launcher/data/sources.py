@@ -14,6 +14,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from launcher.data.digests import InputDigests
 from launcher.errors import UserError
 from trainer.formats.durable import sha256_file
 
@@ -57,13 +58,15 @@ def check_inputs(source: SplitSource) -> None:
             )
 
 
-def source_fingerprint(source: SplitSource) -> str:
-    """sha256 over the bytes of every input file, in order."""
+def source_fingerprint(source: SplitSource, digests: InputDigests | None = None) -> str:
+    """sha256 over the bytes of every input file, in order (each file's digest from `digests`
+    when it is unchanged since an earlier run)."""
     check_inputs(source)
+    file_sha = digests.sha256 if digests is not None else sha256_file
     digest = hashlib.sha256()
     for path in source.paths:
         for file in _data_files(path):
-            digest.update(file.name.encode() + b"\0" + sha256_file(file).encode())
+            digest.update(file.name.encode() + b"\0" + file_sha(file).encode())
     return digest.hexdigest()
 
 
@@ -146,6 +149,17 @@ def label_strings(column: pa.Array, source: SplitSource, path: Path) -> list[str
             f"{source.field}: {path} has empty values in label column {source.label_column!r}"
         )
     return [str(v) for v in column.to_pylist()]
+
+
+def known_label_names(source: SplitSource, digests: InputDigests) -> list[str]:
+    """`collect_label_names`, remembered per input content and columns: a parse of every row
+    only the first time these inputs are seen."""
+    key = json.dumps([source_fingerprint(source, digests), source.selected()])
+    names = digests.labels(key)
+    if names is None:
+        names = collect_label_names(source)
+        digests.remember_labels(key, names)
+    return names
 
 
 def collect_label_names(source: SplitSource) -> list[str]:

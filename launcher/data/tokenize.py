@@ -21,6 +21,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from launcher.data.causal import CausalEncoder, CausalFormat
+from launcher.data.digests import InputDigests
 from launcher.data.sources import (
     SplitSource,
     iter_source_batches,
@@ -82,15 +83,20 @@ def tokenizer_fingerprint(model_dir: Path, max_length: int) -> str:
 
 
 def prepare_split(
-    source: SplitSource, split: str, options: TokenizeOptions, cache_root: Path
+    source: SplitSource,
+    split: str,
+    options: TokenizeOptions,
+    cache_root: Path,
+    digests: InputDigests | None = None,
 ) -> PreparedSplit:
-    """Tokenize a split into the content-keyed cache, or reuse an identical earlier result.
+    """Tokenize a split into the content-keyed cache, or reuse an identical earlier result
+    (`digests`: file digests known from earlier runs).
 
     Raises:
         UserError: unreadable input, missing column, empty split, or a label outside `label_names`.
     """
     model_dir, causal = options.model_dir, options.causal
-    source_sha = source_fingerprint(source)
+    source_sha = source_fingerprint(source, digests)
     fingerprint = tokenizer_fingerprint(model_dir, options.max_length)
     parts = [
         MANIFEST_FORMAT_VERSION,

@@ -138,6 +138,14 @@ def moto_s3(logs: Path) -> Iterator[str]:
 def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Head (1 CPU) + a second node (1 CPU) in a private mount namespace where `tmp_path` is an
     empty tmpfs: that node cannot see anything the test writes there (no shared filesystem)."""
+    with two_node_cluster(tmp_path) as (cluster, _node):
+        yield cluster
+
+
+@contextlib.contextmanager
+def two_node_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], subprocess.Popen]]:
+    """`private_mount_cluster`, with the second node's `ray start --block` process (the leader
+    of its process group: killing the group is losing the node)."""
     port = free_port()
     temp_dir = Path("/tmp") / f"ftl-ray-{secrets.token_hex(4)}"
     env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
@@ -176,11 +184,12 @@ def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
             if time.monotonic() > deadline or node.poll() is not None:
                 raise RuntimeError(f"second Ray node did not join; see {logs}")
             time.sleep(1)
-        yield {
+        cluster = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
             "address": address,
         }
+        yield cluster, node
     finally:
         if node is not None:
             stop_group(node)
@@ -202,3 +211,23 @@ def uninterrupted(
         return runs[stage]
 
     return get
+
+
+def write_job(
+    tmp_path: Path, model: Path, data: dict[str, Path], cluster: str, name: str = "placement"
+) -> Path:
+    """A 2-step tiny-BERT job with this `cluster` section, writing to tmp_path/out."""
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        f"""
+name: {name}
+model: {{path: {model}}}
+data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]},
+        max_length: 32, cache_dir: {tmp_path.parent / "cache"}}}
+training: {{epochs: 1, max_steps: 2, micro_batch_size: 8, log_every: 1}}
+engine: {{zero_stage: 0}}
+cluster: {cluster}
+output: {{dir: {tmp_path / "out"}}}
+"""
+    )
+    return job

@@ -100,6 +100,34 @@ def test_shards_only_on_the_head_are_streamed_to_the_other_node(
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.timeout(600)
+def test_a_corrupted_local_prepared_shard_is_refused_by_name(
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict[str, Path]
+) -> None:
+    # The launcher checks only sizes; the reader hashes each shard before its first rows are used.
+    splits = prepare_splits(keyword_data, tiny_bert, tmp_path / "prepared")
+    shard = splits["train"] / "shard-00000.arrow"
+    raw = bytearray(shard.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # same size: only the sha256 can tell
+    shard.write_bytes(bytes(raw))
+    job = tmp_path / "job.yaml"
+    job.write_text(f"model: {{path: {tiny_bert}}}\ndata: {{train: x, validation: y, test: z}}\n")
+    out = tmp_path / "out"
+    args = [
+        *job_args({k: str(v) for k, v in splits.items()}, out),
+        "--set",
+        "training.max_failures=0",
+    ]
+    result = ftlaunch("run", str(job), *args)  # no restart: the same shard would fail again
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    (line,) = result.stderr.strip().splitlines()
+    assert f"{shard}: sha256 does not match the manifest" in line and "Traceback" not in line
+    assert not (out / "summary.json").exists()
+    files = list(out.rglob("metrics.jsonl"))
+    records = [json.loads(x) for f in files for x in f.read_text().splitlines()]
+    assert not [r for r in records if r.get("event") == "train"]  # no step trained on it
+
+
 @pytest.fixture()
 def s3_server(tmp_path: Path) -> Iterator[dict[str, str]]:
     env = {
@@ -204,6 +232,16 @@ def test_checkpoints_from_the_other_node_arrive_on_the_head_and_resume_there(
         assert any(f"zero_pp_rank_{rank}_" in name for name in manifest["files"])
         assert f"trainer_state_rank{rank}.json" in manifest["files"]
     assert (newest / "COMPLETE").is_file()
+    # The other node's rank sent its part over the TCP stream; the head's rank wrote in place.
+    committed = [
+        json.loads(line)
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if '"committed"' in line
+    ]
+    newest_commit = next(r for r in committed if r["tag"] == newest.name)
+    total = sum(entry["bytes"] for entry in manifest["files"].values())
+    assert newest_commit["streamed_files"] > 0
+    assert 0 < newest_commit["streamed_bytes"] < total
 
     resumed = ftlaunch("run", str(job), *args, "--set", "training.epochs=6", "--resume", env=env)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -85,14 +85,15 @@ def assert_same_final_weights(out: Path, reference: Path, base_model: Path) -> N
 
 
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("stage", [2, 3])
 def test_kill_9_a_worker_mid_epoch_and_resume_exactly(
-    tmp_path: Path, tiny_bert: Path, keyword_data: dict, uninterrupted, stage: int
+    tmp_path: Path, tiny_bert: Path, keyword_data: dict, uninterrupted
 ) -> None:
-    reference = uninterrupted(stage).out
+    # ZeRO-2 only: the kill and the restart do not depend on the stage, and ZeRO-3's partitioned
+    # state loading bit-exact is tests/integration/test_elastic_resume.py's (135 s of CI saved).
+    reference = uninterrupted(2).out
     out = tmp_path / "killed"
     job = write_job(tmp_path, tiny_bert)
-    with launched(job, job_args(keyword_data, out, stage), tmp_path / "logs") as run:
+    with launched(job, job_args(keyword_data, out, 2), tmp_path / "logs") as run:
         first = f"step-{CHECKPOINT_EVERY}"  # 1.5 epochs in: a mid-epoch checkpoint
         wait_for(lambda: (out / "checkpoints" / first / "COMPLETE").is_file(), run, 300,
                  f"{first} committed", poll_s=0.02)  # fmt: skip

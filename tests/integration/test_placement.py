@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import ftlaunch
-from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port
+from tests.integration.conftest import RAY_BIN, free_port, stop_group, wait_for_port, write_job
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -125,23 +125,6 @@ def wait_for_log(log: Path, line: str, process: subprocess.Popen, timeout_s: flo
         if time.monotonic() > deadline or process.poll() is not None:
             raise RuntimeError(f"Ray node did not start; see {log}")
         time.sleep(0.5)
-
-
-def write_job(tmp_path: Path, model: Path, data: dict[str, Path], cluster: str) -> Path:
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"""
-name: placement
-model: {{path: {model}}}
-data: {{train: {data["train"]}, validation: {data["validation"]}, test: {data["test"]},
-        max_length: 32, cache_dir: {tmp_path.parent / "cache"}}}
-training: {{epochs: 1, max_steps: 2, micro_batch_size: 8, log_every: 1}}
-engine: {{zero_stage: 0}}
-cluster: {cluster}
-output: {{dir: {tmp_path / "out"}}}
-"""
-    )
-    return job
 
 
 def ranks_from_metrics(out: Path) -> dict[int, str]:

@@ -117,7 +117,9 @@ class ClusterConfig(Section):
         description="Extra Ray resources per worker, e.g. {'accelerator_type:A100': 0.01}.",
     )
     placement_timeout_s: Annotated[float, Field(gt=0)] = Field(
-        default=600.0, description="How long to wait for the workers to be placed (autoscaling)."
+        default=600.0,
+        description="How long to wait for the workers to be placed: for room on a busy cluster "
+        "and for the nodes an autoscaler must add (progress is printed).",
     )
     secret_env: list[str] = Field(
         default_factory=list,

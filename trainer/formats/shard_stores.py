@@ -17,9 +17,10 @@ from trainer.formats.shards import (
     MANIFEST_NAME,
     CorruptShardError,
     ShardManifest,
+    check_shard_sizes,
     is_remote_uri,
     read_manifest_uri,
-    verify_shards,
+    verify_shard_sha,
 )
 
 
@@ -43,6 +44,7 @@ class _BatchFileStore:
 
         Raises:
             KeyError: a shard or batch the manifest does not list.
+            CorruptShardError: the shard's bytes are not the manifest's (checked at first use).
         """
         batches = self._batches.get(shard_file)
         if batches is None or not 0 <= batch_index < batches:
@@ -60,16 +62,24 @@ class _BatchFileStore:
 
 class LocalShardStore(_BatchFileStore):
     """Shards on a local disk. Reads with pread rather than mmap: touched mmap pages would count
-    towards the process RSS until unmapped, and a long epoch touches every page."""
+    towards the process RSS until unmapped, and a long epoch touches every page.
 
-    def __init__(self, directory: str | Path, verify: bool = False) -> None:
+    Verified lazily: sizes when opened (no byte read), and each shard's sha256 the first time one
+    of its blocks is asked for, before any of its rows is handed out. So training starts after
+    hashing the first shard, not the whole split, and a split read partly (a capped step count,
+    one rank's blocks) is hashed only as far as it is read.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         super().__init__(ShardManifest.read(self.directory))
-        if verify:
-            verify_shards(self.directory, self._manifest)
+        check_shard_sizes(self.directory, self._manifest)
+        self._shards = {s.file: s for s in self._manifest.shards}
 
     def _open(self, shard_file: str) -> pa.ipc.RecordBatchFileReader:
-        return pa.ipc.open_file(pa.OSFile(str(self.directory / shard_file), "rb"))
+        path = self.directory / shard_file
+        verify_shard_sha(path, self._shards[shard_file])
+        return pa.ipc.open_file(pa.OSFile(str(path), "rb"))
 
 
 class FsShardStore(_BatchFileStore):
@@ -99,7 +109,7 @@ class FsShardStore(_BatchFileStore):
         return pa.ipc.open_file(self.filesystem.open_input_file(path))
 
 
-def open_store(location: str, verify_local: bool = False) -> LocalShardStore | FsShardStore:
+def open_store(location: str) -> LocalShardStore | FsShardStore:
     """A store for `location`: a pyarrow.fs URI or a local directory.
 
     Raises:
@@ -109,7 +119,7 @@ def open_store(location: str, verify_local: bool = False) -> LocalShardStore | F
         return FsShardStore(location)
     if not (Path(location) / MANIFEST_NAME).is_file():
         raise FileNotFoundError(f"{location}: no {MANIFEST_NAME} on this node")
-    return LocalShardStore(location, verify=verify_local)
+    return LocalShardStore(location)
 
 
 def serialize_block(batch: pa.RecordBatch) -> bytes:

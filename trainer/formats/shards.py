@@ -153,13 +153,30 @@ def verify_shards(directory: str | Path, manifest: ShardManifest) -> None:
     Raises:
         CorruptShardError: naming the first missing, truncated or corrupted shard file.
     """
+    check_shard_sizes(directory, manifest)
+    for shard in manifest.shards:
+        verify_shard_sha(Path(directory) / shard.file, shard)
+
+
+def check_shard_sizes(directory: str | Path, manifest: ShardManifest) -> None:
+    """The cheap part of the check (no byte read): each shard is there, at its listed size.
+
+    Raises:
+        CorruptShardError: naming the first missing or truncated shard file.
+    """
     for shard in manifest.shards:
         path = Path(directory) / shard.file
-        if not path.is_file():
-            raise CorruptShardError(f"{path}: shard listed in the manifest is missing")
-        if path.stat().st_size != shard.bytes:
+        try:
+            size = path.stat().st_size
+        except OSError:
+            raise CorruptShardError(f"{path}: shard listed in the manifest is missing") from None
+        if size != shard.bytes:
             raise CorruptShardError(
-                f"{path}: size {path.stat().st_size} differs from the manifest's {shard.bytes}"
+                f"{path}: size {size} differs from the manifest's {shard.bytes}"
             )
-        if sha256_file(path) != shard.sha256:
-            raise CorruptShardError(f"{path}: sha256 does not match the manifest (corrupted shard)")
+
+
+def verify_shard_sha(path: Path, shard: ShardInfo) -> None:
+    """Raises CorruptShardError naming `path` if its bytes are not the manifest's."""
+    if sha256_file(path) != shard.sha256:
+        raise CorruptShardError(f"{path}: sha256 does not match the manifest (corrupted shard)")

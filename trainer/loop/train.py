@@ -145,10 +145,12 @@ def _micro_step(
         loss = task.loss(engine, batch)
         forward_s = time.perf_counter() - forward_started
         run.enter("backward", step)
+        backward_started = time.perf_counter()
         engine.backward(loss)
         run.enter("optimizer", step)
         engine.step()
-    window.add_micro(loss.item(), batch, stream.wait_s, forward_s)
+        backward_s = time.perf_counter() - backward_started
+    window.add_micro(loss.item(), batch, stream.wait_s, forward_s, backward_s)
     stream.wait_s = 0.0
     if run.spec.job.training.record_sample_ids:
         run.enter("collective", step)

@@ -10,11 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from cluster.auth.channel import key_from_token
 from cluster.head.collector import RunCollector
+from cluster.worker.stream import send_dir
 from tests.unit.trainer.test_metrics import window
 from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
 from trainer.formats.durable import sha256_file
 from trainer.formats.names import UnsafeNameError
+
+TOKEN = "t" * 64
 
 
 def report_sample_stream(collector: RunCollector) -> None:
@@ -66,9 +70,8 @@ def tree(root: Path) -> list[str]:
         lambda c: c.begin_file("model/../../x"),
         lambda c: c.begin_file("linked/x"),  # a symbolic link below the run dir, to outside
         lambda c: c.checkpoint_staging("../x"),
-        lambda c: c.begin_checkpoint_file("../x", "a.bin"),
-        lambda c: c.begin_checkpoint_file("step-1/..", "a.bin"),
-        lambda c: c.begin_checkpoint_file("step-1", "../../a.bin"),
+        lambda c: c.checkpoint_route("../x"),
+        lambda c: c.checkpoint_route("step-1/.."),
         lambda c: c.checkpoint_submitted("../x", 0, {"step": 1, "world_size": 1}),
         lambda c: c.checkpoint_verified("../run"),
         lambda c: c.checkpoint_read("../x", "a.bin", 0, 10),
@@ -162,14 +165,19 @@ def test_collector_appends_metrics_and_drains_each_record_once(tmp_path: Path) -
     assert [json.loads(line)["event"] for line in lines] == ["train", "eval"]
 
 
-def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Path) -> None:
+def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RAY_AUTH_TOKEN", TOKEN)
     collector = RunCollector(str(tmp_path / "run"), str(tmp_path / "ckpt"))
     staging = Path(collector.checkpoint_staging("step-4"))  # rank 0 is on the head
     (staging / "rank0.bin").write_bytes(b"zero")
-    payload = b"one" * 1000  # rank 1 streams its file
-    handle = collector.begin_checkpoint_file("step-4", "rank1.bin")
-    collector.write_chunk(handle, payload)
-    collector.end_file(handle, hashlib.sha256(payload).hexdigest())
+    payload = b"one" * 1000  # rank 1, on another node, sends its file over the stream
+    scratch = tmp_path / "rank1"
+    scratch.mkdir()
+    (scratch / "rank1.bin").write_bytes(payload)
+    route = collector.checkpoint_route("step-4")
+    assert send_dir(route, key_from_token(TOKEN), "step-4", 1, scratch) == len(payload)
 
     collector.checkpoint_submitted("step-4", 1, None)
     assert not collector.checkpoint_is_committed("step-4")  # rank 0's part not announced yet
@@ -179,7 +187,9 @@ def test_the_head_commits_a_checkpoint_once_every_rank_delivered_it(tmp_path: Pa
     manifest = json.loads((tmp_path / "ckpt" / "step-4" / "manifest.json").read_text())
     assert manifest["files"]["rank1.bin"]["sha256"] == hashlib.sha256(payload).hexdigest()
     assert manifest["files"]["rank0.bin"]["sha256"] == hashlib.sha256(b"zero").hexdigest()
-    assert [r["event"] for r in collector.drain()] == ["committed"]
+    [committed] = collector.drain()
+    assert committed["event"] == "committed"
+    assert (committed["streamed_files"], committed["streamed_bytes"]) == (1, len(payload))
 
 
 def test_a_restarted_worker_group_drops_what_a_crashed_save_left(tmp_path: Path) -> None:
