@@ -13,12 +13,21 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
 from trainer.config.schema import grad_accum_for
-from trainer.formats.checkpoints import CorruptCheckpointError, UnsignedCheckpointError
-from trainer.formats.object_checkpoints import open_checkpoint_store, probe_writable
+from trainer.formats.checkpoints import (
+    CheckpointStore,
+    CorruptCheckpointError,
+    UnsignedCheckpointError,
+)
+from trainer.formats.object_checkpoints import (
+    ObjectCheckpointStore,
+    open_checkpoint_store,
+    probe_writable,
+)
 from trainer.formats.rundir import CHECKPOINT_DIR
 from trainer.formats.signing import CheckpointSigning
 
@@ -67,6 +76,24 @@ def check_checkpoint_uri(job: JobConfig) -> None:
         raise UserError(f"output.checkpoint_uri: cannot write to {where}: {reason}") from None
 
 
+def listed_checkpoints(
+    store: CheckpointStore | ObjectCheckpointStore,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The store's complete checkpoints, oldest first.
+
+    Raises:
+        UserError: the store could not be listed (unreachable, refused, no bucket): never
+            taken as "no checkpoint", which would start the run over from step 0.
+    """
+    try:
+        return store.complete()
+    except OSError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(
+            f"output.checkpoint_uri: cannot list the checkpoints in {store.where}: {reason}"
+        ) from None
+
+
 def choose_resume_tag(
     output_dir: Path,
     resume: bool,
@@ -92,7 +119,7 @@ def choose_resume_tag(
             is unsigned, does not fit this job or fails its checksums.
     """
     store = open_checkpoint_store(checkpoint_uri or output_dir / CHECKPOINT_DIR, keep_last, signing)
-    complete = store.complete()
+    complete = listed_checkpoints(store)
     if not resume:
         if complete:
             raise UserError(
@@ -169,6 +196,10 @@ def _batch_of(job: JobConfig) -> str:
 
 
 def checkpoint_state(output_dir: Path, tag: str, checkpoint_uri: str | None = None) -> dict:
-    """The training state a committed checkpoint's manifest records (already verified)."""
+    """The training state a committed checkpoint's manifest records (already verified).
+
+    Raises:
+        UserError: the store could not be listed.
+    """
     store = open_checkpoint_store(checkpoint_uri or output_dir / CHECKPOINT_DIR)
-    return dict(store.complete())[tag]["state"]
+    return dict(listed_checkpoints(store))[tag]["state"]

@@ -31,6 +31,7 @@ import ray
 
 from cluster.actors import ActorHandle, get
 from cluster.auth.channel import key_from_token
+from cluster.auth.secrets import unseal_into_environ
 from cluster.auth.token import load_token
 from cluster.head.checkpoint_stream import CheckpointStreamServer
 from cluster.head.checkpoints import CheckpointCommitter
@@ -83,14 +84,17 @@ class RunCollector:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLog(self.run_dir, trackers or Trackers())
         self.files = FileReceiver()
+        token = load_token()
         # Commits are signed and resumes checked with the output.dir's key (signing.py).
-        # `checkpoint_dir` is a directory on the head, or an object store's URI.
+        # `checkpoint_dir` is a directory on the head, or an object store's URI: the head
+        # commits there with the job's credentials (cluster.secret_env, sealed like the ranks').
         location = checkpoint_dir or self.run_dir / CHECKPOINT_DIR
+        if "://" in str(location):
+            unseal_into_environ(token)
         store = open_checkpoint_store(location, keep_last, signing)
         self.checkpoints = CheckpointCommitter(store, self._commit_result)
         # Started on the first route asked for; the key is the run's token (a random one when the
         # cluster runs without: then `checkpoint_route` hands it out, as unprotected as the actor).
-        token = load_token()
         self._stream_key = key_from_token(token) if token else secrets.token_bytes(32)
         self._stream_key_shared = token is None
         self.stream = CheckpointStreamServer(self.checkpoints, self._stream_key, stream_host)

@@ -15,6 +15,7 @@ from pathlib import Path
 from launcher.commands.run import checkpoint_signing
 from launcher.config_loading import load_job_config
 from launcher.errors import UserError
+from launcher.resume import listed_checkpoints
 from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
 from trainer.formats.names import UnsafeNameError
 from trainer.formats.object_checkpoints import open_checkpoint_store
@@ -32,7 +33,7 @@ def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
     """
     uri = _checkpoint_uri(run_dir)
     store = open_checkpoint_store(uri or run_dir / CHECKPOINT_DIR)
-    complete = dict(store.complete())
+    complete = dict(listed_checkpoints(store))
     if not complete:
         raise UserError(f"RUN_DIR: no complete checkpoint in {store.where}")
     if tag is None:

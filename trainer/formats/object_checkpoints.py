@@ -248,10 +248,15 @@ class ObjectCheckpointStore:
             fh.write(data)
 
     def _read(self, prefix: str, name: str) -> bytes | None:
+        """The object's bytes; None only when it does not exist (deleted since it was listed).
+
+        Raises:
+            OSError: the store failed (unreachable, refused): never taken as "no checkpoint".
+        """
         try:
             with self.filesystem.open_input_stream(self._path(prefix, name)) as fh:
                 return fh.read()
-        except (FileNotFoundError, OSError):
+        except FileNotFoundError:
             return None
 
     def _sha256(self, prefix: str, name: str) -> str:
@@ -285,14 +290,34 @@ class ObjectCheckpointStore:
             self.filesystem.delete_dir(self._path(prefix))
 
     def _listing(self) -> dict[str, dict[str, int]]:
-        """prefix -> name -> size of every object below the root in a `step-N.<attempt>`."""
+        """prefix -> name -> size of every object below the root in a `step-N.<attempt>`.
+
+        Raises:
+            OSError: the store failed, or its bucket is gone: a listing that cannot be made is
+                never an empty one (a resume would silently start from step 0).
+        """
         selector = pafs.FileSelector(self.base, recursive=True, allow_not_found=True)
+        infos = self.filesystem.get_file_info(selector)
+        if not infos:
+            self._check_bucket()
         found: dict[str, dict[str, int]] = {}
-        for info in self.filesystem.get_file_info(selector):
+        for info in infos:
             prefix, _, name = info.path[len(self.base) + 1 :].partition("/")
             if info.type == pafs.FileType.File and name and _PREFIX.fullmatch(prefix):
                 found.setdefault(prefix, {})[name] = info.size or 0
         return found
+
+    def _check_bucket(self) -> None:
+        """An empty prefix is a store without checkpoints yet; a missing bucket is an error.
+
+        Raises:
+            FileNotFoundError: the bucket (the URI's first component) does not exist.
+        """
+        if isinstance(self.filesystem, pafs.LocalFileSystem):
+            return  # a directory that is not there yet holds no checkpoints
+        bucket = self.base.split("/", 1)[0]
+        if self.filesystem.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{self.where}: bucket {bucket!r} does not exist")
 
     def _complete_prefixes(self) -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from cluster.head.checkpoints import COMMITTED, CheckpointCommitter
-from cluster.head.files import FileReceiver
 from launcher.errors import UserError
 from launcher.resume import check_checkpoint_uri, choose_resume_tag
 from tests.unit.trainer.test_checkpoint_store import signing_for
@@ -112,6 +111,22 @@ def test_a_half_deleted_prefix_is_never_complete(tmp_path: Path) -> None:
     assert store.discard_incomplete() == [prefix] and objects(tmp_path) == []
 
 
+def test_a_store_that_fails_while_listing_is_an_error_never_no_checkpoint(
+    tmp_path: Path,
+) -> None:
+    store = store_at(tmp_path)
+    save(store, tmp_path, 2)
+    committer = CheckpointCommitter(store)
+    assert committer.latest("r") == "step-2"
+    root = tmp_path / "bucket" / "ckpt"
+    root.rename(tmp_path / "moved")
+    root.write_text("not a directory")  # the listing itself fails
+    with pytest.raises(OSError):
+        committer.latest("r")  # a resume would otherwise silently start from step 0
+    with pytest.raises(OSError):
+        store.discard_incomplete()
+
+
 def test_corrupted_truncated_and_unsigned_checkpoints_are_refused(tmp_path: Path) -> None:
     store = store_at(tmp_path)
     tag = save(store, tmp_path, 2, b"weights")
@@ -137,7 +152,7 @@ def test_a_downloaded_checkpoint_verifies_as_a_local_one(tmp_path: Path) -> None
 
 
 def test_the_head_commits_in_the_store_once_every_rank_uploaded(tmp_path: Path) -> None:
-    committer = CheckpointCommitter(store_at(tmp_path), FileReceiver())
+    committer = CheckpointCommitter(store_at(tmp_path))
     committer.restart()
     prefix = str(committer.staging("step-3"))
     for rank in (0, 1):
@@ -162,6 +177,13 @@ def test_resume_reads_the_store_and_a_fresh_run_refuses_its_checkpoints(tmp_path
     assert choose_resume_tag(out, True, "f", 2, signing=sign, checkpoint_uri=uri) == "step-5"
     with pytest.raises(UserError, match="holds checkpoints of an earlier run"):
         choose_resume_tag(out, False, "f", 2, signing=sign, checkpoint_uri=uri)
+    (tmp_path / "not-a-store").write_text("a file where the store's root should be")
+    broken = f"file://{tmp_path}/not-a-store"
+    for resume in (True, False):  # a listing that fails is one line, never "start over"
+        with pytest.raises(UserError) as caught:
+            choose_resume_tag(out, resume, "f", 2, signing=sign, checkpoint_uri=broken)
+        (line,) = str(caught.value).splitlines()
+        assert line.startswith("output.checkpoint_uri: cannot list the checkpoints in file://")
 
 
 def test_a_checkpoint_uri_that_cannot_be_written_is_one_line(tmp_path: Path) -> None:
