@@ -32,6 +32,7 @@ from tests.integration.runs import (
     write_job,
 )
 from tests.integration.test_fault_tolerance import assert_same_final_weights
+from trainer.formats.object_checkpoints import ObjectCheckpointStore
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -132,19 +133,9 @@ def killed_run(
         raise AssertionError("every kill missed its save window")
 
 
-# Known bug (seen 2026-12-07): after the kill, the collector counts the new group's start but its
-# `start` record is lost (checkpoints.restart() raised in the actor) and the group trains from
-# step 0 instead of resuming step-12 from the store. The run still ends at 48 steps, so this
-# fixture's restart wait fails. Remove these marks once it is fixed (strict: a pass fails).
-KNOWN_RESTART_BUG = pytest.mark.xfail(
-    strict=True, reason="restart after a kill does not resume from the store yet"
-)
-
-
-@KNOWN_RESTART_BUG
 @pytest.mark.timeout(1200)
 def test_a_rank_killed_during_a_save_to_s3_resumes_from_the_last_complete_one(
-    killed_run: KilledRun, s3: str, uninterrupted, tiny_bert: Path
+    killed_run: KilledRun, s3: str, uninterrupted, tiny_bert: Path, tmp_path: Path
 ) -> None:
     run = killed_run
     tag = run.killed_prefix.split(".")[0]
@@ -153,6 +144,8 @@ def test_a_rank_killed_during_a_save_to_s3_resumes_from_the_last_complete_one(
     if not any(r["event"] == "commit_failed" and r["tag"] == tag for r in run.before):
         assert run.restart["discarded_partial"] == [run.killed_prefix]
     committed_before = [r["tag"] for r in run.before if r["event"] == "committed"]
+    commits = [r for r in records(run.out) if r["event"] == "committed"]
+    assert commits and all(r["stored_files"] > 0 and "streamed_files" not in r for r in commits)
     resumed = [r for r in records(run.out) if r["event"] == "resumed"]
     assert resumed[-1]["tag"] == committed_before[-1] != tag  # the previous complete checkpoint
     assert resumed[-1]["step"] == int(committed_before[-1].removeprefix("step-"))
@@ -162,10 +155,14 @@ def test_a_rank_killed_during_a_save_to_s3_resumes_from_the_last_complete_one(
     kept = listing(s3)
     assert sorted(p.split(".")[0] for p in kept) == ["step-36", "step-48"]
     assert all({"COMPLETE", "manifest.json", "manifest.sig"} <= names for names in kept.values())
-    assert_same_final_weights(run.out, uninterrupted(2).out, tiny_bert)
+    # The final weights, read back from the store, are the uninterrupted run's.
+    downloaded = tmp_path / "from-store"
+    ObjectCheckpointStore(uri_of(s3)).download_checkpoint(
+        f"step-{TOTAL_STEPS}", downloaded / "checkpoints" / f"step-{TOTAL_STEPS}"
+    )
+    assert_same_final_weights(downloaded, uninterrupted(2).out, tiny_bert)
 
 
-@KNOWN_RESTART_BUG
 @pytest.mark.timeout(600)
 def test_export_reads_the_checkpoint_from_s3(killed_run: KilledRun, tmp_path: Path) -> None:
     exported = tmp_path / "exported"
@@ -195,3 +192,9 @@ def test_a_checkpoint_uri_that_cannot_be_written_exits_2_before_anything_starts(
     )
     assert "Traceback" not in result.stderr and "endpoint_override" not in line
     assert not out.exists()  # nothing claimed, prepared or started
+    # A bucket that went away later is an error when checkpoints are listed, never "none".
+    store = ObjectCheckpointStore(uri_of(s3, bucket="no-such-bucket"))
+    with pytest.raises(FileNotFoundError, match="no-such-bucket"):
+        store.complete()
+    empty = ObjectCheckpointStore(f"s3://{BUCKET}/empty?endpoint_override={s3}&scheme=http")
+    assert empty.complete() == []  # a prefix with nothing yet, in a bucket that exists
