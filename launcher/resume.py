@@ -13,15 +13,20 @@ import hashlib
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from launcher.errors import UserError
 from trainer.config import JobConfig
 from trainer.config.schema import grad_accum_for
 from trainer.formats.checkpoints import (
-    CHECKPOINT_MANIFEST,
     CheckpointStore,
     CorruptCheckpointError,
     UnsignedCheckpointError,
+)
+from trainer.formats.object_checkpoints import (
+    ObjectCheckpointStore,
+    open_checkpoint_store,
+    probe_writable,
 )
 from trainer.formats.rundir import CHECKPOINT_DIR
 from trainer.formats.signing import CheckpointSigning
@@ -54,6 +59,41 @@ def config_fingerprint(job: JobConfig, label_names: list[str]) -> str:
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def check_checkpoint_uri(job: JobConfig) -> None:
+    """An object store for checkpoints must take a write now, before anything starts.
+
+    Raises:
+        UserError: naming output.checkpoint_uri and why the store refused.
+    """
+    uri = job.output.checkpoint_uri
+    if uri is None:
+        return
+    try:
+        probe_writable(uri)
+    except (OSError, ValueError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        where = uri.split("?")[0]  # the query may hold credentials
+        raise UserError(f"output.checkpoint_uri: cannot write to {where}: {reason}") from None
+
+
+def listed_checkpoints(
+    store: CheckpointStore | ObjectCheckpointStore,
+) -> list[tuple[str, dict[str, Any]]]:
+    """The store's complete checkpoints, oldest first.
+
+    Raises:
+        UserError: the store could not be listed (unreachable, refused, no bucket): never
+            taken as "no checkpoint", which would start the run over from step 0.
+    """
+    try:
+        return store.complete()
+    except OSError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise UserError(
+            f"output.checkpoint_uri: cannot list the checkpoints in {store.where}: {reason}"
+        ) from None
+
+
 def choose_resume_tag(
     output_dir: Path,
     resume: bool,
@@ -63,8 +103,10 @@ def choose_resume_tag(
     signing: CheckpointSigning,
     fallback: bool = False,
     warn: Callable[[str], None] = print,
+    checkpoint_uri: str | None = None,
 ) -> str | None:
-    """The checkpoint tag to start from (None: fresh start).
+    """The checkpoint tag to start from (None: fresh start), among output.dir's checkpoints or
+    those in `checkpoint_uri` (an object store).
 
     The newest complete checkpoint's signature is checked, then its files. An unsigned one is
     refused unless it is `signing.trusted` (even with `fallback`: it may be anyone's). If its
@@ -76,26 +118,26 @@ def choose_resume_tag(
         UserError: a fresh start over existing checkpoints, nothing to resume, or a checkpoint that
             is unsigned, does not fit this job or fails its checksums.
     """
-    store = CheckpointStore(output_dir / CHECKPOINT_DIR, keep_last, signing)
-    complete = store.complete() if store.root.is_dir() else []
+    store = open_checkpoint_store(checkpoint_uri or output_dir / CHECKPOINT_DIR, keep_last, signing)
+    complete = listed_checkpoints(store)
     if not resume:
         if complete:
             raise UserError(
-                f"output.dir: {store.root} holds checkpoints of an earlier run ({complete[-1][0]}); "
+                f"output.dir: {store.where} holds checkpoints of an earlier run ({complete[-1][0]}); "
                 "pass --resume to continue it, or choose another output.dir"
             )
         return None
     if not complete:
-        raise UserError(f"--resume: no complete checkpoint in {store.root}")
+        raise UserError(f"--resume: no complete checkpoint in {store.where}")
     for tag, manifest in reversed(complete):
         try:
             store.check_signed(tag)  # before anything in the manifest is believed
-            _check_fingerprint(store.root / tag, manifest, fingerprint)
+            _check_fingerprint(store.describe(tag), manifest, fingerprint)
             store.verify(tag)
             return tag
         except UnsignedCheckpointError as exc:
             raise UserError(
-                f"--resume: {exc}; if you trust it, pass --trust-checkpoint {store.root / tag}"
+                f"--resume: {exc}; if you trust it, pass --trust-checkpoint {store.describe(tag)}"
             ) from None
         except CorruptCheckpointError as exc:
             if not fallback:
@@ -104,10 +146,10 @@ def choose_resume_tag(
                     "checkpoint that verifies, or delete that checkpoint directory"
                 ) from None
             warn(f"warning: skipping {tag}: {exc}")
-    raise UserError(f"--resume-fallback: no checkpoint in {store.root} passes verification")
+    raise UserError(f"--resume-fallback: no checkpoint in {store.where} passes verification")
 
 
-def _check_fingerprint(path: Path, manifest: dict, fingerprint: str) -> None:
+def _check_fingerprint(path: str, manifest: dict, fingerprint: str) -> None:
     written_for = manifest["state"].get("config_fingerprint")
     if written_for != fingerprint:
         raise UserError(
@@ -153,7 +195,11 @@ def _batch_of(job: JobConfig) -> str:
     )
 
 
-def checkpoint_state(output_dir: Path, tag: str) -> dict:
-    """The training state a committed checkpoint's manifest records (already verified)."""
-    manifest = json.loads((output_dir / CHECKPOINT_DIR / tag / CHECKPOINT_MANIFEST).read_text())
-    return manifest["state"]
+def checkpoint_state(output_dir: Path, tag: str, checkpoint_uri: str | None = None) -> dict:
+    """The training state a committed checkpoint's manifest records (already verified).
+
+    Raises:
+        UserError: the store could not be listed.
+    """
+    store = open_checkpoint_store(checkpoint_uri or output_dir / CHECKPOINT_DIR)
+    return dict(listed_checkpoints(store))[tag]["state"]

@@ -167,8 +167,9 @@ class CheckpointStreamServer:
     ) -> dict[str, Any]:
         name, size = header.get("name"), header.get("size")
         check_name(name)  # before the staging directory exists: a refusal writes nothing
-        check_size(size, self._committer.store.root)
-        target = confined(self._committer.staging(tag), str(name))
+        store = self._committer.on_disk()  # with an object store, nothing comes to the head
+        check_size(size, store.root)
+        target = confined(store.staging_dir(check_tag(tag)), str(name))
         assert isinstance(size, int)
         send_frame(conn, {"mac": server_mac})
         digest = receive_into(conn, target, size, self.timeout_s)

@@ -17,7 +17,6 @@ receiving files and answering while one is in progress. Every tag's outcome is k
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -25,8 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from trainer.formats.checkpoints import COMPLETE_MARKER, STAGING_PREFIX, CheckpointStore
-from trainer.formats.names import UnsafeNameError, check_tag, confined
+from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.names import UnsafeNameError, check_name, check_tag, confined
+from trainer.formats.object_checkpoints import ObjectCheckpointStore
 
 PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
 
@@ -34,7 +34,7 @@ PENDING, COMMITTED, FAILED = "pending", "committed", "failed"
 class CheckpointCommitter:
     def __init__(
         self,
-        store: CheckpointStore,
+        store: CheckpointStore | ObjectCheckpointStore,
         on_result: Callable[[dict[str, Any]], None] = lambda record: None,
     ) -> None:
         self.store = store
@@ -59,7 +59,9 @@ class CheckpointCommitter:
         self._commits.submit(lambda: None).result()  # a commit in flight finishes first
         return self.store.discard_incomplete()
 
-    def staging(self, tag: str) -> Path:
+    def staging(self, tag: str) -> Path | str:
+        """The head's staging directory of `tag`, or with an object store, the prefix the ranks
+        upload this attempt's files to."""
         return self.store.staging_dir(check_tag(tag))
 
     def file_arrived(self, tag: str, name: str, sha256: str, size: int) -> None:
@@ -68,6 +70,12 @@ class CheckpointCommitter:
         with self._lock:
             self._received.setdefault(tag, {})[name] = sha256
             self._streamed[tag] = self._streamed.get(tag, 0) + size
+
+    def uploaded(self, tag: str, digests: dict[str, str]) -> None:
+        """A rank uploaded its files of `tag` to the object store (name -> sha256)."""
+        names = {check_name(name): digest for name, digest in digests.items()}
+        with self._lock:
+            self._received.setdefault(check_tag(tag), {}).update(names)
 
     def submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> bool:
         """Rank `rank` has delivered all its files of `tag`. When every rank has, the commit is
@@ -97,7 +105,7 @@ class CheckpointCommitter:
             self._submitted.pop(tag, None)
             self._received.pop(tag, None)
             self._streamed.pop(tag, None)
-        shutil.rmtree(self.store.root / f"{STAGING_PREFIX}{tag}", ignore_errors=True)
+        self.store.discard_staging(tag)
         self._on_result({"event": "commit_failed", "tag": tag, "error": reason})
         with self._lock:  # recorded first: a rank told "failed" finds the record there
             self._status[tag] = (FAILED, reason)
@@ -119,7 +127,7 @@ class CheckpointCommitter:
         try:
             self.store.commit(tag, state, received)
         except Exception as exc:  # a full disk, an I/O error: recorded, raised on the ranks
-            if not (self.store.root / tag / COMPLETE_MARKER).is_file():  # else: only pruning failed
+            if not self.store.is_complete(tag):  # else: only pruning failed
                 self.failed(tag, f"{type(exc).__name__}: {exc}")
                 return
         with self._lock:
@@ -132,9 +140,13 @@ class CheckpointCommitter:
                 "tag": tag,
                 "step": state.get("step"),
                 "commit_s": commit_s,
-                # what came over the TCP stream from ranks on other nodes (the rest was on the head)
-                "streamed_files": len(received),
-                "streamed_bytes": streamed,
+                # what came over the TCP stream from ranks on other nodes (the rest was on the
+                # head); with an object store, what the ranks uploaded there instead
+                **(
+                    {"streamed_files": len(received), "streamed_bytes": streamed}
+                    if isinstance(self.store, CheckpointStore)
+                    else {"stored_files": len(received), "store": self.store.where}
+                ),
             }
         )
 
@@ -152,8 +164,23 @@ class CheckpointCommitter:
             self._verified[tag] = self.store.verify(tag)
         return self._verified[tag]
 
+    def on_disk(self) -> CheckpointStore:
+        """The head's checkpoint directory (streamed files and reads of committed ones go there).
+
+        Raises:
+            UnsafeNameError: checkpoints are kept in an object store, not on the head.
+        """
+        if not isinstance(self.store, CheckpointStore):
+            raise UnsafeNameError("checkpoints are in the object store, not on the head")
+        return self.store
+
     def path(self, tag: str) -> Path:
-        return self.store.root / check_tag(tag)
+        """The committed checkpoint `tag` on the head's disk.
+
+        Raises:
+            UnsafeNameError: a bad tag, or checkpoints that are kept in an object store.
+        """
+        return self.on_disk().root / check_tag(tag)
 
     def read(self, tag: str, name: str, offset: int, length: int) -> bytes:
         """`length` bytes at `offset` of a file the verified manifest of `tag` lists.
@@ -163,6 +190,6 @@ class CheckpointCommitter:
         """
         if name not in self.verified(tag)["files"]:
             raise UnsafeNameError(f"{tag}/{name}: not a file of this checkpoint")
-        with confined(self.store.root / tag, name).open("rb") as fh:
+        with confined(self.path(tag), name).open("rb") as fh:
             fh.seek(offset)
             return fh.read(length)

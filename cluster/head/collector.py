@@ -31,13 +31,14 @@ import ray
 
 from cluster.actors import ActorHandle, get
 from cluster.auth.channel import key_from_token
+from cluster.auth.secrets import unseal_into_environ
 from cluster.auth.token import load_token
 from cluster.head.checkpoint_stream import CheckpointStreamServer
 from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog, Trackers
 from cluster.head.watchdog import Stall, Watchdog
-from trainer.formats.checkpoints import CheckpointStore
+from trainer.formats.object_checkpoints import open_checkpoint_store
 from trainer.formats.rundir import CHECKPOINT_DIR
 from trainer.formats.signing import CheckpointSigning
 
@@ -83,12 +84,17 @@ class RunCollector:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics = MetricsLog(self.run_dir, trackers or Trackers())
         self.files = FileReceiver()
+        token = load_token()
         # Commits are signed and resumes checked with the output.dir's key (signing.py).
-        store = CheckpointStore(checkpoint_dir or self.run_dir / CHECKPOINT_DIR, keep_last, signing)
+        # `checkpoint_dir` is a directory on the head, or an object store's URI: the head
+        # commits there with the job's credentials (cluster.secret_env, sealed like the ranks').
+        location = checkpoint_dir or self.run_dir / CHECKPOINT_DIR
+        if "://" in str(location):
+            unseal_into_environ(token)
+        store = open_checkpoint_store(location, keep_last, signing)
         self.checkpoints = CheckpointCommitter(store, self._commit_result)
         # Started on the first route asked for; the key is the run's token (a random one when the
         # cluster runs without: then `checkpoint_route` hands it out, as unprotected as the actor).
-        token = load_token()
         self._stream_key = key_from_token(token) if token else secrets.token_bytes(32)
         self._stream_key_shared = token is None
         self.stream = CheckpointStreamServer(self.checkpoints, self._stream_key, stream_host)
@@ -301,8 +307,17 @@ class RunCollector:
 
     @ray.method(concurrency_group=FILES)
     def checkpoint_staging(self, tag: str) -> str:
-        """Where ranks on the head node write their part of checkpoint `tag` directly."""
+        """Where ranks on the head node write their part of checkpoint `tag` directly (with an
+        object store: the prefix every rank uploads this attempt's files to)."""
         return str(self.checkpoints.staging(tag))
+
+    @ray.method(concurrency_group=FILES)
+    def checkpoint_uploaded(
+        self, tag: str, rank: int, digests: dict[str, str], state: dict[str, Any] | None
+    ) -> None:
+        """Rank `rank` uploaded its files of `tag` to the object store (name -> sha256)."""
+        self.checkpoints.uploaded(tag, digests)
+        self.checkpoints.submitted(tag, rank, state)
 
     @ray.method(concurrency_group=FILES)
     def checkpoint_submitted(self, tag: str, rank: int, state: dict[str, Any] | None) -> None:
@@ -348,7 +363,7 @@ class RunCollector:
 
 def collector_actor(
     run_dir: Path,
-    checkpoint_dir: Path,
+    checkpoint_dir: Path | str,
     keep_last: int,
     trackers: Trackers,
     signing: CheckpointSigning | None = None,

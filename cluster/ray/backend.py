@@ -192,7 +192,12 @@ class RayBackend:
         )
         trackers = Trackers(_mlflow_run(spec), _wandb_target(spec))
         collector = collector_actor(
-            run_dir, checkpoint_dir, spec.job.output.keep_last, trackers, signing, liveness
+            run_dir,
+            spec.job.output.checkpoint_uri or checkpoint_dir,
+            spec.job.output.keep_last,
+            trackers,
+            signing,
+            liveness,
         )
         shard_server = shard_server_actor(list(spec.split_dirs.values()))
         model_server = model_server_actor(spec.model_dir)

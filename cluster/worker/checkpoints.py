@@ -123,13 +123,18 @@ class RayCheckpointSink:
 
     def _deliver(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
         try:
-            self.send_files(tag, local_dir)
-            get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
+            self._send(tag, local_dir, state)
         except BaseException as exc:  # re-raised in the training thread at the next save
             self._delivery_error = exc
             self._collector.checkpoint_failed.remote(tag, self._rank, f"delivery failed: {exc}")
         finally:
             shutil.rmtree(local_dir, ignore_errors=True)
+
+    def _send(self, tag: str, local_dir: Path, state: dict[str, Any] | None) -> None:
+        """This rank's files of `tag` to the head, then "submitted" (StoreCheckpointSink uploads
+        them to the object store instead)."""
+        self.send_files(tag, local_dir)
+        get(self._collector.checkpoint_submitted.remote(tag, self._rank, state))
 
     def send_files(self, tag: str, local_dir: Path) -> None:
         """Every file below `local_dir` into the head's staging of `tag`.

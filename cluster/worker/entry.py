@@ -19,12 +19,12 @@ import ray
 from cluster.actors import get
 from cluster.auth.secrets import unseal_into_environ
 from cluster.auth.token import load_token
-from cluster.worker.checkpoints import RayCheckpointSink
 from cluster.worker.files import CollectorSink
 from cluster.worker.heartbeat import CALL_TIMEOUT_S, Heartbeat
 from cluster.worker.model_cache import HeadModelSource, default_cache_root, local_model_dir
 from cluster.worker.reporting import CollectorReporter
 from cluster.worker.shards import HeadShardStore
+from cluster.worker.store_checkpoints import checkpoint_sink
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.spec import RunSpec
 from trainer.formats.checkpoints import CorruptCheckpointError
@@ -59,12 +59,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         reporter=CollectorReporter(collector),
         artifacts=CollectorSink(collector),
         open_store=store_opener(loop_config["shard_server"]),
-        checkpoints=RayCheckpointSink(
-            collector,
-            node_id == loop_config["head_node_id"],
-            spec.run_id,
-            spec.resume_tag,
-            start["rank"],
+        checkpoints=checkpoint_sink(
+            spec, collector, node_id == loop_config["head_node_id"], start["rank"]
         ),
         stop=heartbeat,  # the stop request comes back with the heartbeat's answer
         phases=heartbeat,

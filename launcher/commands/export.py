@@ -7,27 +7,57 @@ The consolidation needs torch, which the launcher never imports, so it runs as
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+from launcher.commands.run import checkpoint_signing
+from launcher.config_loading import load_job_config
 from launcher.errors import UserError
-from trainer.formats.checkpoints import CheckpointStore
-from trainer.formats.rundir import ADAPTER_NOTE, CHECKPOINT_DIR
+from launcher.resume import listed_checkpoints
+from trainer.formats.checkpoints import CheckpointStore, CorruptCheckpointError
+from trainer.formats.names import UnsafeNameError
+from trainer.formats.object_checkpoints import open_checkpoint_store
+from trainer.formats.rundir import ADAPTER_NOTE, CHECKPOINT_DIR, CONFIG_FILE
+
+EXPORT_STAGING = ".export-checkpoint"  # in RUN_DIR: a checkpoint downloaded from the store
 
 
 def choose_checkpoint(run_dir: Path, tag: str | None) -> Path:
-    store = CheckpointStore(run_dir / CHECKPOINT_DIR)
-    complete = dict(store.complete()) if store.root.is_dir() else {}
+    """The local directory of the checkpoint to export: in RUN_DIR/checkpoints, or downloaded
+    (verified) from the run's `output.checkpoint_uri` into RUN_DIR/.export-checkpoint/.
+
+    Raises:
+        UserError: no such checkpoint, or one in the store that fails its signature or hashes.
+    """
+    uri = _checkpoint_uri(run_dir)
+    store = open_checkpoint_store(uri or run_dir / CHECKPOINT_DIR)
+    complete = dict(listed_checkpoints(store))
     if not complete:
-        raise UserError(f"RUN_DIR: no complete checkpoint in {store.root}")
+        raise UserError(f"RUN_DIR: no complete checkpoint in {store.where}")
     if tag is None:
-        return store.root / list(complete)[-1]  # oldest commit first
+        tag = list(complete)[-1]  # oldest commit first
     if tag not in complete:
         raise UserError(
-            f"--checkpoint: {tag!r} is not a complete checkpoint in {store.root} (have: {', '.join(complete)})"
+            f"--checkpoint: {tag!r} is not a complete checkpoint in {store.where} (have: {', '.join(complete)})"
         )
-    return store.root / tag
+    if isinstance(store, CheckpointStore):
+        return store.root / tag
+    store.signing = checkpoint_signing(run_dir, None)  # a bucket may hold anyone's objects
+    target = run_dir / EXPORT_STAGING / tag
+    shutil.rmtree(run_dir / EXPORT_STAGING, ignore_errors=True)
+    try:
+        return store.download_checkpoint(tag, target)
+    except (CorruptCheckpointError, UnsafeNameError, OSError) as exc:
+        shutil.rmtree(run_dir / EXPORT_STAGING, ignore_errors=True)
+        raise UserError(f"--checkpoint: {exc}") from None
+
+
+def _checkpoint_uri(run_dir: Path) -> str | None:
+    """The run's `output.checkpoint_uri`, from the config.yaml it wrote."""
+    config = run_dir / CONFIG_FILE
+    return load_job_config(config).output.checkpoint_uri if config.is_file() else None
 
 
 def check_out(out: Path, run_dir: Path, overwrite: bool) -> None:
@@ -58,14 +88,17 @@ def run_export(
     Raises:
         UserError: no such checkpoint, or an --out that is not empty (without `overwrite`).
     """
-    checkpoint = choose_checkpoint(run_dir, tag)
     check_out(out, run_dir, overwrite)
+    checkpoint = choose_checkpoint(run_dir, tag)
     flags = ["--adapter-only"] if adapter_only else []
-    result = subprocess.run(
-        [sys.executable, "-m", "trainer.export.consolidate", str(checkpoint), str(out), *flags],
-        capture_output=True,
-        text=True,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "trainer.export.consolidate", str(checkpoint), str(out), *flags],
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        shutil.rmtree(run_dir / EXPORT_STAGING, ignore_errors=True)  # a downloaded copy
     if result.returncode != 0:
         lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
         message = (

@@ -31,6 +31,7 @@ from launcher.models import read_max_positions, resolve_model_path
 from launcher.peft_targets import check_target_modules
 from launcher.progress import RunDisplay, summary_table
 from launcher.resume import (
+    check_checkpoint_uri,
     checkpoint_state,
     choose_resume_tag,
     config_fingerprint,
@@ -108,6 +109,7 @@ def run_from_file(
     output_dir = Path(job.output.dir).expanduser().resolve()  # Ray actors run in other directories
     check_apart(output_dir, input_paths(job, model_dir))
     check_output_dir(output_dir)
+    check_checkpoint_uri(job)
     _check_max_length(job, model_dir)
     check_target_modules(job.peft, model_dir)
     planned = check_fits(job, model_dir, console.print, refuse=not request.force)
@@ -149,10 +151,13 @@ def _prepare_and_train(
             signing=signing,
             fallback=request.resume_fallback,
             warn=warn,
+            checkpoint_uri=job.output.checkpoint_uri,
         )
         if resume_tag:
-            console.print(f"resuming from {output_dir / CHECKPOINT_DIR / resume_tag}")
-            job, note = keep_global_batch(job, checkpoint_state(output_dir, resume_tag))
+            where = (job.output.checkpoint_uri or "").split("?")[0] or output_dir / CHECKPOINT_DIR
+            console.print(f"resuming from {where}/{resume_tag}")
+            state = checkpoint_state(output_dir, resume_tag, job.output.checkpoint_uri)
+            job, note = keep_global_batch(job, state)
             if note:
                 console.print(note)
         spec = RunSpec(

@@ -123,6 +123,28 @@ def stop_group(process: subprocess.Popen) -> None:
         process.wait(timeout=10)
 
 
+@contextlib.contextmanager
+def moto_s3(logs: Path) -> Iterator[str]:
+    """A real local S3 server (moto in server mode, on loopback) for the test's duration;
+    yields its host:port. Clients use the credentials `testing`/`testing`."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=(logs / "moto.log").open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError("moto_server did not start")
+            time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        stop_group(server)
+
+
 @pytest.fixture()
 def private_mount_cluster(tmp_path: Path) -> Iterator[dict[str, str]]:
     """Head (1 CPU) + a second node (1 CPU) in a private mount namespace where `tmp_path` is an

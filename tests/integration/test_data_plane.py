@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures import ftlaunch
-from tests.integration.conftest import cluster_env, free_port, stop_group
+from tests.integration.conftest import cluster_env, moto_s3
 
 pytestmark = [pytest.mark.ray, pytest.mark.dist]
 
@@ -133,28 +129,13 @@ def test_a_corrupted_local_prepared_shard_is_refused_by_name(
 
 @pytest.fixture()
 def s3_server(tmp_path: Path) -> Iterator[dict[str, str]]:
-    port = free_port()
-    server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=(tmp_path / "moto.log").open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 30
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        if time.monotonic() > deadline:
-            stop_group(server)
-            raise RuntimeError("moto_server did not start")
-        time.sleep(0.2)
     env = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    try:
-        yield env | {"endpoint": f"127.0.0.1:{port}"}
-    finally:
-        stop_group(server)
+    with moto_s3(tmp_path) as endpoint:
+        yield env | {"endpoint": endpoint}
 
 
 def upload(local: Path, key: str, server: dict[str, str]) -> None:

@@ -6,6 +6,7 @@ re-validates the same resolved dict it receives, so both sides agree on every de
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -330,7 +331,18 @@ class OutputConfig(Section):
         default="runs/default",
         description="Run directory on the head: model, metrics, checkpoints, summary.",
     )
-    keep_last: PositiveInt = Field(default=2, description="Complete checkpoints kept on the head.")
+    keep_last: PositiveInt = Field(
+        default=2, description="Complete checkpoints kept (on the head, or in checkpoint_uri)."
+    )
+    checkpoint_uri: str | None = Field(
+        default=None,
+        description="Write checkpoints to this object store instead of streaming them to the "
+        "head (s3://bucket/prefix, gs://..., any pyarrow.fs URI; credentials and endpoint from "
+        "the environment or the URI's query, e.g. ?endpoint_override=host:port&scheme=http; "
+        "list the credential variables in cluster.secret_env for the workers). Every rank "
+        "uploads its files there, the head commits the manifest there, and resume and export "
+        "read from it. Use one URI per output.dir.",
+    )
     mlflow_uri: str | None = Field(
         default=None,
         description="MLflow tracking URI (http://..., sqlite:///...); the head logs metrics there.",
@@ -348,6 +360,13 @@ class OutputConfig(Section):
         description="online: sync to the W&B server; offline: write the run under "
         "output.dir/wandb for `wandb sync` later.",
     )
+
+    @field_validator("checkpoint_uri")
+    @classmethod
+    def _checkpoint_uri_is_a_uri(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z][a-z0-9+.-]*://.+", value):
+            raise ValueError("must be a URI such as s3://bucket/prefix")
+        return value
 
 
 class JobConfig(Section):

@@ -177,10 +177,7 @@ class CheckpointStore:
 
     def latest(self, run_id: str | None = None) -> tuple[str, dict[str, Any]] | None:
         """The newest complete checkpoint (optionally: written by run `run_id`)."""
-        candidates = [
-            c for c in self.complete() if run_id is None or c[1]["state"].get("run_id") == run_id
-        ]
-        return candidates[-1] if candidates else None
+        return newest_of(self.complete(), run_id)
 
     def verify(self, tag: str) -> dict[str, Any]:
         """The manifest of `tag` after checking every file's size and sha256.
@@ -223,17 +220,23 @@ class CheckpointStore:
         """
         directory = self.root / check_tag(tag)
         manifest = (directory / CHECKPOINT_MANIFEST).read_bytes()
-        signing = self.signing
-        if signing is None or tag == signing.trusted:
-            return manifest
         signature = directory / SIGNATURE_FILE
         text = signature.read_text() if signature.is_file() and not signature.is_symlink() else ""
-        if not signing.is_signed(manifest, text):
-            raise UnsignedCheckpointError(
-                f"{directory}: its manifest is not signed for this output.dir (written under "
-                "another user or directory, copied or moved here, or altered since)"
-            )
+        check_signature(self.signing, tag, manifest, text, str(directory))
         return manifest
+
+    @property
+    def where(self) -> str:
+        return str(self.root)
+
+    def describe(self, tag: str) -> str:
+        return str(self.root / tag)
+
+    def is_complete(self, tag: str) -> bool:
+        return (self.root / check_tag(tag) / COMPLETE_MARKER).is_file()
+
+    def discard_staging(self, tag: str) -> None:
+        shutil.rmtree(self.root / f"{STAGING_PREFIX}{check_tag(tag)}", ignore_errors=True)
 
     def prune(self) -> None:
         """Delete complete checkpoints beyond keep_last, oldest first.
@@ -262,3 +265,28 @@ class CheckpointStore:
         for path in leftovers:
             shutil.rmtree(path, ignore_errors=True)
         return sorted(p.name for p in leftovers)
+
+
+def newest_of(
+    complete: list[tuple[str, dict[str, Any]]], run_id: str | None
+) -> tuple[str, dict[str, Any]] | None:
+    """The newest of `complete` (oldest first), optionally only among those run `run_id` wrote."""
+    candidates = [c for c in complete if run_id is None or c[1]["state"].get("run_id") == run_id]
+    return candidates[-1] if candidates else None
+
+
+def check_signature(
+    signing: CheckpointSigning | None, tag: str, manifest: bytes, signature: str, where: str
+) -> None:
+    """Unless unsigned or vouched for, `manifest` must carry this output.dir's `signature`.
+
+    Raises:
+        UnsignedCheckpointError: no signature, or one made with another key.
+    """
+    if signing is None or tag == signing.trusted:
+        return
+    if not signing.is_signed(manifest, signature):
+        raise UnsignedCheckpointError(
+            f"{where}: its manifest is not signed for this output.dir (written under "
+            "another user or directory, copied or moved here, or altered since)"
+        )
