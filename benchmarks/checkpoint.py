@@ -40,7 +40,8 @@ import json, resource, sys
 import torch, transformers, deepspeed
 from pathlib import Path
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-from trainer.export.consolidate import checkpoint_tensors, export_names, write_safetensors
+from trainer.export.consolidate import export_names, write_safetensors
+from trainer.export.readers import checkpoint_tensors
 entries = list(export_names(checkpoint_tensors(Path(sys.argv[1]) / "ds")))
 size = write_safetensors(Path(sys.argv[2]), entries)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
