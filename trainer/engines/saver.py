@@ -28,6 +28,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from trainer.formats.durable import fsync_path
+from trainer.formats.names import confined
+
 MAX_MESSAGE_BYTES = 8 << 20
 STORAGE_ALIGNMENT = 64  # torch's default (torch.serialization._get_storage_alignment)
 _PR_SET_PDEATHSIG = 1
@@ -70,7 +73,7 @@ def write_files(root: Path, files: list[dict[str, Any]], segments: Segments) -> 
     """
     written = []
     for entry in files:
-        path = _confined(root, str(entry["name"]))
+        path = confined(root, str(entry["name"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         records = [_record(r) for r in entry["records"]]
         if entry["kind"] == "torch":
@@ -81,15 +84,8 @@ def write_files(root: Path, files: list[dict[str, Any]], segments: Segments) -> 
             raise ValueError(f"{entry['name']}: unknown file kind {entry['kind']!r}")
         written.append(path)
     for directory in {p.parent for p in written} | {root}:
-        _fsync_path(directory)
+        fsync_path(directory)
     return written
-
-
-def _confined(root: Path, name: str) -> Path:
-    path = (root / name).resolve()
-    if not name or Path(name).is_absolute() or not path.is_relative_to(root.resolve()):
-        raise ValueError(f"file name {name!r} escapes the checkpoint directory")
-    return path
 
 
 def _record(raw: Any) -> tuple[str, int, int, int]:
@@ -111,7 +107,7 @@ def _write_torch(path: Path, records: list[tuple[str, int, int, int]], segments:
         # The stub says Storage; torch.save itself passes an UntypedStorage here.
         writer.write_record(name, data.untyped_storage(), nbytes)  # pyright: ignore[reportArgumentType]
     writer.write_end_of_file()
-    _fsync_path(path)
+    fsync_path(path)
 
 
 def _write_raw(path: Path, record: tuple[str, int, int, int], segments: Segments) -> None:
@@ -120,14 +116,6 @@ def _write_raw(path: Path, record: tuple[str, int, int, int], segments: Segments
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def handle(message: dict[str, Any], fds: list[int], segments: Segments) -> dict[str, Any] | None:
