@@ -19,6 +19,14 @@ What each engine really does on top, written down where it differs:
   the fixed cost of the imported frameworks and the run's data readers (CPU_FIXED_BYTES,
   measured). On GPU workers it is torch's `max_memory_allocated`, which excludes the CUDA
   context; the fit check adds GPU_RESERVE for that.
+- Checkpoints (when training.checkpoint_every is set): each save copies this rank's part into a
+  shared-memory pool that a saver process writes from (trainer/engines/background.py). The pool is
+  allocated at the first save and kept, so from then on host memory holds, per rank, the
+  optimizer states (DeepSpeed's file: fp32 master copy and moments, 12 bytes per trainable
+  parameter, partitioned from ZeRO-1), the weights file of ZeRO 0-2 (written by rank 0, the
+  worst case) and the best-so-far weights (a ZeRO-3 partition). Accelerate writes its own files
+  directly: only its best weights go through the pool. On CPU workers that is the measured
+  memory, so it adds to the peak; on GPU workers it is host memory next to the GPU's.
 - Loading: under DeepSpeed (all stages) rank 0 reads the whole checkpoint into host memory before
   the weights are copied in (transformers' loader), FSDP's rank 0 holds the full model while it
   sends the shards; this phase happens before the optimizer states exist.
@@ -79,6 +87,7 @@ class RankMemory:
     load_bytes: int  # host memory of rank 0 while loading (the checkpoint, or the full model)
     offloaded_bytes: int  # host memory per rank holding what offload moved off the GPU
     device: str
+    snapshot_bytes: int = 0  # host memory per rank of the checkpoint snapshot pool
 
     @property
     def model_states_bytes(self) -> int:
@@ -88,6 +97,8 @@ class RankMemory:
     def peak_bytes(self) -> int:
         transient = max(self.activations_bytes + self.temporary_bytes, self.step_bytes)
         training = self.model_states_bytes + transient
+        if self.device == "cpu":  # the snapshot pool lives on after the first save
+            training += self.snapshot_bytes
         # Loading happens in host memory: on CPU workers that is the measured memory, on GPU
         # workers it is not.
         loading = self.weights_bytes + self.load_bytes if self.device == "cpu" else 0
@@ -106,6 +117,8 @@ class RankMemory:
         }
         if self.device == "cpu":
             parts["loading the checkpoint on rank 0"] = self.load_bytes
+            if self.snapshot_bytes:
+                parts["checkpoint snapshot pool"] = self.snapshot_bytes
         return dict(sorted(parts.items(), key=lambda kv: -kv[1]))
 
     def as_json(self) -> dict[str, int | str]:
@@ -153,7 +166,23 @@ def plan_rank(job: JobConfig, arch: Architecture, layout: Layout) -> RankMemory:
         load_bytes=states.load,
         offloaded_bytes=states.offloaded,
         device=layout.device,
+        snapshot_bytes=snapshot_bytes(job, trainable, layout.world),
     )
+
+
+def snapshot_bytes(job: JobConfig, trainable: int, world: int) -> int:
+    """Host memory of one rank's checkpoint snapshot pool (rank 0, the largest; see the module
+    docstring); 0 when the job saves no checkpoints."""
+    if job.training.checkpoint_every is None:
+        return 0
+    if not job.engine.runs_deepspeed():
+        return trainable * 4  # the best weights only (DDP and FSDP keep fp32; whole: worst case)
+    stage, bw = job.engine.zero_stage, weight_bytes(job)
+    best = trainable * bw // (world if stage == 3 else 1)
+    if job.engine.backend == "accelerate":  # Accelerate writes DeepSpeed's files itself
+        return best
+    optimizer = trainable * 12 // world if stage >= 1 else trainable * 8
+    return optimizer + (0 if stage == 3 else trainable * bw) + best
 
 
 def _fixed_bytes(job: JobConfig, layout: Layout) -> int:

@@ -119,6 +119,10 @@ def render(plan: Plan) -> list[str]:
         )
     if rank.device == "gpu":
         lines.append(f"  host memory of rank 0 while loading: {format_size(rank.load_bytes)}")
+        if rank.snapshot_bytes:
+            lines.append(
+                f"  host memory for the checkpoint snapshot: {format_size(rank.snapshot_bytes)} per rank"
+            )
     lines.append("all stages, peak per rank: " + stages_line(plan.stages))
     comm = format_size(plan.communication_bytes)
     lines.append(

@@ -4,6 +4,9 @@ base.py        the Engine protocol, optimizer + schedule, the DeepSpeed config (
 deepspeed.py   engine.backend: deepspeed
 accelerate.py  engine.backend: accelerate
 snapshot.py    the best weights kept in memory, per rank (ZeRO-3 / FSDP partitions)
+snapshot_pool.py  a checkpoint's files copied into reused shared memory, as torch.save records
+background.py  one rank's saver process: hand it a snapshot, wait until it is durable
+saver.py       the saver process itself (writes and fsyncs from shared memory, no unpickling)
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from trainer.config.schema import EngineConfig, FsdpConfig, JobConfig
+from trainer.engines.background import CheckpointSnapshot
 from trainer.engines.base import build_optimizer, deepspeed_config, hidden_size_of
 from trainer.engines.deepspeed import zero_consolidated_state_dict
 from trainer.engines.safe_load import guard_deepspeed_loads, safe_dcp_loads
@@ -203,9 +204,11 @@ class AccelerateEngine:
     def get_lr(self) -> list[float]:
         return self.scheduler.get_last_lr()
 
-    def save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path, snapshot: CheckpointSnapshot | None = None) -> bool:
+        # Accelerate writes its files itself (DCP under FSDP): not snapshotted, `snapshot` unused.
         directory.mkdir(parents=True, exist_ok=True)  # every rank: scratch dirs are node-local
         self.accelerator.save_state(str(directory))
+        return False
 
     def load_state(self, directory: Path) -> None:
         # weights_only for Accelerate's own files (its default, made explicit); DCP's metadata

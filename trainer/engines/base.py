@@ -11,12 +11,15 @@ from __future__ import annotations
 import math
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from trainer.config.errors import UnsupportedConfigError
 from trainer.config.schema import JobConfig, OptimConfig
+
+if TYPE_CHECKING:
+    from trainer.engines.background import CheckpointSnapshot
 
 NO_DECAY_MARKERS = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
 
@@ -54,8 +57,10 @@ class Engine(Protocol):
 
     def get_lr(self) -> list[float]: ...
 
-    def save_state(self, directory: Path) -> None:
-        """Collective: write model, optimizer and schedule state (this rank's part) to `directory`."""
+    def save_state(self, directory: Path, snapshot: CheckpointSnapshot | None = None) -> bool:
+        """Collective: write model, optimizer and schedule state (this rank's part) to `directory`.
+        With `snapshot`, an engine that can copies its files into it instead (a saver process
+        writes them) and returns True; False: it wrote them itself."""
         ...
 
     def load_state(self, directory: Path) -> None:

@@ -11,6 +11,7 @@ import deepspeed
 import torch
 
 from trainer.config.schema import JobConfig
+from trainer.engines.background import CheckpointSnapshot
 from trainer.engines.base import build_optimizer, deepspeed_config, hidden_size_of
 from trainer.engines.safe_load import guard_deepspeed_loads
 from trainer.formats.checkpoints import DS_TAG
@@ -36,6 +37,8 @@ class DeepSpeedEngine:
             config=deepspeed_config(job, world_size, hidden_size_of(model)),
         )
         guard_deepspeed_loads(self.engine)  # DeepSpeed itself loads with weights_only=False
+        self._checkpoints = SnapshotCheckpointEngine(self.engine.checkpoint_engine)
+        self.engine.checkpoint_engine = self._checkpoints  # pyright: ignore[reportAttributeAccessIssue] (DeepSpeed's hook, typed as its own engines only)
         self.module: torch.nn.Module = cast(torch.nn.Module, self.engine.module)
         self.device: torch.device = cast(torch.device, self.engine.device)
         self._world_size = world_size
@@ -55,15 +58,20 @@ class DeepSpeedEngine:
     def get_lr(self) -> list[float]:
         return self.engine.get_lr()
 
-    def save_state(self, directory: Path) -> None:
+    def save_state(self, directory: Path, snapshot: CheckpointSnapshot | None = None) -> bool:
         # DeepSpeed appends the tag: files land in <checkpoint>/ds/. Frozen weights (a PEFT
         # method's base model) are left out: they are rebuilt from model.path on resume/export.
         frozen = has_frozen(self.engine)
         if frozen:
             _drop_frozen_aliases(self.engine)
-        self.engine.save_checkpoint(
-            str(directory.parent), tag=directory.name, exclude_frozen_parameters=frozen
-        )
+        self._checkpoints.snapshot = snapshot
+        try:
+            self.engine.save_checkpoint(
+                str(directory.parent), tag=directory.name, exclude_frozen_parameters=frozen
+            )
+        finally:
+            self._checkpoints.snapshot = None
+        return snapshot is not None
 
     def load_state(self, directory: Path) -> None:
         path, _ = self.engine.load_checkpoint(
@@ -104,6 +112,29 @@ class DeepSpeedEngine:
 
     def destroy(self) -> None:
         self.engine.destroy()
+
+
+class SnapshotCheckpointEngine:
+    """DeepSpeed's checkpoint engine (its `checkpoint_engine` hook), with every file it saves
+    copied into `snapshot` while one is set, for the saver process to write; everything else
+    (loads, directories, commit) goes to the engine it wraps."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.snapshot: CheckpointSnapshot | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def save(self, state_dict: Any, path: str) -> None:
+        if self.snapshot is None:
+            self._inner.save(state_dict, path)
+        else:
+            self.snapshot.add_torch(state_dict, Path(path))
+
+    def preserves_storage_sharing(self) -> bool:
+        # True makes DeepSpeed clone every tensor before `save`; the snapshot copies compactly.
+        return self.snapshot is None and self._inner.preserves_storage_sharing()
 
 
 def zero_consolidated_state_dict(

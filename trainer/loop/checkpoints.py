@@ -29,6 +29,7 @@ from trainer.formats.checkpoints import best_weights_file, rank_needs, step_tag,
 from trainer.loop.context import Run
 from trainer.loop.progress import TrainProgress
 from trainer.loop.reshard import engine_files, is_trainer_state, load_resharded, saved_world_size
+from trainer.loop.saves import BackgroundSaves
 from trainer.protocols import CheckpointSink
 
 
@@ -58,31 +59,46 @@ def save_checkpoint(
     best: Snapshot | None,
     sink: CheckpointSink,
     state: dict[str, Any],
+    saves: BackgroundSaves | None = None,
 ) -> float:
-    """Every rank saves its part locally and submits it; returns the seconds training was blocked.
+    """Every rank saves its part and submits it; returns the seconds training was blocked.
 
-    The transfer to the head and the atomic commit happen off the critical path (the head commits
-    when all ranks' files have arrived); callers that need the checkpoint committed before going
-    on (preemption, the end of training) call `sink.wait_committed(tag, ...)`.
+    With `saves` (the one in flight waited for first: `saves.wait()`), the state is only copied
+    into shared memory here; a saver process writes the files and they are submitted once
+    durable. Without, they are written here. The transfer to the head and the atomic commit
+    happen off the critical path either way (the head commits when all ranks' files have
+    arrived); callers that need the checkpoint committed before going on (preemption, the end of
+    training) call `saves.wait()` then `sink.wait_committed(tag, ...)`.
     """
     started = time.perf_counter()
     rank = dist.get_rank()
     local = sink.local_dir(tag)
+    trainer_state = json.dumps(progress | {"rng": rng_state()}).encode()
     try:
-        engine.save_state(local / engine.checkpoint_subdir)
-        (local / trainer_state_file(rank)).write_text(json.dumps(progress | {"rng": rng_state()}))
-        if best is not None:
-            flat = [
-                t
-                for pair in best
-                for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
-            ]
-            torch.save(flat, local / best_weights_file(rank))
+        if saves is None:
+            engine.save_state(local / engine.checkpoint_subdir)
+            (local / trainer_state_file(rank)).write_bytes(trainer_state)
+            if best is not None:
+                torch.save(_flat(best), local / best_weights_file(rank))
+        else:
+            snapshot = saves.snapshot(local)
+            engine.save_state(local / engine.checkpoint_subdir, snapshot)
+            snapshot.add_bytes(trainer_state, local / trainer_state_file(rank))
+            if best is not None:
+                snapshot.add_torch(_flat(best), local / best_weights_file(rank))
+            saves.start(tag, snapshot, state if rank == 0 else None)
     except Exception as exc:  # a full disk: torch reports it as RuntimeError, Python as OSError
         sink.abandon(tag, f"{type(exc).__name__}: {exc}".splitlines()[0])
         raise
-    sink.submit(tag, local, state if rank == 0 else None)
+    if saves is None:
+        sink.submit(tag, local, state if rank == 0 else None)
     return time.perf_counter() - started
+
+
+def _flat(best: Snapshot) -> list[torch.Tensor]:
+    return [
+        t for pair in best for t in (pair[0], pair[1] if pair[1] is not None else torch.empty(0))
+    ]
 
 
 def load_checkpoint(
@@ -141,10 +157,12 @@ def checkpoint_now(
     """Save and commit a checkpoint of the current step (all ranks); rank 0 reports `event`.
     `already_saved`: this step's checkpoint was just saved (it is only waited for). Without a
     checkpoint sink (a plain local run) only the event is reported."""
-    tag, blocked = None, 0.0
-    spec, checkpoints = run.spec, run.io.checkpoints
+    tag, blocked, overlap = None, 0.0, 0.0
+    spec, checkpoints, saves = run.spec, run.io.checkpoints, run.saves
     if checkpoints is not None:
         tag = step_tag(progress.step)
+        # The save in flight first: never two snapshots in memory at once.
+        overlap = saves.wait() if saves is not None else 0.0
         if not already_saved:
             state = {
                 "step": progress.step,
@@ -155,9 +173,12 @@ def checkpoint_now(
                 "spec": spec.model_dump(mode="json"),  # what export needs to rebuild the model
             }
             blocked = save_checkpoint(
-                run.engine, tag, progress.state_dict(), best, checkpoints, state
+                run.engine, tag, progress.state_dict(), best, checkpoints, state, saves
             )
         if event == "preempted":  # the launcher exits next: the checkpoint must be on the head
+            if saves is not None:
+                saves.wait()
             checkpoints.wait_committed(tag, spec.job.training.preemption_grace_s)
-    run.report({"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked})
+    record = {"event": event, "step": progress.step, "tag": tag, "blocked_s": blocked}
+    run.report(record | {"save_overlap": overlap})
     return tag

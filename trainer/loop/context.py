@@ -7,6 +7,7 @@ from typing import Any
 
 from trainer.config.spec import RunSpec
 from trainer.engines.base import Engine
+from trainer.loop.saves import BackgroundSaves
 from trainer.protocols import WorkerIO
 
 
@@ -19,6 +20,7 @@ class Run:
     engine: Engine
     world: int
     rank: int
+    saves: BackgroundSaves | None = None  # checkpoint saves off the critical path
 
     @property
     def is_rank_zero(self) -> bool:

@@ -24,6 +24,7 @@ from trainer.engines.base import check_precision, deepspeed_config
 from trainer.engines.snapshot import restore_weights
 from trainer.loop.context import Run
 from trainer.loop.progress import StepPlan, plan_steps, seed_everything
+from trainer.loop.saves import BackgroundSaves
 from trainer.loop.train import Task, TrainOutcome, train_epochs
 from trainer.loop.window import gather_peak_memory
 from trainer.model.build import (
@@ -80,7 +81,9 @@ def run_recipe(spec: RunSpec, io: WorkerIO, recipe: Recipe) -> dict[str, Any]:
     ds_config = deepspeed_config(job, world, hidden) if job.engine.runs_deepspeed() else None
     model = recipe.build_model(load_plan(job, rank, ds_config))
     trainable, total = count_parameters(model)
-    run = Run(spec, io, build_engine(model, job, world, plan.total_steps), world, rank)
+    engine = build_engine(model, job, world, plan.total_steps)
+    saves = BackgroundSaves(io.checkpoints) if io.checkpoints is not None else None
+    run = Run(spec, io, engine, world, rank, saves)
     facts = common_facts(run, plan, train, trainable, total) | recipe.run_facts(train)
     run.report(start_record(plan) | facts)
 
@@ -145,6 +148,9 @@ def common_facts(
 
 
 def _finish(run: Run, step: int) -> None:
+    if run.saves is not None:
+        run.saves.wait()  # the last save written and submitted (raises if it failed)
+        run.saves.close()
     if run.io.checkpoints is not None:
         run.io.checkpoints.cleanup()  # raises if a checkpoint of this rank was not committed
     run.engine.destroy()

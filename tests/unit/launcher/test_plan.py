@@ -247,3 +247,25 @@ def test_the_gpu_check_script_plans_its_model(tmp_path: Path) -> None:
     plan = json.loads((tmp_path / "plan.json").read_text())
     assert plan["params"] == 1_100_048_384 and plan["fits"] is True
     assert plan["per_rank"]["device"] == "gpu" and plan["flops_per_token"] > 6 * plan["params"]
+
+
+def test_the_checkpoint_snapshot_pool_is_counted_when_the_job_checkpoints(tmp_path: Path) -> None:
+    """Each save copies the rank's optimizer states and best weights (and under ZeRO 0-2 rank 0's
+    weights file) into a shared-memory pool kept for the run: host memory, part of the peak on
+    CPU workers, none without checkpoints."""
+    job, directory = example(tmp_path, "llama-3.1-8b-full-2x8.yaml", "llama-3.1-8b")
+    arch, p, n = read_architecture(directory, "causal-lm", 16), 8_030_261_248, 16
+    gpu, cpu = Layout(16, 8, "gpu"), Layout(16, 8, "cpu")
+    saving = with_changes(job, {"training.checkpoint_every": 100})
+    assert plan_rank(saving, arch, gpu).snapshot_bytes == 12 * p // n + 2 * p // n
+    zero2 = with_changes(saving, {"engine.zero_stage": 2})
+    assert plan_rank(zero2, arch, gpu).snapshot_bytes == 12 * p // n + 2 * p + 2 * p
+    quiet = with_changes(job, {"training.checkpoint_every": None})
+    assert plan_rank(quiet, arch, gpu).snapshot_bytes == 0
+    on_cpu, without = plan_rank(saving, arch, cpu), plan_rank(quiet, arch, cpu)
+    training = on_cpu.model_states_bytes + max(
+        on_cpu.activations_bytes + on_cpu.temporary_bytes, on_cpu.step_bytes
+    )
+    assert on_cpu.peak_bytes == on_cpu.overhead_bytes + training + on_cpu.snapshot_bytes
+    assert without.peak_bytes < on_cpu.peak_bytes  # here loading no longer dominates
+    assert "checkpoint snapshot pool" in on_cpu.components()
