@@ -84,7 +84,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
     head = ray_start(head_args(port, private_temp_dir(), "--num-cpus=2"), env, log)
     try:
         wait_for_port(port, timeout_s=60)
-        time.sleep(2)  # the raylet registers shortly after the GCS port opens
+        wait_for_nodes(f"127.0.0.1:{port}", env, 1, head, log)
         yield {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],
@@ -107,6 +107,18 @@ def count_alive_nodes(address: str, env: dict[str, str]) -> int:
         if out.returncode == 0 and out.stdout.strip()
         else 0
     )
+
+
+def wait_for_nodes(
+    address: str, env: dict[str, str], count: int, process: subprocess.Popen, log: Path
+) -> None:
+    """Until `count` nodes are alive at `address` (a driver can connect only once the head's
+    raylet has registered, which a loaded machine delays past the GCS port opening)."""
+    deadline = time.monotonic() + 90
+    while count_alive_nodes(address, env) < count:
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise RuntimeError(f"{count} Ray node(s) not alive at {address}; see {log}")
+        time.sleep(1)
 
 
 def stop_group(process: subprocess.Popen) -> None:
@@ -179,11 +191,7 @@ def two_node_cluster(tmp_path: Path) -> Iterator[tuple[dict[str, str], subproces
                 "sh",
             ),
         )
-        deadline = time.monotonic() + 90
-        while count_alive_nodes(address, env) < 2:
-            if time.monotonic() > deadline or node.poll() is not None:
-                raise RuntimeError(f"second Ray node did not join; see {logs}")
-            time.sleep(1)
+        wait_for_nodes(address, env, 2, node, logs)
         cluster = {
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": env["RAY_AUTH_TOKEN"],

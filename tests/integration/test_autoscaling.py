@@ -30,6 +30,7 @@ from tests.integration.conftest import (
     private_temp_dir,
     ray_start,
     stop_group,
+    wait_for_nodes,
     wait_for_port,
     write_job,
 )
@@ -119,7 +120,7 @@ def autoscaling_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     address = f"127.0.0.1:{port}"
     try:
         wait_for_port(port, timeout_s=60)
-        time.sleep(2)  # the raylet registers shortly after the GCS port opens
+        wait_for_nodes(address, env, 1, head, root / "head.log")
         yield {"address": address, "env": token, "before": alive_nodes(address, token)}
     finally:
         stop_group(head)
