@@ -96,17 +96,15 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str
 
 def count_alive_nodes(address: str, env: dict[str, str]) -> int:
     code = (
-        f"import ray; ray.init(address={address!r}, logging_level='ERROR');"
-        "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        f"import ray; ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False);"
+        "print('ALIVE', sum(1 for n in ray.nodes() if n['Alive']))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
     )
-    return (
-        int(out.stdout.strip().splitlines()[-1])
-        if out.returncode == 0 and out.stdout.strip()
-        else 0
-    )
+    # Only our line: the driver may print other things (an autoscaler's events).
+    counts = [int(x.split()[1]) for x in out.stdout.splitlines() if x.startswith("ALIVE ")]
+    return counts[-1] if out.returncode == 0 and counts else 0
 
 
 def wait_for_nodes(

@@ -41,8 +41,8 @@ SLOT_TYPE = "ray.worker.slot"
 
 LIST_NODES = """
 import json, ray
-ray.init(address={address!r}, logging_level="ERROR")
-print(json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])))
+ray.init(address={address!r}, logging_level="ERROR", log_to_driver=False)
+print("NODES", json.dumps(sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])))
 """
 
 
@@ -91,7 +91,9 @@ def alive_nodes(address: str, env: dict[str, str]) -> list[str]:
         timeout=60,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # The driver may also print the autoscaler's events ("(autoscaler +5s) Resized to ...").
+    (line,) = [x for x in out.stdout.splitlines() if x.startswith("NODES ")]
+    return json.loads(line.removeprefix("NODES "))
 
 
 def kill_session(session: int) -> None:
