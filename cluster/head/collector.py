@@ -38,7 +38,7 @@ from cluster.head.checkpoints import CheckpointCommitter
 from cluster.head.files import FileReceiver
 from cluster.head.metrics_log import MetricsLog, Trackers
 from cluster.head.watchdog import Stall, Watchdog
-from trainer.formats.object_checkpoints import open_checkpoint_store
+from trainer.formats.object_checkpoints import is_store_uri, open_checkpoint_store
 from trainer.formats.rundir import CHECKPOINT_DIR
 from trainer.formats.signing import CheckpointSigning
 
@@ -89,7 +89,7 @@ class RunCollector:
         # `checkpoint_dir` is a directory on the head, or an object store's URI: the head
         # commits there with the job's credentials (cluster.secret_env, sealed like the ranks').
         location = checkpoint_dir or self.run_dir / CHECKPOINT_DIR
-        if "://" in str(location):
+        if is_store_uri(location):
             unseal_into_environ(token)
         store = open_checkpoint_store(location, keep_last, signing)
         self.checkpoints = CheckpointCommitter(store, self._commit_result)

@@ -28,7 +28,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import pyarrow.fs as pafs
 
@@ -341,11 +341,16 @@ class ObjectCheckpointStore:
         return complete[tag]["prefix"]
 
 
+def is_store_uri(location: str | Path) -> TypeGuard[str]:
+    """Whether checkpoints at `location` go to a store (output.checkpoint_uri), not a directory."""
+    return isinstance(location, str) and "://" in location
+
+
 def open_checkpoint_store(
     location: str | Path, keep_last: int = 2, signing: CheckpointSigning | None = None
 ) -> CheckpointStore | ObjectCheckpointStore:
     """Where checkpoints go: a store behind a pyarrow.fs URI, or a directory on the head."""
-    if isinstance(location, str) and "://" in location:  # output.checkpoint_uri (a URI)
+    if is_store_uri(location):
         return ObjectCheckpointStore(location, keep_last, signing)
     return CheckpointStore(location, keep_last, signing)
 
